@@ -1,0 +1,1 @@
+"""orch-agent: one per host, wraps the local container runtime behind an LXD-shaped HTTPS API."""
