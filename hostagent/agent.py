@@ -1,0 +1,101 @@
+"""The agent object: wires the trust store, image store, runtime driver and operations together.
+
+Endpoints reach everything through it. Runtime and image calls are blocking (they shell out to runc, cp,
+btrfs...), so :meth:`Agent.blocking` runs them in a thread pool; :meth:`Agent.container_lock` serialises
+state changes per container so that, say, a stop and a delete of one container never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import socket
+import ssl
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hostagent.images.store import ImageStore
+from hostagent.operations import OperationRegistry
+from hostagent.runtimes import make_runtime
+from hostagent.runtimes.base import Runtime
+from hostagent.storage import detect
+from hostagent.trust import TrustStore
+from orchapi import certs, tlsconfig
+
+T = TypeVar("T")
+
+VERSION = "0.1.0"
+
+
+class Agent:
+    """Everything one ``orch-agent`` process serves."""
+
+    def __init__(self, data_dir: Path, runtime: str = "native", name: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.name = name or socket.gethostname()
+        self.cert_path = data_dir / "server.crt"
+        self.key_path = data_dir / "server.key"
+        self.fingerprint = certs.ensure(self.cert_path, self.key_path, f"orch-agent@{self.name}")
+        self.certificate = self.cert_path.read_text()
+        self.ssl_context: ssl.SSLContext | None = None
+        self.trust = TrustStore(data_dir, on_added=self._trust_in_tls)
+        self.storage = detect(data_dir)
+        self.images = ImageStore(data_dir / "images", self.storage)
+        self.runtime: Runtime = make_runtime(runtime, data_dir, self.storage, self.images)
+        self.operations = OperationRegistry()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-work")
+
+    def make_ssl_context(self) -> ssl.SSLContext:
+        """The listener's TLS context, trusting the certificates in the store now."""
+        self.ssl_context = tlsconfig.server_context(self.cert_path, self.key_path, self.trust.pems())
+        return self.ssl_context
+
+    def _trust_in_tls(self, pem: str) -> None:
+        """A newly trusted certificate must pass the TLS handshake from the next connection on."""
+        if self.ssl_context is not None:
+            self.ssl_context.load_verify_locations(cadata=pem)
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking driver call in the agent's thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
+
+    def container_lock(self, name: str) -> asyncio.Lock:
+        return self._locks[name]
+
+    def server_info(self, trusted: bool) -> dict[str, Any]:
+        """``GET /1.0``: identity for everyone, details for trusted callers."""
+        environment: dict[str, Any] = {
+            "certificate": self.certificate,
+            "certificate_fingerprint": self.fingerprint,
+            "server": "orch-agent",
+            "server_name": self.name,
+            "server_version": VERSION,
+        }
+        info: dict[str, Any] = {
+            "api_version": "1.0",
+            "api_extensions": [],
+            "auth": "trusted" if trusted else "untrusted",
+            "auth_methods": ["tls"],
+            "public": False,
+            "environment": environment,
+            "config": {},
+        }
+        if trusted:
+            environment.update(
+                {
+                    "runtime": self.runtime.name,
+                    "storage": self.runtime.storage_name,
+                    "transfer_methods": list(self.runtime.transfer_methods),
+                    "kernel": platform.system(),
+                    "kernel_version": platform.release(),
+                    "architectures": [platform.machine()],
+                    "storage_free": self.storage.free_bytes(),
+                    "storage_total": self.storage.total_bytes(),
+                }
+            )
+            info["config"] = {"core.trust_password": True} if self.trust.has_password() else {}
+        return info

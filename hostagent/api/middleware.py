@@ -1,0 +1,81 @@
+"""Who is calling, and how errors look.
+
+Authentication follows LXD: on the unix socket the caller is the local admin; over HTTPS the caller is
+trusted only if its TLS client certificate's fingerprint is in the trust store *now* (checked on every
+request, since a removed certificate cannot be unloaded from a live TLS context). Only server info and
+enrolment with the trust password are open to untrusted callers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from hostagent.api.responses import error
+from orchapi import certs
+from orchapi.errors import Forbidden, OrchError
+
+log = logging.getLogger(__name__)
+
+AGENT_KEY: web.AppKey = web.AppKey("agent", object)
+
+#: (method, route path) that untrusted callers may use
+PUBLIC = {("GET", "/1.0"), ("POST", "/1.0/certificates")}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_fingerprint(request: web.Request) -> str | None:
+    """SHA-256 fingerprint of the client's TLS certificate, if it presented one."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return certs.fingerprint_der(der) if der else None
+
+
+def is_unix(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    agent = request.app[AGENT_KEY]
+    if is_unix(request):
+        request["trusted"], request["client"] = True, "unix"
+    else:
+        fingerprint = peer_fingerprint(request)
+        request["trusted"] = fingerprint is not None and agent.trust.is_trusted(fingerprint)
+        request["client"] = fingerprint or "anonymous"
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    if not request["trusted"] and (request.method, path) not in PUBLIC:
+        raise Forbidden(
+            "not authorized: this client's certificate is not trusted by the agent",
+            "add the agent with `orch remote add` and its trust password",
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"type": "error"}`` JSON; bad input is always a 4xx."""
+    try:
+        return await handler(request)
+    except OrchError as exc:
+        return error(str(exc), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return error(message.lower() if message else "error", exc.status)
+    except json.JSONDecodeError:
+        return error("request body is not valid JSON", 400)
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(f"internal error: {exc}", 500)

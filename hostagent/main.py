@@ -1,0 +1,106 @@
+"""``orch-agent``: start the host agent.
+
+First start creates the data dir, the agent's key and certificate. The agent then serves the API on the
+local unix socket ``<data-dir>/unix.socket`` (mode 0660, no certificate needed: the local admin path) and,
+with ``--listen``, on HTTPS. The bound address is written to ``<data-dir>/listen.addr`` so that tools (and
+tests using port 0) can find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from hostagent.agent import Agent
+from hostagent.api import build_app
+
+log = logging.getLogger("orch-agent")
+
+DEFAULT_DATA_DIR = Path("/var/lib/orch-agent")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` (port 8443)."""
+    host, port = value, "8443"
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise argparse.ArgumentTypeError(f"invalid address {value!r}")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise argparse.ArgumentTypeError(f"invalid address {value!r}")
+            port = rest[1:]
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port in {value!r}")
+    return host or "::", int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orch-agent", description="orch host agent")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ORCH_AGENT_DIR", DEFAULT_DATA_DIR)))
+    parser.add_argument("--listen", type=parse_listen, help="HTTPS address, e.g. [::]:8443 or 127.0.0.1:0")
+    parser.add_argument("--runtime", default="native", help="runtime driver (default: native)")
+    parser.add_argument("--name", help="server name reported to clients (default: hostname)")
+    parser.add_argument("--log-level", default=os.environ.get("ORCH_AGENT_LOG_LEVEL", "INFO"))
+    return parser
+
+
+async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
+    """Run the listeners until SIGTERM or SIGINT."""
+    runner = web.AppRunner(build_app(agent), handle_signals=False, access_log=None)
+    await runner.setup()
+    sock_path = agent.data_dir / "unix.socket"
+    if sock_path.exists() or sock_path.is_symlink():
+        sock_path.unlink()
+    await web.UnixSite(runner, str(sock_path)).start()
+    os.chmod(sock_path, 0o660)
+    addr_file = agent.data_dir / "listen.addr"
+    addr_file.unlink(missing_ok=True)
+    if listen is not None:
+        site = web.TCPSite(runner, listen[0], listen[1], ssl_context=agent.make_ssl_context(), reuse_address=True)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]  # the real port when 0 was asked for
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        addr_file.write_text(shown + "\n")
+        log.info("listening on https://%s (certificate fingerprint %s)", shown, agent.fingerprint)
+    log.info("local socket %s", sock_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down (containers keep running)")
+        await runner.cleanup()
+        addr_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    data_dir: Path = args.data_dir.absolute()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o711)  # unprivileged containers' mapped root must traverse it to their rootfs
+        agent = Agent(data_dir, runtime=args.runtime, name=args.name)
+        agent.runtime.recover()
+        asyncio.run(serve(agent, args.listen))
+    except (OSError, ValueError) as exc:
+        print(f"orch-agent: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Operations: long-running work that the API answers with ``202`` and a URL to poll or wait on.
+
+Shaped like LXD's: an operation has an id, a status (Running, Success, Failure, Cancelled), progress in its
+metadata and, on failure, an error message and the HTTP status the error would have had. The work is an
+asyncio task in the agent; finished operations are kept for a while so that a client that reconnects
+(or a worker that restarts) can still read the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from orchapi.errors import Conflict, NotFound, OrchError
+
+log = logging.getLogger(__name__)
+
+RUNNING, SUCCESS, FAILURE, CANCELLED = "Running", "Success", "Failure", "Cancelled"
+STATUS_CODES = {RUNNING: 103, SUCCESS: 200, FAILURE: 400, CANCELLED: 401}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Operation:
+    """One piece of background work and its observable state."""
+
+    def __init__(self, description: str, resources: dict[str, list[str]]) -> None:
+        self.id = str(uuid.uuid4())
+        self.description = description
+        self.resources = resources
+        self.status = RUNNING
+        self.created_at = self.updated_at = _now()
+        self.metadata: dict[str, Any] = {}
+        self.err = ""
+        self.err_code = 0
+        self.finished_monotonic: float | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    def progress(self, **fields: Any) -> None:
+        """Merge progress fields (e.g. ``percent``, ``bytes``) into the metadata."""
+        self.metadata.update(fields)
+        self.updated_at = _now()
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "class": "task",
+            "description": self.description,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "status": self.status,
+            "status_code": STATUS_CODES[self.status],
+            "resources": self.resources,
+            "metadata": self.metadata,
+            "may_cancel": self.status == RUNNING,
+            "err": self.err,
+            "err_code": self.err_code,
+        }
+
+
+Work = Callable[[Operation], Awaitable[dict[str, Any] | None]]
+
+
+class OperationRegistry:
+    """Creates operations, runs their work and keeps finished ones for ``keep_seconds``."""
+
+    def __init__(self, keep_seconds: float = 600.0) -> None:
+        self._ops: dict[str, Operation] = {}
+        self.keep_seconds = keep_seconds
+
+    def start(self, description: str, work: Work, resources: dict[str, list[str]] | None = None) -> Operation:
+        """Create an operation and schedule ``work(op)``; its return value becomes the metadata."""
+        self._expire()
+        op = Operation(description, resources or {})
+        self._ops[op.id] = op
+        op.task = asyncio.get_running_loop().create_task(self._run(op, work))
+        return op
+
+    async def _run(self, op: Operation, work: Work) -> None:
+        try:
+            result = await work(op)
+            if result is not None:
+                op.metadata.update(result)
+            op.status = SUCCESS
+        except asyncio.CancelledError:
+            op.status, op.err, op.err_code = CANCELLED, "operation cancelled", 499
+        except OrchError as exc:
+            op.status, op.err, op.err_code = FAILURE, str(exc), exc.status
+        except Exception as exc:  # a bug or host failure: keep the agent alive, report it
+            log.exception("operation %s (%s) failed", op.id, op.description)
+            op.status, op.err, op.err_code = FAILURE, f"internal error: {exc}", 500
+        finally:
+            op.updated_at = _now()
+            op.finished_monotonic = time.monotonic()
+            op.done.set()
+
+    def get(self, op_id: str) -> Operation:
+        op = self._ops.get(op_id)
+        if op is None:
+            raise NotFound(f"operation {op_id} not found", "finished operations are kept for 10 minutes")
+        return op
+
+    def list(self) -> list[Operation]:
+        self._expire()
+        return sorted(self._ops.values(), key=lambda o: o.created_at)
+
+    async def wait(self, op_id: str, timeout: float | None) -> Operation:
+        op = self.get(op_id)
+        try:
+            await asyncio.wait_for(asyncio.shield(op.done.wait()), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return op
+
+    def cancel(self, op_id: str) -> Operation:
+        op = self.get(op_id)
+        if op.status != RUNNING or op.task is None:
+            raise Conflict(f"operation {op_id} is not running")
+        op.task.cancel()
+        return op
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.keep_seconds
+        for op_id in [i for i, o in self._ops.items() if o.finished_monotonic and o.finished_monotonic < cutoff]:
+            del self._ops[op_id]

@@ -1,0 +1,373 @@
+"""A thin wrapper around the ``runc`` command line, one state directory per agent.
+
+Every call is an argument list (never a shell string). runc's own failures come back as
+:mod:`orchapi.errors` exceptions whose message is runc's error in one line; that is what users see.
+
+Zombies: ``runc run -d`` exits once the container's init is running, so the init is reparented to the
+nearest child subreaper or to PID 1. Measured on the development sandbox, PID 1 (``process_api``) reaps
+orphans within about a second, as systemd does on a normal host, so the agent needs no reaper there.
+:func:`become_subreaper` and :func:`reap_children` exist for hosts where that is not true (the agent
+running as PID 1 of a plain container, or under a supervisor that never calls wait()).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hostagent.runtimes.base import ExecResult
+from orchapi.errors import Conflict, InternalError, NotFound, OrchError
+
+#: what :meth:`Runc.exec` returns as exit code when it killed a command for running too long
+#: (the same as coreutils ``timeout``)
+EXEC_TIMEOUT_CODE = 124
+#: exit code for "command not found", as a shell reports it
+EXEC_NOT_FOUND_CODE = 127
+
+_PR_SET_CHILD_SUBREAPER = 36
+_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+def summarize(text: str | bytes, limit: int = 400) -> str:
+    """runc's error output as one line: the last logged message, else the last non-empty line."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    messages: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and "msg" in entry:
+                if entry.get("level") in ("error", "fatal", "warning"):
+                    messages.append(str(entry["msg"]))
+                continue
+        found = _MSG.findall(line)
+        if found:
+            messages.extend(m.replace('\\"', '"').replace("\\\\", "\\") for m in found)
+        else:
+            messages.append(line)
+    out = messages[-1] if messages else "no error output"
+    out = " ".join(out.split())
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def error_from_runc(action: str, message: str) -> OrchError:
+    """Pick the API error class for one of runc's error messages."""
+    lower = message.lower()
+    if "does not exist" in lower:
+        return NotFound(f"{action}: {message}")
+    if any(
+        s in lower
+        for s in ("not running", "is not stopped", "that is not stopped", "already exists", "id exists", "stopped")
+    ):
+        return Conflict(f"{action}: {message}")
+    return InternalError(f"{action}: {message}")
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of orphaned descendants (containers' inits) via prctl(2).
+
+    Returns False where prctl is unavailable. After this the caller *must* reap: see :func:`reap_children`.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_children(pids: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """Collect exited children without blocking; returns (pid, wait status) pairs.
+
+    With ``pids`` only those are reaped: the safe form, because a blind ``waitpid(-1)`` would also steal
+    the exit status of a ``subprocess`` child another thread is about to wait for (that thread would then
+    see return code 0). Without ``pids`` every exited child is reaped: only for a process that runs no
+    concurrent subprocesses.
+    """
+    reaped: list[tuple[int, int]] = []
+    if pids is not None:
+        for pid in pids:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # not our child (reaped by PID 1 or a subreaper)
+            if got:
+                reaped.append((got, status))
+        return reaped
+    while True:
+        try:
+            got, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if not got:
+            break
+        reaped.append((got, status))
+    return reaped
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, found through /proc (parents first)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class Runc:
+    """runc with a private ``--root``, so two agents on one machine never see each other's containers."""
+
+    def __init__(self, root: Path, binary: str = "runc", command_timeout: float = 120.0) -> None:
+        self.root = Path(root)
+        self.binary = binary
+        self.command_timeout = command_timeout
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    def _argv(self, *args: str) -> list[str]:
+        return [self.binary, "--root", str(self.root), "--log-format", "json", *args]
+
+    def _run(self, action: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run a short runc command; raise the matching API error if it fails."""
+        try:
+            proc = subprocess.run(
+                self._argv(*args),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=self.command_timeout,
+            )
+        except FileNotFoundError as exc:
+            raise InternalError(f"{action}: runc is not installed ({self.binary} not found)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise InternalError(f"{action}: runc did not answer within {self.command_timeout:.0f}s") from exc
+        if proc.returncode != 0:
+            raise error_from_runc(action, summarize(proc.stderr))
+        return proc
+
+    def run_detached(self, cid: str, bundle: Path, console_log: Path, pid_file: Path) -> int:
+        """Start the container's init in the background; returns its host pid.
+
+        stdin is /dev/null and stdout/stderr append to ``console_log``, so the init never blocks on a full
+        pipe and keeps its output going after the agent exits. runc's own error messages land there too.
+        """
+        fd = os.open(console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.run(
+                self._argv("run", "--detach", "--pid-file", str(pid_file), "--bundle", str(bundle), cid),
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                timeout=self.command_timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InternalError(f"starting {cid}: runc did not return within {self.command_timeout:.0f}s") from exc
+        finally:
+            os.close(fd)
+        if proc.returncode != 0:
+            raise error_from_runc(f"starting {cid}", summarize(_tail(console_log)))
+        return int(Path(pid_file).read_text().strip())
+
+    def state(self, cid: str) -> dict[str, Any] | None:
+        """runc's state of ``cid`` (``status`` is created/running/paused/stopped), None if runc has none."""
+        try:
+            proc = self._run(f"state of {cid}", "state", cid)
+        except NotFound:
+            return None
+        return json.loads(proc.stdout)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every container in this root, as ``runc list --format json`` describes them."""
+        proc = self._run("listing containers", "list", "--format", "json")
+        return json.loads(proc.stdout or b"null") or []
+
+    def kill(self, cid: str, sig: int | str = signal.SIGTERM, all_processes: bool = False) -> None:
+        """Send ``sig`` to the container's init (or, ``all_processes``, to every process in it)."""
+        args = ["kill"] + (["--all"] if all_processes else []) + [cid, str(int(sig))]
+        self._run(f"signalling {cid}", *args)
+
+    def delete(self, cid: str, force: bool = False) -> None:
+        """Forget a stopped container (``force`` kills it first); a missing container is fine."""
+        try:
+            self._run(f"deleting {cid}", "delete", *(["--force"] if force else []), cid)
+        except NotFound:
+            pass
+
+    def exec(
+        self,
+        cid: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        grace: float = 1.0,
+    ) -> ExecResult:
+        """Run ``args`` in the container and collect its output.
+
+        On ``timeout`` the command and its descendants are killed and the result has return code
+        :data:`EXEC_TIMEOUT_CODE` (124) with the output so far; no exception, so callers can show it.
+        A command that is not found returns :data:`EXEC_NOT_FOUND_CODE`. Background processes that keep
+        stdout open are not waited for beyond ``grace`` seconds after the command exits.
+        """
+        if not args:
+            raise InternalError("exec needs a command")
+        fd, pid_file = tempfile.mkstemp(prefix="orch-exec-", suffix=".pid")
+        os.close(fd)
+        os.unlink(pid_file)  # runc refuses nothing here, but an empty file would look like a bad pid
+        fd, log_file = tempfile.mkstemp(prefix="orch-exec-", suffix=".log")
+        os.close(fd)
+        argv = [self.binary, "--root", str(self.root), "--log", log_file, "--log-format", "json", "exec"]
+        argv += ["--pid-file", pid_file]
+        if cwd:
+            argv += ["--cwd", cwd]
+        for key, value in (env or {}).items():
+            argv += ["--env", f"{key}={value}"]
+        # flags end at the first positional argument (runc sets SkipArgReorder), so the command's own
+        # options are never taken for runc's; a "--" here would be run as the command
+        argv += [cid, *args]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err, timed_out = _communicate(proc, stdin, timeout, grace, pid_file)
+            runc_error = _log_error(Path(log_file)) if proc.returncode == 255 else None
+        finally:
+            for path in (pid_file, log_file):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        if timed_out:
+            return ExecResult(EXEC_TIMEOUT_CODE, out, err)
+        if runc_error is not None:
+            # runc prints its own failure as the last stderr line; it is not the command's output
+            err = err[: err.rfind(b"exec failed:")] if b"exec failed:" in err else err
+            lower = runc_error.lower()
+            if "executable file not found" in lower or "no such file or directory" in lower:
+                return ExecResult(EXEC_NOT_FOUND_CODE, out, err + f"{runc_error}\n".encode())
+            raise error_from_runc(f"exec in {cid}", runc_error)
+        return ExecResult(proc.returncode, out, err)
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float | None, grace: float, pid_file: str
+) -> tuple[bytes, bytes, bool]:
+    """Feed stdin and gather output; returns (stdout, stderr, timed_out)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    exited_at: float | None = None
+    first = True
+    while True:
+        try:
+            out, err = proc.communicate(stdin if first else None, timeout=0.1)
+            return out or b"", err or b"", False
+        except subprocess.TimeoutExpired as exc:
+            first = False
+            partial = (exc.stdout or b"", exc.stderr or b"")
+        now = time.monotonic()
+        if proc.poll() is not None:
+            # runc is gone but something in the container still holds the pipes open
+            exited_at = exited_at or now
+            if now - exited_at >= grace:
+                _close_pipes(proc)
+                return partial[0], partial[1], False
+        elif deadline is not None and now >= deadline:
+            _kill_exec(proc, pid_file)
+            try:
+                out, err = proc.communicate(timeout=grace)
+                partial = (out or b"", err or b"")
+            except subprocess.TimeoutExpired as exc2:
+                partial = (exc2.stdout or partial[0], exc2.stderr or partial[1])
+                _close_pipes(proc)
+            return partial[0], partial[1], True
+
+
+def _kill_exec(proc: subprocess.Popen[bytes], pid_file: str) -> None:
+    """Kill an exec'd command (and what it started) by host pid, then runc itself."""
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid:
+        for p in _descendants(pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+    proc.wait()
+
+
+def _log_error(path: Path) -> str | None:
+    """The last error runc wrote to its JSON log file, if any."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    errors = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            errors.append(" ".join(str(entry.get("msg", "")).split()))
+    return errors[-1] if errors else None
+
+
+def _tail(path: Path, max_bytes: int = 4096) -> str:
+    """The last few KiB of a file (for error messages), empty if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def tail_lines(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` non-empty lines of a file joined into one line (for error messages)."""
+    found = [line.strip() for line in _tail(path).splitlines() if line.strip()]
+    return " | ".join(found[-lines:])

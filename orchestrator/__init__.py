@@ -1,0 +1,1 @@
+"""orch: the operator's CLI and (from the copy/move work on) the Celery application that runs jobs."""

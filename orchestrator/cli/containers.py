@@ -1,0 +1,254 @@
+"""Container commands: launch, init, list, info, start, stop, restart, snapshot, restore, delete, exec."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import stat
+import sys
+from typing import Any
+
+import click
+
+from orchapi.errors import BadRequest, Conflict
+from orchestrator.cli.context import Context, pass_ctx
+from orchestrator.cli.images import ensure_image
+from orchestrator.cli.output import emit, format_option, human_size, table
+from orchestrator.refs import Ref, parse, parse_container
+
+
+def _create(ctx: Context, image: str, name: str | None, config: tuple[str, ...], start: bool) -> Ref:
+    """Shared by launch and init: create (and maybe start) a container from an image."""
+    cfg = ctx.config
+    image_ref_remote, _, image_name = image.rpartition(":") if ":" in image else (cfg.default_remote, "", image)
+    cfg.get(image_ref_remote)
+    if not image_name:
+        raise BadRequest(f"{image!r} names no image", "use [REMOTE:]ALIAS or [REMOTE:]FINGERPRINT")
+    target = parse(name, cfg) if name else Ref(cfg.default_remote)
+    if not target.name:
+        target = Ref(target.remote, "c-" + secrets.token_hex(3))
+    if target.snapshot:
+        raise BadRequest("a new container can't be a snapshot")
+    client = ctx.client(target.remote)
+    fingerprint = ensure_image(ctx, image_ref_remote, image_name, target.remote)
+    body: dict[str, Any] = {
+        "name": target.name,
+        "source": {"type": "image", "fingerprint": fingerprint},
+        "config": _parse_config(config),
+        "start": start,
+    }
+    click.echo(f"Creating {target.name}")
+    client.run("POST", "/1.0/containers", json=body)
+    if start:
+        click.echo(f"Starting {target.name}")
+    return target
+
+
+def _parse_config(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"invalid config {pair!r}", "use -c KEY=VALUE")
+        out[key] = value
+    return out
+
+
+config_option = click.option("--config", "-c", multiple=True, metavar="KEY=VALUE", help="Container config.")
+
+
+@click.command()
+@click.argument("image")
+@click.argument("name", required=False)
+@config_option
+@pass_ctx
+def launch(ctx: Context, image: str, name: str | None, config: tuple[str, ...]) -> None:
+    """Create and start a container from IMAGE ([REMOTE:]ALIAS|FINGERPRINT) as [REMOTE:]NAME."""
+    _create(ctx, image, name, config, start=True)
+
+
+@click.command()
+@click.argument("image")
+@click.argument("name", required=False)
+@config_option
+@pass_ctx
+def init(ctx: Context, image: str, name: str | None, config: tuple[str, ...]) -> None:
+    """Create a container from IMAGE as [REMOTE:]NAME without starting it."""
+    _create(ctx, image, name, config, start=False)
+
+
+@click.command("list")
+@click.argument("target", required=False)
+@format_option
+@pass_ctx
+def list_(ctx: Context, target: str | None, fmt: str) -> None:
+    """List the containers of [REMOTE:] (optionally only names starting with a prefix)."""
+    ref = parse(target, ctx.config) if target else Ref(ctx.config.default_remote)
+    containers = ctx.client(ref.remote).get("/1.0/containers", params={"recursion": 1})
+    if ref.name:
+        containers = [c for c in containers if c["name"].startswith(ref.name)]
+    rows = [[c["name"], c["status"].upper(), "", "", c["type"].upper(), len(c["snapshots"])] for c in containers]
+    emit(fmt, ["NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS"], rows, containers)
+
+
+@click.command()
+@click.argument("target", required=False)
+@pass_ctx
+def info(ctx: Context, target: str | None) -> None:
+    """Show a container ([REMOTE:]NAME) or, for REMOTE:, the agent."""
+    ref = parse(target, ctx.config) if target else Ref(ctx.config.default_remote)
+    client = ctx.client(ref.remote)
+    if not ref.name:
+        server = client.get("/1.0")
+        env = server["environment"]
+        for key in ("server_name", "server_version", "certificate_fingerprint", "runtime", "storage"):
+            if key in env:
+                click.echo(f"{key.replace('_', ' ').capitalize()}: {env[key]}")
+        if "transfer_methods" in env:
+            click.echo(f"Transfer methods: {', '.join(env['transfer_methods'])}")
+        if "storage_free" in env:
+            click.echo(f"Storage free: {human_size(env['storage_free'])} of {human_size(env['storage_total'])}")
+        click.echo(f"Auth: {server['auth']}")
+        return
+    c = client.get(f"/1.0/containers/{ref.name}")
+    state = client.get(f"/1.0/containers/{ref.name}/state")
+    click.echo(f"Name: {c['name']}")
+    click.echo(f"Status: {c['status'].upper()}")
+    click.echo(f"Type: {c['type']}")
+    click.echo(f"Architecture: {c['architecture']}")
+    if state.get("pid"):
+        click.echo(f"PID: {state['pid']}")
+    click.echo(f"Created: {c['created_at']}")
+    click.echo(f"Base image: {c['config'].get('volatile.base_image', '')}")
+    click.echo("Resources:")
+    click.echo(f"  Processes: {state.get('processes', 0)}")
+    if "disk_usage" in state:
+        click.echo(f"  Disk usage: {human_size(state['disk_usage'])}")
+    snapshots = client.get(f"/1.0/containers/{ref.name}/snapshots", params={"recursion": 1})
+    if snapshots:
+        click.echo("Snapshots:")
+        click.echo(table(["NAME", "TAKEN AT"], [[s["name"], s["created_at"]] for s in snapshots]))
+
+
+def _state(ctx: Context, targets: tuple[str, ...], action: str, force: bool = False, timeout: int = 30) -> None:
+    if not targets:
+        raise BadRequest(f"{action} needs at least one container", f"orch {action} [REMOTE:]NAME")
+    for text in targets:
+        ref = parse_container(text, ctx.config)
+        body = {"action": action, "force": force, "timeout": timeout}
+        ctx.client(ref.remote).run("PUT", f"/1.0/containers/{ref.name}/state", json=body, timeout=timeout + 30)
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@pass_ctx
+def start(ctx: Context, targets: tuple[str, ...]) -> None:
+    """Start containers."""
+    _state(ctx, targets, "start")
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--force", "-f", is_flag=True, help="Kill at once instead of a clean shutdown.")
+@click.option("--timeout", default=30, show_default=True, help="Seconds to wait for a clean shutdown.")
+@pass_ctx
+def stop(ctx: Context, targets: tuple[str, ...], force: bool, timeout: int) -> None:
+    """Stop containers (clean shutdown, killed after --timeout)."""
+    _state(ctx, targets, "stop", force, timeout)
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--force", "-f", is_flag=True, help="Kill at once instead of a clean shutdown.")
+@click.option("--timeout", default=30, show_default=True, help="Seconds to wait for a clean shutdown.")
+@pass_ctx
+def restart(ctx: Context, targets: tuple[str, ...], force: bool, timeout: int) -> None:
+    """Restart containers."""
+    _state(ctx, targets, "restart", force, timeout)
+
+
+@click.command()
+@click.argument("target")
+@click.argument("snapshot", required=False)
+@pass_ctx
+def snapshot(ctx: Context, target: str, snapshot: str | None) -> None:
+    """Take a snapshot of a container (named snapN when no name is given)."""
+    ref = parse_container(target, ctx.config)
+    client = ctx.client(ref.remote)
+    if not snapshot:
+        existing = set(client.get(f"/1.0/containers/{ref.name}")["snapshots"])
+        snapshot = next(f"snap{i}" for i in range(len(existing) + 1) if f"snap{i}" not in existing)
+    client.run("POST", f"/1.0/containers/{ref.name}/snapshots", json={"name": snapshot})
+
+
+@click.command()
+@click.argument("target")
+@click.argument("snapshot")
+@pass_ctx
+def restore(ctx: Context, target: str, snapshot: str) -> None:
+    """Restore a container to one of its snapshots."""
+    ref = parse_container(target, ctx.config)
+    ctx.client(ref.remote).run("PUT", f"/1.0/containers/{ref.name}", json={"restore": snapshot})
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--force", "-f", is_flag=True, help="Stop a running container first.")
+@pass_ctx
+def delete(ctx: Context, targets: tuple[str, ...], force: bool) -> None:
+    """Delete containers or snapshots ([REMOTE:]NAME[/SNAPSHOT])."""
+    if not targets:
+        raise BadRequest("delete needs at least one container", "orch delete [REMOTE:]NAME")
+    for text in targets:
+        ref = parse_container(text, ctx.config, allow_snapshot=True)
+        client = ctx.client(ref.remote)
+        if ref.snapshot:
+            client.run("DELETE", f"/1.0/containers/{ref.name}/snapshots/{ref.snapshot}")
+            continue
+        status = client.get(f"/1.0/containers/{ref.name}")["status"]
+        if status == "Running":
+            if not force:
+                raise Conflict(f"container {ref} is running", "stop it first, or use --force")
+            client.run("PUT", f"/1.0/containers/{ref.name}/state", json={"action": "stop", "force": True})
+        client.run("DELETE", f"/1.0/containers/{ref.name}")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment variable for the command.")
+@click.option("--cwd", default="/root", show_default=True, help="Working directory inside the container.")
+@pass_ctx
+def exec_(ctx: Context, target: str, command: tuple[str, ...], env: tuple[str, ...], cwd: str) -> int:
+    """Run COMMAND in a container: orch exec [REMOTE:]NAME -- CMD [ARGS...]."""
+    ref = parse_container(target, ctx.config)
+    environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    environment.update(_parse_config(env))
+    body: dict[str, Any] = {"command": list(command), "environment": environment, "cwd": cwd}
+    data = _stdin_data()
+    if data is not None:
+        body["stdin"] = base64.b64encode(data).decode()
+    result = ctx.client(ref.remote).run("POST", f"/1.0/containers/{ref.name}/exec", json=body)
+    sys.stdout.buffer.write(base64.b64decode(result.get("stdout", "")))
+    sys.stdout.flush()
+    sys.stderr.buffer.write(base64.b64decode(result.get("stderr", "")))
+    sys.stderr.flush()
+    return int(result.get("return", 1))
+
+
+def _stdin_data() -> bytes | None:
+    """Forward stdin only when it is a pipe or a file (never block waiting on a terminal)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return None
+    if stat.S_ISFIFO(mode) or stat.S_ISREG(mode):
+        return sys.stdin.buffer.read()
+    return None
+
+
+exec_.name = "exec"
+list_.name = "list"
+
+COMMANDS = [launch, init, list_, info, start, stop, restart, snapshot, restore, delete, exec_]

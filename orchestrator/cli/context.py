@@ -1,0 +1,27 @@
+"""Shared CLI state: the client configuration, loaded once per invocation."""
+
+from __future__ import annotations
+
+import click
+
+from orchestrator.clientconfig import ClientConfig
+from orchestrator.connect import RemoteClient, connect
+
+
+class Context:
+    """Carried in click's context object."""
+
+    def __init__(self) -> None:
+        self._config: ClientConfig | None = None
+
+    @property
+    def config(self) -> ClientConfig:
+        if self._config is None:
+            self._config = ClientConfig()
+        return self._config
+
+    def client(self, remote: str) -> RemoteClient:
+        return connect(self.config, remote)
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)

@@ -1,0 +1,51 @@
+"""Progress display for long client-side work (uploads, relays), drawn only on a terminal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+
+class ProgressReader:
+    """A file-like wrapper that reports bytes read, so requests can stream it with a progress bar."""
+
+    def __init__(self, fh: IO[bytes], size: int, advance) -> None:  # type: ignore[no-untyped-def]
+        self._fh, self._size, self._advance = fh, size, advance
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(max(n, 1024 * 1024) if n and n > 0 else -1)
+        self._advance(len(data))
+        return data
+
+    def __len__(self) -> int:
+        return self._size
+
+
+@contextmanager
+def byte_progress(description: str, total: int | None) -> Iterator:  # type: ignore[type-arg]
+    """Yields ``advance(nbytes)``; shows bytes, rate, % and ETA on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

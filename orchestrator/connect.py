@@ -1,0 +1,45 @@
+"""Turning a configured remote into an :class:`~orchapi.client.AgentClient`."""
+
+from __future__ import annotations
+
+from orchapi.client import AgentClient, CertificateMismatch
+from orchapi.errors import OrchError
+from orchestrator.clientconfig import ClientConfig
+
+
+class ServerCertificateChanged(OrchError):
+    """A remote's agent presents a different certificate than the one stored when it was added."""
+
+    status = 495
+
+
+def connect(config: ClientConfig, remote_name: str, timeout: float = 30.0) -> "RemoteClient":
+    """A client for ``remote_name``: its unix socket, or HTTPS pinned to its stored certificate."""
+    remote = config.get(remote_name)
+    if remote.is_unix:
+        return RemoteClient(remote_name, "unix://" + remote.socket_path, timeout=timeout)
+    return RemoteClient(
+        remote_name,
+        remote.addr,
+        fingerprint=config.pinned_fingerprint(remote_name),
+        client_cert=config.client_cert(),
+        timeout=timeout,
+    )
+
+
+class RemoteClient(AgentClient):
+    """An :class:`AgentClient` that knows its remote's name, to name it in errors."""
+
+    def __init__(self, remote: str, url: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.remote = remote
+        super().__init__(url, **kwargs)
+
+    def request(self, method, path, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().request(method, path, **kwargs)
+        except CertificateMismatch as exc:
+            raise ServerCertificateChanged(
+                f"the certificate of remote {self.remote} changed: stored fingerprint {exc.expected}, "
+                f"server now presents {exc.actual or 'an unknown certificate'}",
+                f"if this change is expected, run `orch remote remove {self.remote}` and add it again",
+            ) from None
