@@ -47,7 +47,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orch-agent", description="orch host agent")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ORCH_AGENT_DIR", DEFAULT_DATA_DIR)))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("ORCH_AGENT_DIR", DEFAULT_DATA_DIR))
+    )
     parser.add_argument("--listen", type=parse_listen, help="HTTPS address, e.g. [::]:8443 or 127.0.0.1:0")
     parser.add_argument("--runtime", default="native", help="runtime driver (default: native)")
     parser.add_argument("--name", help="server name reported to clients (default: hostname)")
@@ -67,7 +69,9 @@ async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
     addr_file = agent.data_dir / "listen.addr"
     addr_file.unlink(missing_ok=True)
     if listen is not None:
-        site = web.TCPSite(runner, listen[0], listen[1], ssl_context=agent.make_ssl_context(), reuse_address=True)
+        site = web.TCPSite(
+            runner, listen[0], listen[1], ssl_context=agent.make_ssl_context(), reuse_address=True
+        )
         await site.start()
         host, port = site._server.sockets[0].getsockname()[:2]  # the real port when 0 was asked for
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from orchapi.errors import Conflict, NotFound, OrchError
@@ -25,7 +25,7 @@ STATUS_CODES = {RUNNING: 103, SUCCESS: 200, FAILURE: 400, CANCELLED: 401}
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 class Operation:
@@ -116,7 +116,7 @@ class OperationRegistry:
         op = self.get(op_id)
         try:
             await asyncio.wait_for(asyncio.shield(op.done.wait()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return op
 
@@ -129,5 +129,7 @@ class OperationRegistry:
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.keep_seconds
-        for op_id in [i for i, o in self._ops.items() if o.finished_monotonic and o.finished_monotonic < cutoff]:
+        for op_id in [
+            i for i, o in self._ops.items() if o.finished_monotonic and o.finished_monotonic < cutoff
+        ]:
             del self._ops[op_id]

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,8 @@ class TrustStore:
 
     def list(self) -> list[dict[str, Any]]:
         return [
-            {"fingerprint": fp, **{k: v for k, v in entry.items()}} for fp, entry in sorted(self._load().items())
+            {"fingerprint": fp, **{k: v for k, v in entry.items()}}
+            for fp, entry in sorted(self._load().items())
         ]
 
     def get(self, prefix: str) -> dict[str, Any]:
@@ -121,7 +122,7 @@ class TrustStore:
                 "name": name,
                 "type": "client",
                 "certificate": pem if isinstance(pem, str) else pem.decode(),
-                "added_at": datetime.now(timezone.utc).isoformat(),
+                "added_at": datetime.now(UTC).isoformat(),
             }
             write_json(self._certs_path, entries)
         if self._on_added:

@@ -51,9 +51,12 @@ def generate(cert_path: Path, key_path: Path, common_name: str, days: int = 3650
     """Write a new self-signed certificate and its private key (key mode 0600, written atomically)."""
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "orch"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "orch"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
     )
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     hostname = socket.gethostname()
     san = x509.SubjectAlternativeName(
         [

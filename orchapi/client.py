@@ -34,7 +34,9 @@ class CertificateMismatch(OrchError):
 
     def __init__(self, url: str, expected: str, actual: str | None) -> None:
         self.url, self.expected, self.actual = url, expected, actual
-        super().__init__(f"server certificate of {url} changed: expected {expected}, got {actual or 'unknown'}")
+        super().__init__(
+            f"server certificate of {url} changed: expected {expected}, got {actual or 'unknown'}"
+        )
 
 
 def split_https_url(url: str) -> tuple[str, int]:
@@ -59,7 +61,9 @@ def fetch_server_certificate(url: str, timeout: float = 10.0) -> str:
 
 def _unreachable(url: str, exc: BaseException) -> Unavailable:
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return Unavailable(f"cannot reach the agent at {url}: {reason}", "check the address and that orch-agent runs there")
+    return Unavailable(
+        f"cannot reach the agent at {url}: {reason}", "check the address and that orch-agent runs there"
+    )
 
 
 class AgentClient:
@@ -85,7 +89,11 @@ class AgentClient:
             if not fingerprint:
                 raise ValueError("an https remote needs a pinned certificate fingerprint")
             self._base = self.url
-            ctx = tlsconfig.client_context(*client_cert) if client_cert else tlsconfig.client_context(None, None)
+            ctx = (
+                tlsconfig.client_context(*client_cert)
+                if client_cert
+                else tlsconfig.client_context(None, None)
+            )
             self.session.mount(self.url, PinnedHTTPSAdapter(fingerprint, ctx))
         else:
             raise ValueError(f"unsupported agent URL {url!r}")
@@ -153,7 +161,9 @@ class AgentClient:
             return body.get("metadata") or {}
         return self.wait(body["operation"], progress)
 
-    def wait(self, operation: str, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait(
+        self, operation: str, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         """Wait for an operation to end; raise its error if it failed."""
         poll = 1.0 if progress else 30.0
         while True:

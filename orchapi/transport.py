@@ -68,7 +68,9 @@ class UnixSocketAdapter(HTTPAdapter):
         self._pool = _UnixPool(socket_path)
         super().__init__(**kwargs)
 
-    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None, cert: Any = None):
+    def get_connection_with_tls_context(
+        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
+    ):
         return self._pool
 
     def get_connection(self, url: str, proxies: Any = None) -> HTTPConnectionPool:

@@ -13,7 +13,7 @@ class ServerCertificateChanged(OrchError):
     status = 495
 
 
-def connect(config: ClientConfig, remote_name: str, timeout: float = 30.0) -> "RemoteClient":
+def connect(config: ClientConfig, remote_name: str, timeout: float = 30.0) -> RemoteClient:
     """A client for ``remote_name``: its unix socket, or HTTPS pinned to its stored certificate."""
     remote = config.get(remote_name)
     if remote.is_unix:

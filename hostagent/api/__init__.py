@@ -8,13 +8,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hostagent.api import certificates, containers, exec as exec_api, images, openapi, operations, server, snapshots
+from hostagent.api import (
+    certificates,
+    containers,
+    images,
+    openapi,
+    operations,
+    server,
+    snapshots,
+)
+from hostagent.api import (
+    exec as exec_api,
+)
 from hostagent.api.middleware import AGENT_KEY, auth_middleware, error_middleware
 
 MODULES = (server, certificates, containers, snapshots, exec_api, images, operations, openapi)
 
 
-def build_app(agent: "Agent") -> web.Application:  # noqa: F821
+def build_app(agent: Agent) -> web.Application:  # noqa: F821
     """One application for every listener; ``agent`` holds the runtime, stores and registries."""
     # no size limit for streamed bodies (image uploads are streamed to disk, never read whole)
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=16 * 1024**2)

@@ -34,7 +34,11 @@ async def add_certificate(request: web.Request) -> web.Response:
     pem = body.get("certificate")
     name = body.get("name") or "client"
     if not pem:
-        der = request.transport.get_extra_info("ssl_object").getpeercert(True) if peer_fingerprint(request) else b""
+        der = (
+            request.transport.get_extra_info("ssl_object").getpeercert(True)
+            if peer_fingerprint(request)
+            else b""
+        )
         if not der:
             raise BadRequest("no certificate given", "send it as 'certificate' (PEM) in the request body")
         pem = certs.der_to_pem(der)
@@ -47,7 +51,10 @@ async def add_certificate(request: web.Request) -> web.Response:
         await asyncio.sleep(throttle.delay(address))
         password = body.get("password")
         if not agent.trust.has_password():
-            raise Forbidden("this agent has no trust password set", "set one with `orch config set <remote>: core.trust_password ...`")
+            raise Forbidden(
+                "this agent has no trust password set",
+                "set one with `orch config set <remote>: core.trust_password ...`",
+            )
         ok = await agent.blocking(agent.trust.check_password, password if isinstance(password, str) else "")
         if not ok:
             throttle.failed(address)

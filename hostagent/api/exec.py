@@ -27,7 +27,9 @@ def _parse(body: dict[str, Any]) -> tuple[list[str], dict[str, str], str, bytes 
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise BadRequest("command must be a non-empty list of strings")
     env = body.get("environment") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
         raise BadRequest("environment must map strings to strings")
     if any("=" in k or not k for k in env):
         raise BadRequest("environment variable names must be non-empty and contain no '='")
@@ -41,7 +43,9 @@ def _parse(body: dict[str, Any]) -> tuple[list[str], dict[str, str], str, bytes 
         except (binascii.Error, TypeError):
             raise BadRequest("stdin must be base64") from None
     timeout = body.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+    if timeout is not None and (
+        not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0
+    ):
         raise BadRequest("timeout must be a positive number of seconds")
     return command, env, cwd, stdin, timeout
 

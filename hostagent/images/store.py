@@ -115,17 +115,18 @@ class ImageStore:
         """
         path = Path(path)
         aliases = list(aliases or [])
-        fingerprint: str | None = None
+        claimed: str | None = None  # only the thread that claimed a fingerprint may release it
         try:
             for name in aliases:
                 check_alias_name(name)
             fingerprint = _sha256(path)
             self._claim(fingerprint)
+            claimed = fingerprint
             return self._import(path, fingerprint, aliases)
         finally:
-            if fingerprint is not None:
+            if claimed is not None:
                 with self._lock:
-                    self._importing.discard(fingerprint)
+                    self._importing.discard(claimed)
             _unlink_quietly(path)
 
     def _claim(self, fingerprint: str) -> None:

@@ -246,7 +246,7 @@ class _Archive:
         block = self._stream.block_at(end)
         if block is None:
             raise BadRequest(
-                f"image file is truncated after member {self._last!r}: it ends without an end-of-archive block"
+                f"image file is truncated after member {self._last!r}: it has no end-of-archive block"
             )
         if block != bytes(_BLOCK):
             raise BadRequest(
@@ -346,8 +346,8 @@ class _Validator:
     def _check_ids(member: tarfile.TarInfo) -> None:
         if not 0 <= member.uid < ID_LIMIT or not 0 <= member.gid < ID_LIMIT:
             raise BadRequest(
-                f"image member {member.name!r} is owned by uid {member.uid} gid {member.gid}: ids must be below "
-                f"{ID_LIMIT} to be mapped into the container's user namespace"
+                f"image member {member.name!r} is owned by uid {member.uid} gid {member.gid}: ids must be "
+                f"below {ID_LIMIT} to be mapped into the container's user namespace"
             )
 
     def _check_top_level(self, member: tarfile.TarInfo, parts: tuple[str, ...], kind: str) -> None:
@@ -529,7 +529,10 @@ def _set_mtime(apply: Any, member: tarfile.TarInfo) -> None:
 
 
 class _Writer:
-    """Writes rootfs members below one directory fd; directory attributes are set last (children touch them)."""
+    """Writes rootfs members below one directory fd.
+
+    Directory attributes are set last, because writing their children changes their mtimes.
+    """
 
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd

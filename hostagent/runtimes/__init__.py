@@ -11,9 +11,10 @@ from pathlib import Path
 from hostagent.runtimes.base import Runtime
 
 
-def make_runtime(name: str, data_dir: Path, storage: "StorageDriver", images: "ImageStore") -> Runtime:  # noqa: F821
+def make_runtime(name: str, data_dir: Path, storage: StorageDriver, images: ImageStore) -> Runtime:  # noqa: F821
     """Build the runtime driver called ``name`` for an agent whose data dir is ``data_dir``."""
     if name == "native":
         from hostagent.runtimes.native import NativeRuntime
+
         return NativeRuntime(data_dir, storage, images)
     raise ValueError(f"unknown runtime {name!r} (available: native)")

@@ -89,7 +89,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, str]:
             out[key] = value
             continue
         if key not in KNOWN_CONFIG_KEYS:
-            raise BadRequest(f"unknown config key {key!r}", "known keys: " + ", ".join(sorted(KNOWN_CONFIG_KEYS)))
+            raise BadRequest(
+                f"unknown config key {key!r}", "known keys: " + ", ".join(sorted(KNOWN_CONFIG_KEYS))
+            )
         allowed = KNOWN_CONFIG_KEYS[key]
         if allowed is not None and value not in allowed:
             raise BadRequest(f"invalid value {value!r} for {key}", "expected one of: " + ", ".join(allowed))
@@ -144,7 +146,10 @@ class Runtime(ABC):
 
     @abstractmethod
     def stop(self, name: str, force: bool = False, timeout: float = 30.0) -> None:
-        """Stop a running container: a clean shutdown signal, then kill after ``timeout`` (at once if ``force``)."""
+        """Stop a running container: a clean shutdown signal, then a kill after ``timeout``.
+
+        ``force`` kills at once.
+        """
 
     @abstractmethod
     def state(self, name: str) -> dict[str, Any]:

@@ -190,9 +190,7 @@ def shift_tree(
 
 def shift_into(path: Path, idmap: IdMap) -> int:
     """Shift a tree with raw ids (0..size-1) so the container described by ``idmap`` owns it."""
-    return shift_tree(
-        path, idmap.host_base, idmap.gid_host_base, range(0, idmap.size), range(0, idmap.size)
-    )
+    return shift_tree(path, idmap.host_base, idmap.gid_host_base, range(0, idmap.size), range(0, idmap.size))
 
 
 def shift_out_of(path: Path, idmap: IdMap) -> int:

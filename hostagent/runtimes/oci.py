@@ -107,9 +107,10 @@ def _device_node(name: str) -> dict[str, Any]:
 
 
 def _device_rules(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Device cgroup rules: deny all, then allow the listed nodes and ptys (so no container can open disks)."""
+    """Device cgroup rules: deny all, then allow the listed nodes and ptys (no container may open disks)."""
     allow = [
-        {"allow": True, "type": "c", "major": d["major"], "minor": d["minor"], "access": "rwm"} for d in devices
+        {"allow": True, "type": "c", "major": d["major"], "minor": d["minor"], "access": "rwm"}
+        for d in devices
     ]
     allow.append({"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"})  # /dev/ptmx
     allow.append({"allow": True, "type": "c", "major": 136, "access": "rwm"})  # /dev/pts/*
@@ -138,11 +139,21 @@ def _mounts(privileged: bool) -> list[dict[str, Any]]:
             "source": "shm",
             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         },
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
     ]
     if privileged:
         mounts.append(
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            }
         )
     else:
         mounts.append(

@@ -71,8 +71,7 @@ def error_from_runc(action: str, message: str) -> OrchError:
     if "does not exist" in lower:
         return NotFound(f"{action}: {message}")
     if any(
-        s in lower
-        for s in ("not running", "is not stopped", "that is not stopped", "already exists", "id exists", "stopped")
+        s in lower for s in ("not running", "not stopped", "already exists", "id exists", "stopped container")
     ):
         return Conflict(f"{action}: {message}")
     return InternalError(f"{action}: {message}")
@@ -185,7 +184,9 @@ class Runc:
                 timeout=self.command_timeout,
             )
         except subprocess.TimeoutExpired as exc:
-            raise InternalError(f"starting {cid}: runc did not return within {self.command_timeout:.0f}s") from exc
+            raise InternalError(
+                f"starting {cid}: runc did not return within {self.command_timeout:.0f}s"
+            ) from exc
         finally:
             os.close(fd)
         if proc.returncode != 0:
@@ -231,8 +232,11 @@ class Runc:
 
         On ``timeout`` the command and its descendants are killed and the result has return code
         :data:`EXEC_TIMEOUT_CODE` (124) with the output so far; no exception, so callers can show it.
-        A command that is not found returns :data:`EXEC_NOT_FOUND_CODE`. Background processes that keep
-        stdout open are not waited for beyond ``grace`` seconds after the command exits.
+        A command that is not found returns :data:`EXEC_NOT_FOUND_CODE`.
+
+        Like ``docker exec``, the call returns when the command's output pipes close: runc copies output
+        until then, so a background job that keeps stdout open (``sh -c 'sleep 60 &'``) holds the call
+        until it exits or ``timeout`` kills the command tree (and, ``grace`` seconds later, runc itself).
         """
         if not args:
             raise InternalError("exec needs a command")
@@ -293,7 +297,7 @@ def _communicate(
             partial = (exc.stdout or b"", exc.stderr or b"")
         now = time.monotonic()
         if proc.poll() is not None:
-            # runc is gone but something in the container still holds the pipes open
+            # runc is gone but something still holds the pipes open (not expected: runc owns them)
             exited_at = exited_at or now
             if now - exited_at >= grace:
                 _close_pipes(proc)

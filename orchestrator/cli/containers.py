@@ -21,7 +21,9 @@ from orchestrator.refs import Ref, parse, parse_container
 def _create(ctx: Context, image: str, name: str | None, config: tuple[str, ...], start: bool) -> Ref:
     """Shared by launch and init: create (and maybe start) a container from an image."""
     cfg = ctx.config
-    image_ref_remote, _, image_name = image.rpartition(":") if ":" in image else (cfg.default_remote, "", image)
+    image_ref_remote, _, image_name = (
+        image.rpartition(":") if ":" in image else (cfg.default_remote, "", image)
+    )
     cfg.get(image_ref_remote)
     if not image_name:
         raise BadRequest(f"{image!r} names no image", "use [REMOTE:]ALIAS or [REMOTE:]FINGERPRINT")
@@ -88,7 +90,9 @@ def list_(ctx: Context, target: str | None, fmt: str) -> None:
     containers = ctx.client(ref.remote).get("/1.0/containers", params={"recursion": 1})
     if ref.name:
         containers = [c for c in containers if c["name"].startswith(ref.name)]
-    rows = [[c["name"], c["status"].upper(), "", "", c["type"].upper(), len(c["snapshots"])] for c in containers]
+    rows = [
+        [c["name"], c["status"].upper(), "", "", c["type"].upper(), len(c["snapshots"])] for c in containers
+    ]
     emit(fmt, ["NAME", "STATE", "IPV4", "IPV6", "TYPE", "SNAPSHOTS"], rows, containers)
 
 
@@ -108,7 +112,9 @@ def info(ctx: Context, target: str | None) -> None:
         if "transfer_methods" in env:
             click.echo(f"Transfer methods: {', '.join(env['transfer_methods'])}")
         if "storage_free" in env:
-            click.echo(f"Storage free: {human_size(env['storage_free'])} of {human_size(env['storage_total'])}")
+            click.echo(
+                f"Storage free: {human_size(env['storage_free'])} of {human_size(env['storage_total'])}"
+            )
         click.echo(f"Auth: {server['auth']}")
         return
     c = client.get(f"/1.0/containers/{ref.name}")
@@ -131,13 +137,17 @@ def info(ctx: Context, target: str | None) -> None:
         click.echo(table(["NAME", "TAKEN AT"], [[s["name"], s["created_at"]] for s in snapshots]))
 
 
-def _state(ctx: Context, targets: tuple[str, ...], action: str, force: bool = False, timeout: int = 30) -> None:
+def _state(
+    ctx: Context, targets: tuple[str, ...], action: str, force: bool = False, timeout: int = 30
+) -> None:
     if not targets:
         raise BadRequest(f"{action} needs at least one container", f"orch {action} [REMOTE:]NAME")
     for text in targets:
         ref = parse_container(text, ctx.config)
         body = {"action": action, "force": force, "timeout": timeout}
-        ctx.client(ref.remote).run("PUT", f"/1.0/containers/{ref.name}/state", json=body, timeout=timeout + 30)
+        ctx.client(ref.remote).run(
+            "PUT", f"/1.0/containers/{ref.name}/state", json=body, timeout=timeout + 30
+        )
 
 
 @click.command()

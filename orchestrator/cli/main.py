@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the boundary: report, never dump a traceback on users
         if os.environ.get("ORCH_DEBUG"):
             traceback.print_exc()
-        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with ORCH_DEBUG=1 for details)", err=True)
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {exc} (run with ORCH_DEBUG=1 for details)", err=True
+        )
         return 1
 
 

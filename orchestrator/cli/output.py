@@ -14,7 +14,13 @@ import yaml
 FORMATS = ("table", "json", "yaml", "csv")
 
 format_option = click.option(
-    "--format", "-f", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="Output format.",
 )
 
 
@@ -23,9 +29,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    lines = [rule, "|" + "|".join(f" {h.center(w)} " for h, w in zip(headers, widths)) + "|", rule]
+    header = "|" + "|".join(f" {h.center(w)} " for h, w in zip(headers, widths, strict=True)) + "|"
+    lines = [rule, header, rule]
     for row in cells:
-        lines.append("|" + "|".join(f" {c.ljust(w)} " for c, w in zip(row, widths)) + "|")
+        lines.append("|" + "|".join(f" {c.ljust(w)} " for c, w in zip(row, widths, strict=True)) + "|")
         lines.append(rule)
     return "\n".join(lines)
 

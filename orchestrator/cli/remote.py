@@ -26,7 +26,9 @@ def normalize_addr(addr: str) -> str:
     if addr.startswith("https://"):
         rest = addr[len("https://") :].rstrip("/")
     elif "://" in addr:
-        raise BadRequest(f"unsupported address {addr!r}", "use HOST[:PORT], https://HOST[:PORT] or unix:///PATH")
+        raise BadRequest(
+            f"unsupported address {addr!r}", "use HOST[:PORT], https://HOST[:PORT] or unix:///PATH"
+        )
     else:
         rest = addr.rstrip("/")
     if not rest or "/" in rest:
@@ -62,14 +64,16 @@ def remote_add(ctx: Context, name: str, addr: str, accept_certificate: bool, pas
         client = AgentClient(url)
         client.get("/1.0")
         config.save()
-        click.echo(f"Remote {name} added ({url[len('unix://'):]})")
+        click.echo(f"Remote {name} added ({url[len('unix://') :]})")
         return
     pem = fetch_server_certificate(url)
     fingerprint = certs.fingerprint_pem(pem)
     click.echo(f"Certificate fingerprint: {fingerprint}")
     if not accept_certificate:
         if not sys.stdin.isatty():
-            raise BadRequest("cannot ask to confirm the certificate: no terminal", "pass --accept-certificate")
+            raise BadRequest(
+                "cannot ask to confirm the certificate: no terminal", "pass --accept-certificate"
+            )
         if not click.confirm("ok (y/n)?", default=None, show_default=False, prompt_suffix=" "):
             raise BadRequest("certificate not accepted; remote not added")
     crt, key = config.client_cert()
@@ -82,7 +86,12 @@ def remote_add(ctx: Context, name: str, addr: str, accept_certificate: bool, pas
                 raise BadRequest("no trust password given and no terminal to ask for it", "pass --password")
             password = click.prompt(f"Admin password for {name}", hide_input=True, prompt_suffix=": ")
         anonymous = AgentClient(url, fingerprint=fingerprint)
-        body = {"type": "client", "certificate": crt.read_text(), "password": password, "name": socket.gethostname()}
+        body = {
+            "type": "client",
+            "certificate": crt.read_text(),
+            "password": password,
+            "name": socket.gethostname(),
+        }
         anonymous.call("POST", "/1.0/certificates", json=body)
         if not _trusted(with_cert):
             raise Forbidden(f"{name} accepted the password but still does not trust this client")

@@ -1,0 +1,644 @@
+"""The native runtime: one OCI bundle per container, run by runc, volumes from the storage driver.
+
+Layout under ``<data-dir>``::
+
+    containers/<name>/container.json          what the agent knows (ContainerRecord fields + init, idmap)
+    containers/<name>/config.json             OCI spec, regenerated at every start
+    containers/<name>/rootfs/                 the container's volume
+    containers/<name>/snapshots/<s>/rootfs/   read-only snapshot volumes
+    containers/<name>/console.log             init's stdout/stderr since the last start
+    runc/                                     runc's state dir (``--root``), private to this agent
+
+Every multi-step change is arranged so that a crash leaves either the old or the new state plus
+dot-named or suffixed leftovers that :meth:`NativeRuntime.recover` removes: containers are built in
+``containers/.creating-*`` and renamed into place, deleted by renaming to ``containers/.deleting-*`` first,
+and rootfs replacements are prepared beside the old volume and swapped by rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hostagent.images.store import ImageStore
+from hostagent.runtimes.base import (
+    RUNNING,
+    STATUS_CODES,
+    STOPPED,
+    ContainerRecord,
+    ExecResult,
+    Runtime,
+    SnapshotRecord,
+)
+from hostagent.runtimes.idmap import IdMap, default_idmap, shift_into, shift_out_of
+from hostagent.runtimes.oci import make_spec
+from hostagent.runtimes.runc import Runc, reap_children, tail_lines
+from hostagent.storage.base import StorageDriver
+from orchapi.errors import BadRequest, Conflict, InternalError, NotFound, OrchError
+from orchapi.names import check_container_name, check_snapshot_name
+
+log = logging.getLogger(__name__)
+
+RECORD = "container.json"
+SPEC = "config.json"
+ROOTFS = "rootfs"
+CONSOLE = "console.log"
+PIDFILE = "init.pid"
+SNAPSHOTS = "snapshots"
+CREATING = ".creating-"
+DELETING = ".deleting-"
+#: suffixes of volumes being swapped in for ``rootfs`` (restore, privilege change); see recover()
+NEW_SUFFIX = ".new"
+OLD_SUFFIX = ".old"
+WORK_SUFFIX = ".work"
+
+DEFAULT_INIT = "/sbin/init"
+#: runc statuses in which the container's processes exist
+LIVE_STATUSES = ("running", "paused")
+#: how long a killed container may take to disappear before stop gives up
+KILL_WAIT = 10.0
+#: how long start watches a fresh init before calling the start a success
+START_SETTLE = 0.2
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def runc_prefix(data_dir: Path) -> str:
+    """``orch-<8 hex>-``, unique per data dir: agents sharing a machine (and its cgroups) never collide."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:8]
+    return f"orch-{digest}-"
+
+
+def resolve_in_root(root: Path, path: str, max_links: int = 40) -> Path | None:
+    """Resolve ``path`` inside ``root`` as the container would see it, without ever leaving ``root``.
+
+    Symlinks are read lexically: absolute targets restart at ``root`` and ``..`` stops at it, so a
+    hostile image cannot make the agent look at host files. None if the link chain is too long.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if os.path.islink(candidate):
+            links += 1
+            if links > max_links:
+                return None
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def halt_signal(rootfs: Path, init: str) -> int:
+    """The signal that asks this container's init for a clean shutdown.
+
+    busybox init halts on SIGPWR and systemd on SIGRTMIN+3 (LXC's choices for them); anything else
+    gets SIGTERM. A PID 1 ignores signals it has no handler for, hence the kill after the timeout.
+    """
+    target = resolve_in_root(rootfs, init)
+    name = target.name if target is not None else ""
+    if name == "busybox":
+        return signal.SIGPWR
+    if name == "systemd":
+        return signal.SIGRTMIN + 3
+    return signal.SIGTERM
+
+
+def count_processes(pid: int) -> int:
+    """Processes in the pid namespace whose init is ``pid`` (exec'd commands join it too)."""
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return 0
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+def memory_usage(pid: int) -> int | None:
+    """Memory charged to the container's cgroup (v1 memory controller or v2), None if unknown."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            candidate = Path("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.usage_in_bytes")
+        elif controllers == "":
+            candidate = Path("/sys/fs/cgroup", path.lstrip("/"), "memory.current")
+        else:
+            continue
+        try:
+            return int(candidate.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file, fsync, rename): a crash never leaves a torn record."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class NativeRuntime(Runtime):
+    """Containers as runc bundles on the agent's data dir."""
+
+    name = "native"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        storage: StorageDriver,
+        images: ImageStore,
+        idmap: IdMap | None = None,
+        runc_binary: str = "runc",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.storage = storage
+        self.images = images
+        self.idmap = idmap or default_idmap()
+        self.containers_dir = self.data_dir / "containers"
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        # unprivileged containers' root (a high host uid) must traverse down to its rootfs
+        os.chmod(self.data_dir, 0o711)
+        os.chmod(self.containers_dir, 0o711)
+        self.runc = Runc(self.data_dir / "runc", runc_binary)
+        self.prefix = runc_prefix(self.data_dir)
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+
+    # ----------------------------------------------------------------- helpers
+
+    @property
+    def storage_name(self) -> str:
+        return self.storage.name
+
+    @property
+    def transfer_methods(self) -> tuple[str, ...]:
+        return tuple(self.storage.transfer_methods)
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault(name, threading.RLock())
+        with lock:
+            yield
+
+    def runc_id(self, name: str) -> str:
+        return self.prefix + name
+
+    def container_dir(self, name: str) -> Path:
+        check_container_name(name)
+        return self.containers_dir / name
+
+    def _load(self, name: str) -> dict[str, Any]:
+        path = self.container_dir(name) / RECORD
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"container {name} not found") from None
+        except ValueError as exc:
+            raise InternalError(f"container {name}: unreadable {RECORD} ({exc})") from exc
+
+    def _save(self, name: str, data: dict[str, Any]) -> None:
+        _write_json(self.container_dir(name) / RECORD, data)
+
+    @staticmethod
+    def _record(data: dict[str, Any], status: str, pid: int = 0) -> ContainerRecord:
+        return ContainerRecord(
+            name=data["name"],
+            status=status,
+            created_at=data["created_at"],
+            base_image=data["base_image"],
+            architecture=data.get("architecture", "x86_64"),
+            config=dict(data.get("config", {})),
+            snapshots=[SnapshotRecord(s["name"], s["created_at"]) for s in data.get("snapshots", [])],
+            pid=pid,
+        )
+
+    @staticmethod
+    def _idmap_of(data: dict[str, Any]) -> IdMap | None:
+        """The map the rootfs is shifted to (None: privileged, raw ids)."""
+        raw = data.get("idmap")
+        return IdMap.from_json(raw) if raw else None
+
+    def _live(self, name: str) -> tuple[str, int, dict[str, Any] | None]:
+        """(status, pid, runc state) from runc itself, the only source of truth for liveness."""
+        st = self.runc.state(self.runc_id(name))
+        if st is not None and st.get("status") in LIVE_STATUSES:
+            return RUNNING, int(st.get("pid") or 0), st
+        return STOPPED, 0, st
+
+    def _set_status(self, name: str, status: str) -> None:
+        data = self._load(name)
+        if data.get("status") != status:
+            data["status"] = status
+            self._save(name, data)
+
+    def _delete_tree(self, path: Path) -> None:
+        """Remove a container dir (or a half-made one) with all volumes inside it."""
+        if not path.exists():
+            return
+        snaps = path / SNAPSHOTS
+        if snaps.is_dir():
+            for snap in snaps.iterdir():
+                for vol in (ROOTFS, ROOTFS + NEW_SUFFIX, ROOTFS + OLD_SUFFIX, ROOTFS + WORK_SUFFIX):
+                    self.storage.delete_volume(snap / vol)
+        for vol in (ROOTFS, ROOTFS + NEW_SUFFIX, ROOTFS + OLD_SUFFIX, ROOTFS + WORK_SUFFIX):
+            self.storage.delete_volume(path / vol)
+        self.storage.delete_volume(path)
+
+    def _swap_in(self, directory: Path) -> None:
+        """Make ``rootfs.new`` the ``rootfs`` of ``directory``, keeping a valid rootfs at every instant
+        a crash could observe (recover() finishes or undoes a half-done swap)."""
+        current = directory / ROOTFS
+        new, old = directory / (ROOTFS + NEW_SUFFIX), directory / (ROOTFS + OLD_SUFFIX)
+        self.storage.delete_volume(old)
+        os.rename(current, old)
+        os.rename(new, current)
+        self.storage.delete_volume(old)
+
+    def _settle_swap(self, directory: Path) -> None:
+        """recover() half of :meth:`_swap_in`: roll back if rootfs is missing, else drop leftovers."""
+        current, old = directory / ROOTFS, directory / (ROOTFS + OLD_SUFFIX)
+        if not os.path.lexists(current) and os.path.lexists(old):
+            log.warning("restoring %s from an interrupted swap", current)
+            os.rename(old, current)
+        for suffix in (NEW_SUFFIX, OLD_SUFFIX, WORK_SUFFIX):
+            self.storage.delete_volume(directory / (ROOTFS + suffix))
+
+    # ----------------------------------------------------------------- queries
+
+    def list(self) -> list[ContainerRecord]:
+        live = {}
+        for st in self.runc.list():
+            if st.get("status") in LIVE_STATUSES:
+                live[st["id"]] = int(st.get("pid") or 0)
+        out = []
+        for entry in sorted(os.listdir(self.containers_dir)):
+            if entry.startswith("."):
+                continue
+            try:
+                data = self._load(entry)
+            except (NotFound, BadRequest):
+                continue
+            except InternalError as exc:
+                log.warning("skipping container %s: %s", entry, exc)
+                continue
+            cid = self.runc_id(entry)
+            out.append(self._record(data, RUNNING if cid in live else STOPPED, live.get(cid, 0)))
+        return out
+
+    def get(self, name: str) -> ContainerRecord:
+        data = self._load(name)
+        status, pid, _ = self._live(name)
+        return self._record(data, status, pid)
+
+    def state(self, name: str) -> dict[str, Any]:
+        self._load(name)
+        status, pid, _ = self._live(name)
+        rootfs = self.container_dir(name) / ROOTFS
+        try:
+            usage = self.storage.used_bytes(rootfs)
+        except OSError:
+            usage = 0
+        out: dict[str, Any] = {
+            "status": status,
+            "status_code": STATUS_CODES[status],
+            "pid": pid,
+            "processes": count_processes(pid) if pid else 0,
+            "disk": {"root": {"usage": usage}},
+        }
+        memory = memory_usage(pid) if pid else None
+        if memory is not None:
+            out["memory"] = {"usage": memory}
+        return out
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def create(self, name: str, image_fingerprint: str, config: dict[str, str]) -> ContainerRecord:
+        final = self.container_dir(name)
+        with self._locked(name):
+            if os.path.lexists(final):
+                raise Conflict(f"container {name} already exists")
+            image = self.images.get(image_fingerprint)
+            privileged = config.get("security.privileged") == "true"
+            idmap = None if privileged else self.idmap
+            tmp = self.containers_dir / f"{CREATING}{name}-{secrets.token_hex(4)}"
+            tmp.mkdir(mode=0o711)
+            os.chmod(tmp, 0o711)
+            try:
+                self.storage.clone_volume(self.images.rootfs(image.fingerprint), tmp / ROOTFS)
+                if idmap is not None:
+                    shift_into(tmp / ROOTFS, idmap)
+                (tmp / SNAPSHOTS).mkdir(mode=0o711)
+                data = {
+                    "name": name,
+                    "created_at": utc_now(),
+                    "base_image": image.fingerprint,
+                    "architecture": image.architecture,
+                    "config": dict(config),
+                    "snapshots": [],
+                    "status": STOPPED,
+                    "init": image.init or DEFAULT_INIT,
+                    "idmap": idmap.to_json() if idmap else None,
+                }
+                _write_json(tmp / RECORD, data)
+                try:
+                    os.rename(tmp, final)
+                except OSError as exc:  # someone made the name meanwhile (another agent process?)
+                    raise Conflict(f"container {name} already exists") from exc
+            except BaseException:
+                self._delete_tree(tmp)
+                raise
+            return self._record(data, STOPPED)
+
+    def delete(self, name: str) -> None:
+        with self._locked(name):
+            self._load(name)
+            status, _, st = self._live(name)
+            if status == RUNNING:
+                raise Conflict(f"container {name} is running; stop it first or use --force")
+            if st is not None:
+                self.runc.delete(self.runc_id(name), force=True)
+            # rename first: the name is gone at once, and recover() finishes an interrupted delete
+            doomed = self.containers_dir / f"{DELETING}{name}-{secrets.token_hex(4)}"
+            os.rename(self.container_dir(name), doomed)
+            self._delete_tree(doomed)
+
+    def start(self, name: str) -> None:
+        with self._locked(name):
+            data = self._load(name)
+            cid = self.runc_id(name)
+            status, _, st = self._live(name)
+            if status == RUNNING:
+                raise Conflict(f"container {name} is already running")
+            if st is not None:  # init exited on its own: runc still holds its state
+                self.runc.delete(cid, force=True)
+            bundle = self.container_dir(name)
+            spec = make_spec(bundle / ROOTFS, name, [data.get("init") or DEFAULT_INIT], self._idmap_of(data))
+            _write_json(bundle / SPEC, spec)
+            console = bundle / CONSOLE
+            with open(console, "wb"):
+                pass  # one boot per log: it must not grow across restarts
+            try:
+                self.runc.run_detached(cid, bundle, console, bundle / PIDFILE)
+                deadline = time.monotonic() + START_SETTLE
+                while True:
+                    status, _, _ = self._live(name)
+                    if status != RUNNING or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+                if status != RUNNING:
+                    raise InternalError("its init exited at once")
+            except OrchError as exc:
+                self.runc.delete(cid, force=True)
+                self._set_status(name, STOPPED)
+                tail = tail_lines(console, 3)
+                raise InternalError(
+                    f"container {name} failed to start: {exc.message}", f"console: {tail}" if tail else None
+                ) from exc
+            self._set_status(name, RUNNING)
+
+    def stop(self, name: str, force: bool = False, timeout: float = 30.0) -> None:
+        with self._locked(name):
+            data = self._load(name)
+            cid = self.runc_id(name)
+            status, pid, st = self._live(name)
+            if status != RUNNING:
+                if st is not None:
+                    self.runc.delete(cid, force=True)
+                self._set_status(name, STOPPED)
+                raise Conflict(f"container {name} is not running")
+            stopped = False
+            if not force:
+                stop_timeout = data.get("config", {}).get("boot.stop_timeout")
+                wait = float(stop_timeout) if stop_timeout else timeout
+                rootfs = self.container_dir(name) / ROOTFS
+                self._signal(cid, halt_signal(rootfs, data.get("init") or DEFAULT_INIT))
+                stopped = self._wait_stopped(cid, wait)
+            if not stopped:
+                self._signal(cid, signal.SIGKILL)
+                if not self._wait_stopped(cid, KILL_WAIT):
+                    raise InternalError(f"container {name} did not stop after SIGKILL")
+            self.runc.delete(cid, force=True)
+            reap_children([pid])  # only matters if the agent is a subreaper or PID 1
+            self._set_status(name, STOPPED)
+
+    def _signal(self, cid: str, sig: int) -> None:
+        try:
+            self.runc.kill(cid, sig)
+        except (Conflict, NotFound):
+            pass  # it stopped meanwhile: that is what we want
+
+    def _wait_stopped(self, cid: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.runc.state(cid)
+            if st is None or st.get("status") not in LIVE_STATUSES:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def exec(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdin: bytes | None,
+        timeout: float | None,
+    ) -> ExecResult:
+        # no container lock: a long exec must not block stop; runc ends it if the container stops
+        self._load(name)
+        if not command:
+            raise BadRequest("exec needs a command")
+        status, _, _ = self._live(name)
+        if status != RUNNING:
+            raise Conflict(f"container {name} is not running", "start it first")
+        return self.runc.exec(self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout)
+
+    def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
+        with self._locked(name):
+            data = self._load(name)
+            old_priv = data.get("config", {}).get("security.privileged") == "true"
+            new_priv = config.get("security.privileged") == "true"
+            if old_priv != new_priv:
+                if self._live(name)[0] == RUNNING:
+                    raise Conflict(
+                        f"container {name} is running; stop it first to change security.privileged"
+                    )
+                old_map = self._idmap_of(data)
+                new_map = None if new_priv else self.idmap
+                self._reshift(name, data, old_map, new_map)
+                data["idmap"] = new_map.to_json() if new_map else None
+            data["config"] = dict(config)
+            self._save(name, data)
+            return self._record(data, *self._live(name)[:2])
+
+    def _reshift(self, name: str, data: dict[str, Any], old: IdMap | None, new: IdMap | None) -> None:
+        """Move the rootfs and every snapshot from ids mapped by ``old`` to ids mapped by ``new``.
+
+        Snapshots are read-only volumes, so each is cloned, shifted and snapshotted again beside the
+        original; all of them are prepared before anything visible changes, then swapped in.
+        """
+
+        def shift(path: Path) -> None:
+            if old is not None:
+                shift_out_of(path, old)
+            if new is not None:
+                shift_into(path, new)
+
+        cdir = self.container_dir(name)
+        snapdirs = [cdir / SNAPSHOTS / s["name"] for s in data.get("snapshots", [])]
+        try:
+            for sdir in snapdirs:
+                work = sdir / (ROOTFS + WORK_SUFFIX)
+                self.storage.delete_volume(work)
+                self.storage.clone_volume(sdir / ROOTFS, work)
+                shift(work)
+                self.storage.delete_volume(sdir / (ROOTFS + NEW_SUFFIX))
+                self.storage.snapshot_volume(work, sdir / (ROOTFS + NEW_SUFFIX))
+                self.storage.delete_volume(work)
+            shift(cdir / ROOTFS)
+        except BaseException:
+            for sdir in snapdirs:
+                self.storage.delete_volume(sdir / (ROOTFS + WORK_SUFFIX))
+                self.storage.delete_volume(sdir / (ROOTFS + NEW_SUFFIX))
+            raise
+        for sdir in snapdirs:
+            self._swap_in(sdir)
+
+    # ----------------------------------------------------------------- snapshots
+
+    def snapshot_create(self, name: str, snapshot: str) -> SnapshotRecord:
+        check_snapshot_name(snapshot)
+        with self._locked(name):
+            data = self._load(name)
+            if any(s["name"] == snapshot for s in data.get("snapshots", [])):
+                raise Conflict(f"snapshot {name}/{snapshot} already exists")
+            sdir = self.container_dir(name) / SNAPSHOTS / snapshot
+            self._delete_tree(sdir)  # a leftover of a crashed attempt, never recorded
+            sdir.parent.mkdir(mode=0o711, exist_ok=True)
+            sdir.mkdir(mode=0o711)
+            try:
+                self.storage.snapshot_volume(self.container_dir(name) / ROOTFS, sdir / ROOTFS)
+            except BaseException:
+                self._delete_tree(sdir)
+                raise
+            record = SnapshotRecord(snapshot, utc_now())
+            data.setdefault("snapshots", []).append({"name": record.name, "created_at": record.created_at})
+            self._save(name, data)
+            return record
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        check_snapshot_name(snapshot)
+        with self._locked(name):
+            data = self._load(name)
+            snaps = data.get("snapshots", [])
+            if not any(s["name"] == snapshot for s in snaps):
+                raise NotFound(f"snapshot {name}/{snapshot} not found")
+            # forget it first: a crash then leaves an unrecorded dir, which recover() removes
+            data["snapshots"] = [s for s in snaps if s["name"] != snapshot]
+            self._save(name, data)
+            self._delete_tree(self.container_dir(name) / SNAPSHOTS / snapshot)
+
+    def snapshot_restore(self, name: str, snapshot: str) -> None:
+        check_snapshot_name(snapshot)
+        with self._locked(name):
+            data = self._load(name)
+            if not any(s["name"] == snapshot for s in data.get("snapshots", [])):
+                raise NotFound(f"snapshot {name}/{snapshot} not found")
+            if self._live(name)[0] == RUNNING:
+                raise Conflict(f"container {name} is running; stop it first to restore a snapshot")
+            cdir = self.container_dir(name)
+            new = cdir / (ROOTFS + NEW_SUFFIX)
+            self.storage.delete_volume(new)
+            try:
+                self.storage.clone_volume(cdir / SNAPSHOTS / snapshot / ROOTFS, new)
+            except BaseException:
+                self.storage.delete_volume(new)
+                raise
+            self._swap_in(cdir)
+
+    # ----------------------------------------------------------------- recovery
+
+    def recover(self) -> None:
+        os.chmod(self.data_dir, 0o711)
+        os.chmod(self.containers_dir, 0o711)
+        known: set[str] = set()
+        for entry in sorted(os.listdir(self.containers_dir)):
+            path = self.containers_dir / entry
+            if entry.startswith((CREATING, DELETING)):
+                log.info("removing leftover %s", path)
+                self._delete_tree(path)
+                continue
+            if entry.startswith(".") or not (path / RECORD).is_file():
+                continue
+            known.add(self.runc_id(entry))
+            with self._locked(entry):
+                try:
+                    self._recover_one(entry)
+                except OrchError as exc:
+                    log.error("could not recover container %s: %s", entry, exc)
+        for st in self.runc.list():
+            cid = st.get("id", "")
+            if cid.startswith(self.prefix) and cid not in known:
+                log.warning("removing runc container %s that has no container dir", cid)
+                self.runc.delete(cid, force=True)
+
+    def _recover_one(self, name: str) -> None:
+        data = self._load(name)
+        cdir = self.container_dir(name)
+        self._settle_swap(cdir)
+        recorded = {s["name"] for s in data.get("snapshots", [])}
+        snaps = cdir / SNAPSHOTS
+        snaps.mkdir(mode=0o711, exist_ok=True)
+        for sdir in snaps.iterdir():
+            if sdir.name not in recorded:
+                log.info("removing unrecorded snapshot dir %s", sdir)
+                self._delete_tree(sdir)
+            else:
+                self._settle_swap(sdir)
+        data["snapshots"] = [s for s in data.get("snapshots", []) if (snaps / s["name"] / ROOTFS).exists()]
+        status, _, st = self._live(name)
+        if status != RUNNING and st is not None:
+            self.runc.delete(self.runc_id(name), force=True)
+        data["status"] = status
+        self._save(name, data)

@@ -1,0 +1,82 @@
+"""Shared fixtures: a world-traversable work dir, the busybox image, agents and CLI users."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import AgentProcess, Orch
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "s3cret"
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    """A temp dir that unprivileged containers' mapped root can traverse (pytest's are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="orch-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpdir755(workdir: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh 0755 dir per test."""
+    path = Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=workdir))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def busybox_image(workdir: Path) -> Path:
+    """The test image, built by the repository's own script."""
+    out = workdir / "busybox.tar.gz"
+    subprocess.run([str(REPO / "scripts" / "build-busybox-image"), str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture
+def make_agent(tmpdir755: Path) -> Iterator:
+    """Factory: ``make_agent("foo")`` starts a real agent; all are stopped (and their containers killed)."""
+    agents: list[AgentProcess] = []
+
+    def factory(name: str, password: str | None = PASSWORD, listen: bool = True) -> AgentProcess:
+        agent = AgentProcess(tmpdir755 / name, name, listen=listen).start()
+        agents.append(agent)
+        if password:
+            local = Orch(tmpdir755 / f"admin-{name}")
+            local.run("remote", "add", "admin", f"unix://{agent.socket}")
+            local.run("config", "set", "admin:", "core.trust_password", password)
+        return agent
+
+    yield factory
+    for agent in agents:
+        agent.stop(kill_containers=True)
+
+
+@pytest.fixture
+def orch(tmpdir755: Path) -> Orch:
+    """The CLI with a fresh config dir (a new user on a new machine)."""
+    home = tmpdir755 / "client"
+    home.mkdir()
+    return Orch(home)
+
+
+@pytest.fixture
+def two_agents(make_agent, orch: Orch, busybox_image: Path):  # type: ignore[no-untyped-def]
+    """Agents foo and bar added as remotes, with the busybox image imported on foo as alias bb."""
+    foo, bar = make_agent("foo"), make_agent("bar")
+    orch.add_remote("foo", foo)
+    orch.add_remote("bar", bar)
+    orch.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    return foo, bar
+
+
+os.environ.setdefault("ORCH_TEST", "1")

@@ -1,0 +1,144 @@
+"""Real processes for the tests: ``orch-agent`` servers and the ``orch`` CLI.
+
+Agents listen on 127.0.0.1 with a port the kernel picks (``--listen 127.0.0.1:0``; the agent writes the
+bound address to ``listen.addr``), keep their state in a temp dir, and are stopped by process id. On stop,
+every container they run is killed through runc so that nothing outlives the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+ORCH = str(VENV_BIN / "orch")
+ORCH_AGENT = str(VENV_BIN / "orch-agent")
+
+
+class AgentProcess:
+    """One running ``orch-agent``."""
+
+    def __init__(self, data_dir: Path, name: str, listen: bool = True) -> None:
+        self.data_dir = data_dir
+        self.name = name
+        self.listen = listen
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+
+    @property
+    def socket(self) -> Path:
+        return self.data_dir / "unix.socket"
+
+    @property
+    def addr(self) -> str:
+        return (self.data_dir / "listen.addr").read_text().strip()
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.addr}"
+
+    def start(self, timeout: float = 20.0, listen_addr: str = "127.0.0.1:0") -> AgentProcess:
+        """Start (or restart) the agent; pass ``listen_addr=agent.addr`` to keep the same port."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "listen.addr").unlink(missing_ok=True)
+        args = [ORCH_AGENT, "--data-dir", str(self.data_dir), "--name", self.name]
+        if self.listen:
+            args += ["--listen", listen_addr]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        ready = self.data_dir / ("listen.addr" if self.listen else "unix.socket")
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"orch-agent exited with {self.proc.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"orch-agent did not start in {timeout}s: {self.log_tail()}")
+            time.sleep(0.05)
+        return self
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, kill_containers: bool = False) -> None:
+        """SIGTERM the agent (containers keep running unless ``kill_containers``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if kill_containers:
+            kill_runc_containers(self.data_dir / "runc")
+
+    def kill(self) -> None:
+        """SIGKILL the agent, as a crash would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def kill_runc_containers(runc_root: Path) -> None:
+    """Kill and delete every runc container under ``runc_root`` (test cleanup)."""
+    if not runc_root.exists():
+        return
+    out = subprocess.run(
+        ["runc", "--root", str(runc_root), "list", "--format", "json"], capture_output=True, text=True
+    )
+    for entry in json.loads(out.stdout or "null") or []:
+        subprocess.run(["runc", "--root", str(runc_root), "kill", entry["id"], "KILL"], capture_output=True)
+        time.sleep(0.1)
+        subprocess.run(
+            ["runc", "--root", str(runc_root), "delete", "--force", entry["id"]], capture_output=True
+        )
+
+
+class Orch:
+    """Runs the ``orch`` CLI as a user would, with its own config dir."""
+
+    def __init__(self, config_home: Path) -> None:
+        self.config_home = config_home
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+        self.env.pop("ORCH_DEBUG", None)
+
+    def run(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [ORCH, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"orch {' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}"
+            )
+        return proc
+
+    def fails(self, *args: str, input: str | None = None) -> str:
+        """Run a command that must fail cleanly; returns its one-line error."""
+        proc = self.run(*args, check=False, input=input)
+        assert proc.returncode != 0, f"orch {' '.join(args)} unexpectedly succeeded: {proc.stdout}"
+        assert "Traceback" not in proc.stderr, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, f"expected one error line, got: {proc.stderr!r}"
+        assert lines[0].startswith("Error: "), lines[0]
+        return lines[0]
+
+    def add_remote(self, name: str, agent: AgentProcess, password: str = "s3cret") -> None:
+        self.run("remote", "add", name, agent.addr, "--accept-certificate", "--password", password)
