@@ -79,6 +79,7 @@ class AgentClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.fingerprint = fingerprint
+        self.client_cert = client_cert
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies, no REQUESTS_CA_BUNDLE: the pin is the only trust
         self.session.verify = False
@@ -115,7 +116,7 @@ class AgentClient:
             text = str(exc)
             if "Fingerprints did not match" in text:
                 raise self._ssl_error(exc) from None
-            if any(alert in text.lower() for alert in _CLIENT_CERT_REJECTED):
+            if any(alert in text.lower() for alert in _CLIENT_CERT_REJECTED) or self._rejects_our_certificate():
                 raise self._rejected() from None
             raise _unreachable(self.url, _root_cause(exc)) from None
         if response.status_code >= 400:
@@ -133,6 +134,24 @@ class AgentClient:
         if any(alert in text.lower() for alert in _CLIENT_CERT_REJECTED):
             return self._rejected()
         return Unavailable(f"TLS with {self.url} failed: {_root_cause(exc)}")
+
+    def _rejects_our_certificate(self) -> bool:
+        """Whether the agent is up but drops connections that present our certificate.
+
+        With TLS 1.3 a server refuses an unknown client certificate *after* the client considers the
+        handshake done, so the client sees a dropped connection rather than a clear alert. If an
+        anonymous request to the same agent succeeds, the certificate was the problem.
+        """
+        if not self.client_cert or not self.url.startswith("https://"):
+            return False
+        probe = AgentClient(self.url, fingerprint=self.fingerprint, timeout=min(self.timeout, 10.0))
+        try:
+            probe.get("/1.0")
+            return True
+        except OrchError:
+            return False
+        finally:
+            probe.close()
 
     def _rejected(self) -> Forbidden:
         return Forbidden(

@@ -112,7 +112,7 @@ def test_remote_rename_default_remove_and_unix_remote(make_agent, orch):
     orch.run("remote", "set-default", "foo2")
     assert orch.run("remote", "get-default").stdout.strip() == "foo2"
     table = orch.run("remote", "list").stdout
-    assert "| foo2 (default) |" in table and "| NAME " in table and "PROTOCOL" in table
+    assert "| foo2 (default) |" in table and "NAME" in table.splitlines()[1] and "PROTOCOL" in table
     assert "can't remove the default remote" in orch.fails("remote", "remove", "foo2")
     orch.run("remote", "set-default", "local")
     orch.run("remote", "remove", "foo2")

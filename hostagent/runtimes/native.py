@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.images.store import ImageStore
+from hostagent.jsonfile import write_json
 from hostagent.runtimes.base import (
     RUNNING,
     STATUS_CODES,
@@ -164,15 +165,12 @@ def memory_usage(pid: int) -> int | None:
     return None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file, fsync, rename): a crash never leaves a torn record."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _read_pid(path: Path) -> int:
+    """The pid runc wrote, 0 if there is none."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 class NativeRuntime(Runtime):
@@ -219,6 +217,18 @@ class NativeRuntime(Runtime):
         with lock:
             yield
 
+    @contextmanager
+    def _named_errors(self, name: str) -> Iterator[None]:
+        """Users know the container by name, not by its runc id: rewrite errors coming from runc."""
+        cid = self.runc_id(name)
+        try:
+            yield
+        except OrchError as exc:
+            if cid not in str(exc):
+                raise
+            hint = exc.hint.replace(cid, name) if exc.hint else None
+            raise type(exc)(exc.message.replace(cid, name), hint) from exc
+
     def runc_id(self, name: str) -> str:
         return self.prefix + name
 
@@ -236,7 +246,7 @@ class NativeRuntime(Runtime):
             raise InternalError(f"container {name}: unreadable {RECORD} ({exc})") from exc
 
     def _save(self, name: str, data: dict[str, Any]) -> None:
-        _write_json(self.container_dir(name) / RECORD, data)
+        write_json(self.container_dir(name) / RECORD, data)
 
     @staticmethod
     def _record(data: dict[str, Any], status: str, pid: int = 0) -> ContainerRecord:
@@ -264,11 +274,22 @@ class NativeRuntime(Runtime):
             return RUNNING, int(st.get("pid") or 0), st
         return STOPPED, 0, st
 
-    def _set_status(self, name: str, status: str) -> None:
+    def _set_status(self, name: str, status: str, pid: int = 0) -> None:
+        """Persist the last known status and init pid (the pid is what a later reap needs)."""
         data = self._load(name)
-        if data.get("status") != status:
-            data["status"] = status
+        if (data.get("status"), data.get("pid", 0)) != (status, pid):
+            data["status"], data["pid"] = status, pid
             self._save(name, data)
+
+    def _forget_runc(self, name: str, data: dict[str, Any]) -> None:
+        """Drop runc's state of a container whose init is gone, and reap that init if it is our child.
+
+        Reaping only matters when the agent is a subreaper or PID 1 (see runc.py); elsewhere the
+        recorded pid is not our child and this is a no-op.
+        """
+        self.runc.delete(self.runc_id(name), force=True)
+        if data.get("pid"):
+            reap_children([int(data["pid"])])
 
     def _delete_tree(self, path: Path) -> None:
         """Remove a container dir (or a half-made one) with all volumes inside it."""
@@ -378,7 +399,7 @@ class NativeRuntime(Runtime):
                     "init": image.init or DEFAULT_INIT,
                     "idmap": idmap.to_json() if idmap else None,
                 }
-                _write_json(tmp / RECORD, data)
+                write_json(tmp / RECORD, data)
                 try:
                     os.rename(tmp, final)
                 except OSError as exc:  # someone made the name meanwhile (another agent process?)
@@ -389,35 +410,36 @@ class NativeRuntime(Runtime):
             return self._record(data, STOPPED)
 
     def delete(self, name: str) -> None:
-        with self._locked(name):
-            self._load(name)
+        with self._locked(name), self._named_errors(name):
+            data = self._load(name)
             status, _, st = self._live(name)
             if status == RUNNING:
                 raise Conflict(f"container {name} is running; stop it first or use --force")
             if st is not None:
-                self.runc.delete(self.runc_id(name), force=True)
+                self._forget_runc(name, data)
             # rename first: the name is gone at once, and recover() finishes an interrupted delete
             doomed = self.containers_dir / f"{DELETING}{name}-{secrets.token_hex(4)}"
             os.rename(self.container_dir(name), doomed)
             self._delete_tree(doomed)
 
     def start(self, name: str) -> None:
-        with self._locked(name):
+        with self._locked(name), self._named_errors(name):
             data = self._load(name)
             cid = self.runc_id(name)
             status, _, st = self._live(name)
             if status == RUNNING:
                 raise Conflict(f"container {name} is already running")
             if st is not None:  # init exited on its own: runc still holds its state
-                self.runc.delete(cid, force=True)
+                self._forget_runc(name, data)
             bundle = self.container_dir(name)
             spec = make_spec(bundle / ROOTFS, name, [data.get("init") or DEFAULT_INIT], self._idmap_of(data))
-            _write_json(bundle / SPEC, spec)
+            write_json(bundle / SPEC, spec)
             console = bundle / CONSOLE
+            (bundle / PIDFILE).unlink(missing_ok=True)  # a stale pid must never be reaped by mistake
             with open(console, "wb"):
                 pass  # one boot per log: it must not grow across restarts
             try:
-                self.runc.run_detached(cid, bundle, console, bundle / PIDFILE)
+                pid = self.runc.run_detached(cid, bundle, console, bundle / PIDFILE)
                 deadline = time.monotonic() + START_SETTLE
                 while True:
                     status, _, _ = self._live(name)
@@ -429,20 +451,22 @@ class NativeRuntime(Runtime):
             except OrchError as exc:
                 self.runc.delete(cid, force=True)
                 self._set_status(name, STOPPED)
+                reap_children([_read_pid(bundle / PIDFILE)])
                 tail = tail_lines(console, 3)
+                reason = exc.message.removeprefix(f"starting {cid}: ")
                 raise InternalError(
-                    f"container {name} failed to start: {exc.message}", f"console: {tail}" if tail else None
+                    f"container {name} failed to start: {reason}", f"console: {tail}" if tail else None
                 ) from exc
-            self._set_status(name, RUNNING)
+            self._set_status(name, RUNNING, pid)
 
     def stop(self, name: str, force: bool = False, timeout: float = 30.0) -> None:
-        with self._locked(name):
+        with self._locked(name), self._named_errors(name):
             data = self._load(name)
             cid = self.runc_id(name)
             status, pid, st = self._live(name)
             if status != RUNNING:
                 if st is not None:
-                    self.runc.delete(cid, force=True)
+                    self._forget_runc(name, data)
                 self._set_status(name, STOPPED)
                 raise Conflict(f"container {name} is not running")
             stopped = False
@@ -492,7 +516,8 @@ class NativeRuntime(Runtime):
         status, _, _ = self._live(name)
         if status != RUNNING:
             raise Conflict(f"container {name} is not running", "start it first")
-        return self.runc.exec(self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout)
+        with self._named_errors(name):
+            return self.runc.exec(self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout)
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
         with self._locked(name):
@@ -637,8 +662,8 @@ class NativeRuntime(Runtime):
             else:
                 self._settle_swap(sdir)
         data["snapshots"] = [s for s in data.get("snapshots", []) if (snaps / s["name"] / ROOTFS).exists()]
-        status, _, st = self._live(name)
+        status, pid, st = self._live(name)
         if status != RUNNING and st is not None:
-            self.runc.delete(self.runc_id(name), force=True)
-        data["status"] = status
+            self._forget_runc(name, data)
+        data["status"], data["pid"] = status, pid
         self._save(name, data)

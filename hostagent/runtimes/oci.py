@@ -3,9 +3,11 @@
 Differences from ``runc spec``'s application defaults, each because a system container needs it:
 init runs as root with a broad capability set and ``noNewPrivileges`` off (setuid tools like ``su`` and
 ``ping`` must work inside), the root is writable, and the container gets its own network namespace.
-Unprivileged containers also get a user namespace; there mknod is impossible, so the few device nodes an
-OS needs are bind-mounted from the host and ``/sys`` is the host's, read-only (a fresh sysfs needs
-privileges an unprivileged runc does not have here). No cgroup filesystem is mounted in the container.
+Unprivileged containers also get a user namespace; there mknod is impossible, so runc bind-mounts the
+few device nodes an OS needs from the host, and ``/sys`` is the host's bound read-only, as in runc's
+rootless spec (a fresh sysfs also mounted in a test here, but the kernel refuses it in a user namespace
+wherever the host's /sys is partly hidden by overmounts). Privileged ones get a fresh read-only sysfs and
+real device nodes, fenced by a deny-all device cgroup. No cgroup filesystem is mounted in the container.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ ALL_CAPS = (
     "CAP_CHECKPOINT_RESTORE",
 )  # fmt: skip
 
-#: what LXD drops from unprivileged containers by default; the rest is bounded by the user namespace
+#: dropped for unprivileged containers as LXD does (sys_time, sys_module, sys_rawio) plus the MAC ones,
+#: since no MAC policy is managed here; the rest only acts inside the container's user namespace
 UNPRIVILEGED_DROP = {"CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_TIME", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE"}
 
 #: host device nodes every container gets (the set runc and LXD both provide)

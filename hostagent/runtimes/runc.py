@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.runtimes.base import ExecResult
-from orchapi.errors import Conflict, InternalError, NotFound, OrchError
+from orchapi.errors import BadRequest, Conflict, InternalError, NotFound, OrchError
 
 #: what :meth:`Runc.exec` returns as exit code when it killed a command for running too long
 #: (the same as coreutils ``timeout``)
 EXEC_TIMEOUT_CODE = 124
-#: exit code for "command not found", as a shell reports it
+#: exit codes for "command not found" and "found but not executable", as a shell reports them
 EXEC_NOT_FOUND_CODE = 127
+EXEC_NOT_EXECUTABLE_CODE = 126
 
 _PR_SET_CHILD_SUBREAPER = 36
 _MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
@@ -100,6 +101,8 @@ def reap_children(pids: Iterable[int] | None = None) -> list[tuple[int, int]]:
     reaped: list[tuple[int, int]] = []
     if pids is not None:
         for pid in pids:
+            if pid <= 0:
+                continue  # waitpid(0 or -n) would reap whole process groups
             try:
                 got, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -232,7 +235,9 @@ class Runc:
 
         On ``timeout`` the command and its descendants are killed and the result has return code
         :data:`EXEC_TIMEOUT_CODE` (124) with the output so far; no exception, so callers can show it.
-        A command that is not found returns :data:`EXEC_NOT_FOUND_CODE`.
+        A command that is not found returns :data:`EXEC_NOT_FOUND_CODE` (127), one that cannot be
+        executed :data:`EXEC_NOT_EXECUTABLE_CODE` (126), with runc's reason on stderr; a missing ``cwd``
+        raises :class:`BadRequest`.
 
         Like ``docker exec``, the call returns when the command's output pipes close: runc copies output
         until then, so a background job that keeps stdout open (``sh -c 'sleep 60 &'``) holds the call
@@ -275,8 +280,12 @@ class Runc:
             # runc prints its own failure as the last stderr line; it is not the command's output
             err = err[: err.rfind(b"exec failed:")] if b"exec failed:" in err else err
             lower = runc_error.lower()
-            if "executable file not found" in lower or "no such file or directory" in lower:
+            if "chdir to cwd" in lower:
+                raise BadRequest(f"exec in {cid}: working directory {cwd} does not exist in the container")
+            if "executable file not found" in lower or (" exec: " in lower and "no such file" in lower):
                 return ExecResult(EXEC_NOT_FOUND_CODE, out, err + f"{runc_error}\n".encode())
+            if " exec: " in lower and "permission denied" in lower:
+                return ExecResult(EXEC_NOT_EXECUTABLE_CODE, out, err + f"{runc_error}\n".encode())
             raise error_from_runc(f"exec in {cid}", runc_error)
         return ExecResult(proc.returncode, out, err)
 
@@ -372,6 +381,11 @@ def _tail(path: Path, max_bytes: int = 4096) -> str:
 
 
 def tail_lines(path: Path, lines: int = 5) -> str:
-    """The last ``lines`` non-empty lines of a file joined into one line (for error messages)."""
-    found = [line.strip() for line in _tail(path).splitlines() if line.strip()]
+    """The last ``lines`` non-empty lines of a console log joined into one line (for error messages).
+
+    runc's own JSON log lines are left out: callers report runc's error separately.
+    """
+    found = [
+        line.strip() for line in _tail(path).splitlines() if line.strip() and not line.startswith('{"level":')
+    ]
     return " | ".join(found[-lines:])
