@@ -116,7 +116,10 @@ class AgentClient:
             text = str(exc)
             if "Fingerprints did not match" in text:
                 raise self._ssl_error(exc) from None
-            if any(alert in text.lower() for alert in _CLIENT_CERT_REJECTED) or self._rejects_our_certificate():
+            if (
+                any(alert in text.lower() for alert in _CLIENT_CERT_REJECTED)
+                or self._rejects_our_certificate()
+            ):
                 raise self._rejected() from None
             raise _unreachable(self.url, _root_cause(exc)) from None
         if response.status_code >= 400:
