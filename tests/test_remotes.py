@@ -222,3 +222,35 @@ def test_openapi_document_describes_every_route(make_agent):
             served.add((route.method.lower(), path))
     documented = {(m, p) for p, item in spec["paths"].items() for m in item if m != "parameters"}
     assert served == documented
+
+
+def test_interactive_remote_add_asks_fingerprint_then_password(make_agent, orch):
+    """On a terminal, `remote add` shows the fingerprint, asks ok (y/n)? and the admin password."""
+    import pexpect
+
+    from tests.procs import ORCH
+
+    foo = make_agent("foo")
+    fingerprint = certs.fingerprint_pem((foo.data_dir / "server.crt").read_bytes())
+    child = pexpect.spawn(
+        ORCH, ["remote", "add", "foo", foo.addr], env=orch.env, encoding="utf-8", timeout=30
+    )
+    child.expect(f"Certificate fingerprint: {fingerprint}")
+    child.expect(r"ok \(y/n\)\? ")
+    child.sendline("y")
+    child.expect("Admin password for foo: ")
+    child.sendline(PASSWORD)
+    child.expect("Client certificate stored at server: foo")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    # answering "n" adds nothing
+    child = pexpect.spawn(
+        ORCH, ["remote", "add", "foo2", foo.addr], env=orch.env, encoding="utf-8", timeout=30
+    )
+    child.expect(r"ok \(y/n\)\? ")
+    child.sendline("n")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    assert "foo2" not in orch.run("remote", "list", "--format", "csv").stdout
