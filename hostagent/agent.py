@@ -41,6 +41,8 @@ class Agent:
         self.fingerprint = certs.ensure(self.cert_path, self.key_path, f"orch-agent@{self.name}")
         self.certificate = self.cert_path.read_text()
         self.ssl_context: ssl.SSLContext | None = None
+        #: HTTPS addresses the agent listens on (host:port), reported to trusted callers
+        self.addresses: list[str] = []
         self.trust = TrustStore(data_dir, on_added=self._trust_in_tls)
         self.storage = detect(data_dir)
         self.images = ImageStore(data_dir / "images", self.storage)
@@ -95,6 +97,7 @@ class Agent:
                     "architectures": [platform.machine()],
                     "storage_free": self.storage.free_bytes(),
                     "storage_total": self.storage.total_bytes(),
+                    "addresses": list(self.addresses),
                 }
             )
             info["config"] = {"core.trust_password": True} if self.trust.has_password() else {}

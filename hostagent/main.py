@@ -76,6 +76,7 @@ async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
         host, port = site._server.sockets[0].getsockname()[:2]  # the real port when 0 was asked for
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         addr_file.write_text(shown + "\n")
+        agent.addresses = [shown]
         log.info("listening on https://%s (certificate fingerprint %s)", shown, agent.fingerprint)
     log.info("local socket %s", sock_path)
     stop = asyncio.Event()

@@ -80,3 +80,45 @@ def two_agents(make_agent, orch: Orch, busybox_image: Path):  # type: ignore[no-
 
 
 os.environ.setdefault("ORCH_TEST", "1")
+
+
+@pytest.fixture
+def redis_server(tmpdir755: Path) -> Iterator:
+    from tests.procs import RedisServer
+
+    server = RedisServer(tmpdir755).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def orch_env(orch: Orch, redis_server, tmpdir755: Path) -> Orch:  # type: ignore[no-untyped-def]
+    """The CLI pointed at the test Redis, with a short visibility timeout so lost tasks come back fast."""
+    orch.env.update(
+        {
+            "ORCH_REDIS_URL": redis_server.url,
+            "ORCH_STATE_DIR": str(tmpdir755 / "state"),
+            "ORCH_VISIBILITY_TIMEOUT": "8",
+            "ORCH_RETRY_BASE": "0.2",
+        }
+    )
+    return orch
+
+
+@pytest.fixture
+def start_worker(orch_env: Orch, tmpdir755: Path) -> Iterator:
+    """Factory for real ``orch worker`` processes; all stopped at the end."""
+    from tests.procs import WorkerProcess
+
+    workers: list[WorkerProcess] = []
+
+    def factory(name: str = "w1", concurrency: int = 4) -> WorkerProcess:
+        worker = WorkerProcess(
+            dict(orch_env.env), tmpdir755 / f"worker-{name}.log", name, concurrency
+        ).start()
+        workers.append(worker)
+        return worker
+
+    yield factory
+    for worker in workers:
+        worker.stop()

@@ -37,6 +37,7 @@ def test_lifecycle_launch_exec_snapshot_stop_start_info_restore_delete(two_agent
     orch.run("start", "foo:c1")
     info = orch.run("info", "foo:c1").stdout
     assert "Name: c1" in info and "Status: RUNNING" in info and "snap0" in info and "PID: " in info
+    assert "Disk usage: " in info
     orch.run("restore", "foo:c1", "snap0")
     assert orch.run("exec", "foo:c1", "--", "cat", "/root/x").stdout == "hi\n"
     assert "Status: RUNNING" in orch.run("info", "foo:c1").stdout  # restore keeps it running

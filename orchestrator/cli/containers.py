@@ -129,8 +129,12 @@ def info(ctx: Context, target: str | None) -> None:
     click.echo(f"Base image: {c['config'].get('volatile.base_image', '')}")
     click.echo("Resources:")
     click.echo(f"  Processes: {state.get('processes', 0)}")
-    if "disk_usage" in state:
-        click.echo(f"  Disk usage: {human_size(state['disk_usage'])}")
+    usage = state.get("disk", {}).get("root", {}).get("usage")
+    if usage is not None:
+        click.echo(f"  Disk usage: {human_size(usage)}")
+    memory = state.get("memory", {}).get("usage")
+    if memory is not None:
+        click.echo(f"  Memory usage: {human_size(memory)}")
     snapshots = client.get(f"/1.0/containers/{ref.name}/snapshots", params={"recursion": 1})
     if snapshots:
         click.echo("Snapshots:")

@@ -1,0 +1,181 @@
+"""``orch copy``, ``orch move``, ``orch jobs`` and ``orch worker``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from orchapi.errors import BadRequest, Conflict
+from orchestrator.cli.context import Context, pass_ctx
+from orchestrator.cli.output import emit, format_option, human_size
+from orchestrator.refs import Ref, parse, parse_container
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from orchestrator.jobs import JobStore
+    from orchestrator.redisserver import connect, redis_url
+    from orchestrator.settings import Settings
+
+    return JobStore(connect(redis_url(Settings.from_env())))
+
+
+def _destination(ctx: Context, src: Ref, text: str) -> Ref:
+    """``bar:`` keeps the source's name; ``c3`` means the default remote."""
+    dst = parse(text, ctx.config)
+    if dst.snapshot:
+        raise BadRequest("the target of a copy or move can't be a snapshot")
+    return dst if dst.name else Ref(dst.remote, src.name)
+
+
+def _submit_and_follow(
+    ctx: Context, kind: str, source: str, target: str, options: dict[str, Any], wait: bool
+):
+    from orchestrator.cli.follow import follow
+    from orchestrator.submit import submit
+
+    src = parse_container(source, ctx.config, allow_snapshot=(kind == "copy"))
+    dst = _destination(ctx, src, target)
+    if kind == "move" and not options.get("stateless") and not (src.remote == dst.remote):
+        status = ctx.client(src.remote).get(f"/1.0/containers/{src.name}")["status"]
+        if status == "Running":
+            raise Conflict(
+                f"container {src} is running",
+                "stop it first, or use --stateless to stop, move and restart it",
+            )
+    job = submit(kind, src, dst, options)
+    if not wait:
+        click.echo(job.id)
+        return
+    click.echo(f"Job {job.id}: {job.kind} {job.label}", err=True)
+    done = follow(_store(), job.id)
+    moved = human_size(done.bytes_done)
+    click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred)", err=True)
+
+
+wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--refresh", is_flag=True, help="Update an existing copy with only what changed.")
+@click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
+@wait_option
+@pass_ctx
+def copy(ctx: Context, source: str, target: str, refresh: bool, instance_only: bool, no_wait: bool) -> None:
+    """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
+    _submit_and_follow(
+        ctx, "copy", source, target, {"refresh": refresh, "instance_only": instance_only}, not no_wait
+    )
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--stateless", is_flag=True, help="Stop a running container, move it, start it on the target.")
+@click.option(
+    "--instance-only", is_flag=True, help="Move without snapshots (they are deleted with the source)."
+)
+@wait_option
+@pass_ctx
+def move(ctx: Context, source: str, target: str, stateless: bool, instance_only: bool, no_wait: bool) -> None:
+    """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
+    _submit_and_follow(
+        ctx, "move", source, target, {"stateless": stateless, "instance_only": instance_only}, not no_wait
+    )
+
+
+def _age(iso: str) -> str:
+    if not iso:
+        return ""
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _progress(job) -> str:  # type: ignore[no-untyped-def]
+    if job.bytes_total:
+        pct = min(100, 100 * job.bytes_done // max(job.bytes_total, 1))
+        return f"{human_size(job.bytes_done)}/{human_size(job.bytes_total)} {pct}%"
+    return human_size(job.bytes_done) if job.bytes_done else ""
+
+
+@click.group(invoke_without_command=True)
+@format_option
+@click.option("--limit", default=50, show_default=True, help="How many recent jobs to show.")
+@click.pass_context
+def jobs(click_ctx: click.Context, fmt: str, limit: int) -> None:
+    """Running and recent jobs."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    records = _store().list(limit)
+    rows = [
+        [
+            j.id,
+            j.kind,
+            j.label,
+            j.status.upper(),
+            j.step + (f" ({j.stage})" if j.stage and not j.finished else ""),
+            _progress(j),
+            _age(j.created_at),
+        ]
+        for j in records
+    ]
+    emit(
+        fmt,
+        ["ID", "KIND", "SOURCE → TARGET", "STATUS", "STEP", "PROGRESS", "AGE"],
+        rows,
+        [j.public() for j in records],
+    )
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@format_option
+def jobs_show(job_id: str, fmt: str) -> None:
+    """Details of one job."""
+    job = _store().get(job_id)
+    if fmt != "table":
+        emit(fmt, [], [list(job.public().values())], job.public())
+        return
+    for key, value in job.public().items():
+        if key in ("bytes_done", "bytes_total"):
+            value = f"{value} ({human_size(int(value))})"
+        click.echo(f"{key.replace('_', ' ').capitalize()}: {value}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=True, help="Wait until the job has rolled back.")
+def jobs_cancel(job_id: str, wait: bool) -> None:
+    """Cancel a job: its transfer stops and what it created is removed; the source is kept."""
+    store = _store()
+    job = store.request_cancel(job_id)
+    if job.finished:
+        raise Conflict(f"job {job_id} already {job.status}")
+    if not wait:
+        return
+    deadline = time.monotonic() + 120
+    while not (job := store.get(job_id)).finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+    click.echo(f"Job {job_id} {job.status}" + (f": {job.error}" if job.error else ""))
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--concurrency", "-c", default=8, show_default=True, help="Parallel tasks.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--name", "-n", help="Worker name (default: orch@<hostname>).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(concurrency: int, loglevel: str, name: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker with orch's configuration (extra arguments go to `celery worker`)."""
+    from orchestrator.workers.main import run_worker
+
+    run_worker(concurrency, loglevel, name, list(celery_args))
+
+
+COMMANDS = [copy, move, jobs, worker]

@@ -1,0 +1,216 @@
+"""Job records in Redis: what ``orch jobs`` shows and what every step of a chain reads and writes.
+
+One hash per job (``orch:job:<id>``) with the user-visible fields (kind, source, target, status, current
+step, attempts, bytes, rate, times, error) and a JSON ``state`` field holding what the steps hand to each
+other (migration id, the target's operation URL, what was created or stopped, so rollback knows what to
+undo). Migration secrets live in a separate key with a TTL, never in task arguments (Flower shows those).
+A sorted set indexes jobs by creation time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from orchapi.errors import NotFound
+
+INDEX = "orch:jobs"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+SECRETS_TTL = 3600
+
+
+def _key(job_id: str) -> str:
+    return f"orch:job:{job_id}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    """A snapshot of one job record."""
+
+    id: str
+    kind: str
+    source: str
+    target: str
+    status: str
+    options: dict[str, Any] = field(default_factory=dict)
+    step: str = ""
+    stage: str = ""
+    steps_done: list[str] = field(default_factory=list)
+    attempts: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate: float = 0.0
+    created_at: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    updated_at: float = 0.0
+    error: str = ""
+    cancel_requested: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} → {self.target}"
+
+    def public(self) -> dict[str, Any]:
+        """The fields a user sees (``orch jobs show``, ``--format json``)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "source": self.source,
+            "target": self.target,
+            "options": self.options,
+            "status": self.status,
+            "step": self.step,
+            "stage": self.stage,
+            "steps_done": self.steps_done,
+            "attempts": self.attempts,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "rate": round(self.rate, 1),
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "method": self.state.get("method", ""),
+        }
+
+
+_INT = ("attempts", "bytes_done", "bytes_total")
+_FLOAT = ("rate", "updated_at")
+_JSON = ("options", "steps_done", "state")
+
+
+class JobStore:
+    """CRUD on job records."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def create(
+        self, kind: str, source: str, target: str, options: dict[str, Any], state: dict[str, Any]
+    ) -> Job:
+        job = Job(
+            id=uuid.uuid4().hex[:12],
+            kind=kind,
+            source=source,
+            target=target,
+            status=QUEUED,
+            options=options,
+            created_at=now_iso(),
+            updated_at=time.time(),
+            state=state,
+        )
+        record = self._encode(job.__dict__)
+        pipe = self.r.pipeline()
+        pipe.hset(_key(job.id), mapping=record)
+        pipe.zadd(INDEX, {job.id: time.time()})
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        raw = self.r.hgetall(_key(job_id))
+        if not raw:
+            raise NotFound(f"job {job_id} not found", "see `orch jobs`")
+        return self._decode(raw)
+
+    def list(self, limit: int = 50) -> list[Job]:
+        ids = self.r.zrevrange(INDEX, 0, limit - 1)
+        pipe = self.r.pipeline()
+        for job_id in ids:
+            pipe.hgetall(_key(job_id))
+        return [self._decode(raw) for raw in pipe.execute() if raw]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        self.r.hset(_key(job_id), mapping=self._encode(fields))
+
+    def update_state(self, job_id: str, **values: Any) -> dict[str, Any]:
+        """Merge ``values`` into the job's ``state`` (read-modify-write under WATCH)."""
+        key = _key(job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    state = json.loads(pipe.hget(key, "state") or "{}")
+                    state.update(values)
+                    pipe.multi()
+                    pipe.hset(key, mapping={"state": json.dumps(state), "updated_at": time.time()})
+                    pipe.execute()
+                    return state
+                except redis.WatchError:
+                    continue
+
+    def mark_step_done(self, job_id: str, step: str) -> bool:
+        """Record that ``step`` completed; False if it was already recorded (a duplicate delivery)."""
+        if not self.r.set(f"{_key(job_id)}:done:{step}", "1", nx=True, ex=30 * 86400):
+            return False
+        job = self.get(job_id)
+        self.update(job_id, steps_done=[*job.steps_done, step])
+        return True
+
+    def step_done(self, job_id: str, step: str) -> bool:
+        return bool(self.r.exists(f"{_key(job_id)}:done:{step}"))
+
+    def finish(self, job_id: str, status: str, error: str = "") -> None:
+        self.update(job_id, status=status, error=error, finished_at=now_iso(), stage="")
+        self.r.delete(f"{_key(job_id)}:secrets")
+
+    def request_cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if not job.finished:
+            self.update(job_id, cancel_requested=True)
+        return self.get(job_id)
+
+    # -- secrets (migration tokens) ------------------------------------------------------------------
+    def set_secrets(self, job_id: str, secrets: dict[str, str]) -> None:
+        self.r.set(f"{_key(job_id)}:secrets", json.dumps(secrets), ex=SECRETS_TTL)
+
+    def secrets(self, job_id: str) -> dict[str, str]:
+        return json.loads(self.r.get(f"{_key(job_id)}:secrets") or "{}")
+
+    # -- encoding -----------------------------------------------------------------------------------
+    @staticmethod
+    def _encode(fields: dict[str, Any]) -> dict[str, str]:
+        out = {}
+        for k, v in fields.items():
+            if k in _JSON:
+                out[k] = json.dumps(v)
+            elif isinstance(v, bool):
+                out[k] = "1" if v else ""
+            else:
+                out[k] = str(v)
+        return out
+
+    @staticmethod
+    def _decode(raw: dict[str, str]) -> Job:
+        values: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k not in Job.__dataclass_fields__:
+                continue
+            if k in _INT:
+                values[k] = int(float(v or 0))
+            elif k in _FLOAT:
+                values[k] = float(v or 0)
+            elif k in _JSON:
+                values[k] = json.loads(v or "null") or ({} if k != "steps_done" else [])
+            elif k == "cancel_requested":
+                values[k] = v == "1"
+            else:
+                values[k] = v
+        return Job(**values)

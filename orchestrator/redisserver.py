@@ -1,0 +1,82 @@
+"""The embedded Redis: started once, on first use, when ``ORCH_REDIS_URL`` is not set.
+
+It is Debian's ``redis-server`` listening only on a unix socket (mode 0600) in orch's state dir, with an
+append-only file so job records and the origin of moved containers survive restarts. A second ``orch``
+or ``orch worker`` finds it running and shares it; a file lock keeps two from starting it at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from orchapi.errors import Unavailable
+from orchestrator.settings import Settings
+
+SOCKET_NAME = "redis.sock"
+
+
+def redis_url(settings: Settings) -> str:
+    """The Redis URL to use: ``ORCH_REDIS_URL`` or the embedded server's socket (started if needed)."""
+    if settings.redis_url:
+        return settings.redis_url
+    return ensure_embedded(settings.state_dir)
+
+
+def _alive(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def ensure_embedded(state: Path, timeout: float = 10.0) -> str:
+    """Start the embedded server unless it runs; returns its ``redis+socket://`` URL."""
+    sock = state / SOCKET_NAME
+    url = f"redis+socket://{sock}"
+    if _alive(sock):
+        return url
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise Unavailable("redis-server is not installed", "run scripts/bootstrap, or set ORCH_REDIS_URL")
+    with open(state / "redis.start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _alive(sock):
+            return url
+        sock.unlink(missing_ok=True)
+        args = [
+            binary,
+            "--port", "0",
+            "--unixsocket", str(sock),
+            "--unixsocketperm", "600",
+            "--dir", str(state),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--pidfile", str(state / "redis.pid"),
+            "--logfile", str(state / "redis.log"),
+        ]  # fmt: skip
+        subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not _alive(sock):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the embedded redis-server did not start; see {state / 'redis.log'}")
+            time.sleep(0.02)
+    return url
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` (``redis://``, ``rediss://`` or ``redis+socket://``), decoding to str."""
+    if url.startswith("redis+socket://"):
+        return redis.Redis(unix_socket_path=url[len("redis+socket://") :], decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True)

@@ -1,0 +1,148 @@
+"""What every step of a job's chain does around its own work.
+
+A step: loads its job; skips itself if it already completed (a redelivered or duplicated message); stops
+if the job was cancelled or finished; records the current step and attempts; renews the job's container
+locks; runs; on a transient error (agent unreachable, 503, timeout) retries with exponential backoff and
+full jitter; on a permanent error, or when retries run out, rolls the job back and marks it failed. Only
+the first delivery that completes a step lets the chain go on, so a step never runs its successor twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from orchapi.errors import OrchError, Unavailable
+from orchestrator.clientconfig import ClientConfig
+from orchestrator.connect import RemoteClient, connect
+from orchestrator.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore, now_iso
+from orchestrator.locks import ContainerLocks
+from orchestrator.redisserver import connect as redis_connect
+from orchestrator.redisserver import redis_url
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The user asked to cancel the job."""
+
+
+class StepContext:
+    """Per-process handles a step needs (Redis, job store, locks, agent clients)."""
+
+    _instance: StepContext | None = None
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        self.redis = redis_connect(redis_url(self.settings))
+        self.jobs = JobStore(self.redis)
+        self.locks = ContainerLocks(self.redis)
+
+    @classmethod
+    def get(cls) -> StepContext:
+        if cls._instance is None:
+            cls._instance = StepContext()
+        return cls._instance
+
+    def client(self, remote: str, timeout: float = 30.0) -> RemoteClient:
+        # the config is re-read so remotes added after the worker started are known
+        return connect(ClientConfig(), remote, timeout=timeout)
+
+    def renew_locks(self, job: Job) -> None:
+        for remote, name in lock_targets(job):
+            self.locks.renew(job.id, remote, name, self.settings.lock_lease)
+
+    def release_locks(self, job: Job) -> None:
+        for remote, name in lock_targets(job):
+            self.locks.release(job.id, remote, name)
+
+
+def lock_targets(job: Job) -> list[tuple[str, str]]:
+    """The containers a job locks: its source and its target."""
+    s = job.state
+    return [(s["source_remote"], s["source_name"]), (s["target_remote"], s["target_name"])]
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter (AWS style): uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..., str]]:
+    """Wrap a step function ``fn(ctx, job)`` into a bound Celery task body ``(self, job_id, label)``."""
+
+    def decorate(fn: Callable[[StepContext, Job], Any]) -> Callable[..., str]:
+        @functools.wraps(fn)
+        def run(task: Task, job_id: str, label: str = "") -> str:
+            ctx = StepContext.get()
+            job = ctx.jobs.get(job_id)
+            if job.finished:
+                raise Ignore()
+            if ctx.jobs.step_done(job_id, name):
+                raise Ignore()  # a duplicate of a completed step: its successor is already on its way
+            if job.cancel_requested:
+                finish_with_rollback(ctx, job, CANCELLED, "cancelled by the user")
+                raise Ignore()
+            fields: dict[str, Any] = {"status": RUNNING, "step": name, "attempts": job.attempts + 1}
+            if not job.started_at:
+                fields["started_at"] = now_iso()
+            ctx.jobs.update(job_id, **fields)
+            ctx.renew_locks(job)
+            try:
+                fn(ctx, ctx.jobs.get(job_id))
+            except Cancelled:
+                finish_with_rollback(ctx, ctx.jobs.get(job_id), CANCELLED, "cancelled by the user")
+                raise Ignore() from None
+            except Unavailable as exc:
+                if task.request.retries < ctx.settings.max_retries:
+                    delay = backoff(task.request.retries, ctx.settings.retry_base, ctx.settings.retry_cap)
+                    log.warning("job %s step %s: %s; retrying in %.1fs", job_id, name, exc, delay)
+                    ctx.jobs.update(job_id, error=f"retrying: {exc}")
+                    raise task.retry(exc=exc, countdown=delay) from None
+                finish_with_rollback(
+                    ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc} (gave up after retries)"
+                )
+                raise
+            except OrchError as exc:
+                finish_with_rollback(ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc}")
+                raise
+            except Exception as exc:
+                log.exception("job %s step %s failed", job_id, name)
+                finish_with_rollback(ctx, ctx.jobs.get(job_id), FAILED, f"{name}: internal error: {exc}")
+                raise
+            if not ctx.jobs.mark_step_done(job_id, name):
+                raise Ignore()
+            ctx.jobs.update(job_id, error="")
+            return job_id
+
+        return run
+
+    return decorate
+
+
+def complete(ctx: StepContext, job: Job) -> None:
+    """The last step succeeded: release the locks and mark the job succeeded."""
+    ctx.release_locks(job)
+    ctx.jobs.finish(job.id, SUCCEEDED)
+
+
+def finish_with_rollback(ctx: StepContext, job: Job, status: str, reason: str) -> None:
+    """Undo what the job did (never touching the source's data), release its locks, record the end."""
+    from orchestrator.tasks.rollback import rollback
+
+    if job.finished:
+        return
+    try:
+        rollback(ctx, job)
+    except Exception as exc:  # rollback must not hide the original reason
+        log.exception("job %s: rollback failed", job.id)
+        reason = f"{reason}; rollback incomplete: {exc}"
+    ctx.release_locks(job)
+    ctx.jobs.finish(job.id, status, reason)

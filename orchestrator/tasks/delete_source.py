@@ -1,0 +1,36 @@
+"""Step 5 — delete_source (move only): delete the source, only after the target verified its copy.
+
+For ``--stateless`` moves (and containers that ran before the move), the target is started afterwards.
+From the moment the source is deleted the target holds the only copy, so nothing after that point may
+roll back: a failure to start the target is reported, the container stays on the target.
+"""
+
+from __future__ import annotations
+
+from orchapi.errors import NotFound, OrchError
+from orchestrator.celeryapp import app
+from orchestrator.jobs import Job
+from orchestrator.stepping import StepContext, complete, step
+from orchestrator.tasks.common import source, target
+
+
+def delete(ctx: StepContext, job: Job) -> None:
+    s = job.state
+    if not s.get("verified"):
+        raise OrchError("refusing to delete the source: the target copy was not verified")
+    if not s.get("source_deleted"):
+        try:
+            source(ctx, job).run("DELETE", f"/1.0/containers/{s['source_name']}")
+        except NotFound:
+            pass  # an earlier delivery of this step deleted it
+        ctx.jobs.update_state(job.id, source_deleted=True)
+    if s.get("source_was_running"):
+        tgt = target(ctx, job)
+        if tgt.get(f"/1.0/containers/{s['target_name']}")["status"] != "Running":
+            tgt.run("PUT", f"/1.0/containers/{s['target_name']}/state", json={"action": "start"})
+    complete(ctx, ctx.jobs.get(job.id))
+
+
+delete_source = app.task(bind=True, name="orch.delete_source", max_retries=None)(
+    step("delete_source")(delete)
+)

@@ -1,0 +1,45 @@
+"""Step 2 — issue_token: the source agent issues one-time migration secrets for the target agent.
+
+The source stores them hashed, scoped to this container (and snapshot list) and to the target agent's
+certificate, valid for one connection within a short TTL. The worker keeps them in Redis beside the job
+(never in task arguments), with the source's certificate, which the target will pin.
+"""
+
+from __future__ import annotations
+
+from orchestrator.celeryapp import app
+from orchestrator.jobs import Job
+from orchestrator.stepping import StepContext, step
+from orchestrator.tasks.common import reachable_url, source, target
+
+TOKEN_TTL = 120
+
+
+def issue(ctx: StepContext, job: Job) -> None:
+    s = job.state
+    if s.get("migration_id") and ctx.jobs.secrets(job.id):
+        return  # issued by an earlier delivery of this step
+    src, tgt = source(ctx, job), target(ctx, job)
+    target_certificate = tgt.get("/1.0")["environment"]["certificate"]
+    body = {
+        "target_certificate": target_certificate,
+        "snapshot": s.get("source_snapshot") or None,
+        "instance_only": bool(job.options.get("instance_only")),
+        "ttl": TOKEN_TTL,
+    }
+    migration = src.call("POST", f"/1.0/containers/{s['source_name']}/migration", json=body)
+    ctx.jobs.set_secrets(job.id, migration["secrets"])
+    base_url = reachable_url(s["source_remote"], src)
+    ctx.jobs.update_state(
+        job.id,
+        migration_id=migration["id"],
+        migration_url=f"{base_url}/1.0/migrations/{migration['id']}",
+        source_certificate=migration["certificate"],
+        base_image=migration.get("base_image", ""),
+        snapshots=migration.get("snapshots", []),
+        size=migration.get("size", 0),
+    )
+    ctx.jobs.update(job.id, bytes_total=migration.get("size", 0))
+
+
+issue_token = app.task(bind=True, name="orch.issue_token", max_retries=None)(step("issue_token")(issue))

@@ -1,0 +1,76 @@
+"""Undo a failed or cancelled job without ever touching the source's data.
+
+In order: revoke the migration secrets, cancel the target's transfer operation (the target deletes its
+staging area), delete a target container this job created (never one that existed before, under
+``--refresh``), and start the source again if the job stopped it. Once the source is deleted, the
+target holds the only copy and nothing is undone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orchapi.errors import NotFound, OrchError
+from orchestrator.jobs import Job
+from orchestrator.stepping import StepContext
+from orchestrator.tasks.common import source, target
+
+log = logging.getLogger(__name__)
+
+
+def _quietly(what: str, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn(*args, **kwargs)
+    except NotFound:
+        pass
+    except OrchError as exc:
+        log.warning("rollback: %s failed: %s", what, exc)
+
+
+def rollback(ctx: StepContext, job: Job) -> None:
+    s = job.state
+    if s.get("source_deleted"):
+        return
+    src, tgt = source(ctx, job), target(ctx, job)
+    if s.get("migration_id"):
+        _quietly("revoking the migration", src.call, "DELETE", f"/1.0/migrations/{s['migration_id']}")
+    if (
+        s.get("target_op")
+        and _transfer_created_target(tgt, s["target_op"])
+        and not s.get("target_preexisted")
+    ):
+        _delete_target(tgt, s["target_name"])
+    if s.get("source_was_running"):
+        _quietly(
+            "restarting the source",
+            src.run,
+            "PUT",
+            f"/1.0/containers/{s['source_name']}/state",
+            json={"action": "start"},
+        )
+
+
+def _transfer_created_target(tgt, operation: str) -> bool:  # type: ignore[no-untyped-def]
+    """Cancel the transfer if it still runs; True only if it had committed a container.
+
+    A failed or cancelled transfer removes its own staging area on the target, and a container of that
+    name which the transfer did not create (someone else's) must never be deleted.
+    """
+    _quietly("cancelling the transfer", tgt.call, "DELETE", operation)
+    try:
+        op = tgt.call("GET", f"{operation}/wait", params={"timeout": 30})
+    except OrchError:
+        return False
+    return op.get("status") == "Success"
+
+
+def _delete_target(tgt, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Delete the container this job created on the target (stopping it first if needed)."""
+    try:
+        status = tgt.get(f"/1.0/containers/{name}")["status"]
+    except OrchError:
+        return
+    if status == "Running":
+        body = {"action": "stop", "force": True}
+        _quietly("stopping the target", tgt.run, "PUT", f"/1.0/containers/{name}/state", json=body)
+    _quietly("deleting the partial target", tgt.run, "DELETE", f"/1.0/containers/{name}")

@@ -1,0 +1,101 @@
+"""Step 4 — transfer_delta: the target agent pulls the container from the source agent and verifies it.
+
+The transfer is an operation inside the target agent (pre-fill from the image, then snapshots oldest to
+newest and the current state as deltas, by btrfs send/receive, rsync or tar, then a manifest check). The
+worker only starts it and follows it, copying its progress into the job record every second. Its URL is
+saved before following, so if this worker dies, the redelivered step re-attaches to the same operation
+instead of starting a second transfer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from orchapi.errors import NotFound, OrchError, error_for_status
+from orchestrator.celeryapp import app
+from orchestrator.jobs import Job
+from orchestrator.stepping import Cancelled, StepContext, complete, step
+from orchestrator.tasks.common import target
+
+POLL = 1.0
+
+
+def start_transfer(ctx: StepContext, job: Job) -> str:
+    s = job.state
+    secret = ctx.jobs.secrets(job.id).get("fs")
+    if not secret:
+        raise OrchError("the migration secrets expired before the transfer started; run the job again")
+    body = {
+        "name": s["target_name"],
+        "source": {
+            "type": "migration",
+            "mode": "pull",
+            "operation": s["migration_url"],
+            "secrets": {"fs": secret},
+            "certificate": s["source_certificate"],
+            "base-image": s.get("base_image", ""),
+            "refresh": bool(job.options.get("refresh")),
+        },
+    }
+    response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
+    operation = response["operation"]
+    ctx.jobs.update_state(job.id, target_op=operation)
+    return operation
+
+
+def follow(ctx: StepContext, job: Job, operation: str) -> dict[str, Any]:
+    """Wait for the target's operation, mirroring its progress into the job; honour cancellation."""
+    client = target(ctx, job, timeout=POLL + 30)
+    last_bytes, last_time, rate = job.bytes_done, time.monotonic(), 0.0
+    while True:
+        try:
+            op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
+        except NotFound:
+            raise OrchError("the target agent lost the transfer (was it restarted?)") from None
+        meta = op.get("metadata") or {}
+        moved = int(meta.get("bytes_received", 0)) + int(meta.get("bytes_sent", 0))
+        now = time.monotonic()
+        if now > last_time:
+            instant = (moved - last_bytes) / (now - last_time)
+            rate = instant if rate == 0 else 0.5 * rate + 0.5 * instant
+        last_bytes, last_time = moved, now
+        fields: dict[str, Any] = {"bytes_done": moved, "rate": max(rate, 0.0), "stage": meta.get("stage", "")}
+        if meta.get("total_bytes"):
+            fields["bytes_total"] = int(meta["total_bytes"])
+        ctx.jobs.update(job.id, **fields)
+        current = ctx.jobs.get(job.id)
+        ctx.renew_locks(current)
+        if op["status"] == "Success":
+            return meta
+        if op["status"] != "Running":
+            raise error_for_status(int(op.get("err_code") or 500), op.get("err") or "transfer failed")
+        if current.cancel_requested:
+            try:
+                client.call("DELETE", operation)
+            except OrchError:
+                pass
+            raise Cancelled()
+
+
+def transfer(ctx: StepContext, job: Job) -> None:
+    operation = job.state.get("target_op") or start_transfer(ctx, job)
+    result = follow(ctx, job, operation)
+    ctx.jobs.update_state(
+        job.id,
+        verified=bool(result.get("verified")),
+        method=result.get("method", ""),
+        files=result.get("files", 0),
+        bytes_received=result.get("bytes_received", 0),
+        bytes_sent=result.get("bytes_sent", 0),
+    )
+    if not result.get("verified"):
+        raise OrchError("the target did not verify the copy; the source is kept")
+    job = ctx.jobs.get(job.id)
+    if job.kind == "copy":
+        complete(ctx, job)
+
+
+transfer_delta = app.task(bind=True, name="orch.transfer_delta", max_retries=None)(
+    step("transfer_delta")(transfer)
+)

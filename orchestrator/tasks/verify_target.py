@@ -1,0 +1,65 @@
+"""Step 1 — verify_target: check everything that can be checked before any data moves, take the locks.
+
+The target agent must be reachable and trust us, the target name free (or existing and stopped, for
+``--refresh``), its free space at least the source's size, and the two agents must share a transfer
+method. The source must be stopped unless a snapshot is copied; ``move --stateless`` stops it here (and
+rollback starts it again if the move fails).
+"""
+
+from __future__ import annotations
+
+from orchapi.errors import Conflict, Forbidden, InsufficientStorage, NotFound
+from orchestrator.celeryapp import app
+from orchestrator.jobs import Job
+from orchestrator.stepping import StepContext, lock_targets, step
+from orchestrator.tasks.common import source, target
+
+
+def verify(ctx: StepContext, job: Job) -> None:
+    s, opts = job.state, job.options
+    src, tgt = source(ctx, job), target(ctx, job)
+    container = src.get(f"/1.0/containers/{s['source_name']}")
+    if s.get("source_snapshot"):
+        src.get(f"/1.0/containers/{s['source_name']}/snapshots/{s['source_snapshot']}")
+    target_info = tgt.get("/1.0")
+    if target_info.get("auth") != "trusted":
+        raise Forbidden(f"remote {s['target_remote']} does not trust this client")
+    source_info = src.get("/1.0")
+    common = set(source_info["environment"]["transfer_methods"]) & set(
+        target_info["environment"]["transfer_methods"]
+    )
+    if not common:
+        raise Conflict(f"{job.source} and {s['target_remote']}: the agents share no transfer method")
+    try:
+        existing = tgt.get(f"/1.0/containers/{s['target_name']}")
+    except NotFound:
+        existing = None
+    if existing is not None and not opts.get("refresh"):
+        raise Conflict(
+            f"container {job.target} already exists", "use --refresh to update it, or pick another name"
+        )
+    if existing is not None and existing["status"] == "Running":
+        raise Conflict(f"container {job.target} is running", "stop it before refreshing it")
+    running = container["status"] == "Running" and not s.get("source_snapshot")
+    if running and not (job.kind == "move" and opts.get("stateless")) and not s.get("source_was_running"):
+        raise Conflict(
+            f"container {job.source} is running",
+            "stop it first, use --stateless to stop, move and restart it, or copy a snapshot of it",
+        )
+    usage = (
+        src.get(f"/1.0/containers/{s['source_name']}/state").get("disk", {}).get("root", {}).get("usage", 0)
+    )
+    free = target_info["environment"].get("storage_free", 0)
+    if existing is None and usage > free:
+        raise InsufficientStorage(f"{job.source} needs {usage} bytes, {s['target_remote']} has {free} free")
+    for remote, name in lock_targets(job):
+        ctx.locks.acquire(job.id, remote, name, ctx.settings.lock_lease)
+    ctx.jobs.update_state(job.id, target_preexisted=existing is not None, methods=sorted(common))
+    if running:
+        ctx.jobs.update_state(job.id, source_was_running=True)
+        src.run("PUT", f"/1.0/containers/{s['source_name']}/state", json={"action": "stop", "timeout": 30})
+
+
+verify_target = app.task(bind=True, name="orch.verify_target", max_retries=None)(
+    step("verify_target")(verify)
+)

@@ -1,0 +1,1 @@
+"""Worker entry points: ``orch worker`` runs a Celery worker with orch's app and configuration."""

@@ -1,0 +1,110 @@
+"""Job records, locks, backoff and the embedded Redis, against real redis-server processes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from orchapi.errors import Conflict, NotFound
+from orchestrator.jobs import FAILED, QUEUED, JobStore
+from orchestrator.locks import ContainerLocks
+from orchestrator.redisserver import connect, ensure_embedded
+from orchestrator.stepping import backoff
+
+
+@pytest.fixture
+def client(redis_server):  # type: ignore[no-untyped-def]
+    return connect(redis_server.url)
+
+
+def test_job_record_roundtrip_and_index(client):
+    store = JobStore(client)
+    a = store.create("copy", "foo:c1", "bar:c1", {"refresh": True}, {"source_remote": "foo"})
+    time.sleep(0.01)
+    b = store.create("move", "foo:c2", "bar:c2", {}, {})
+    assert [j.id for j in store.list()] == [b.id, a.id]
+    got = store.get(a.id)
+    assert (got.kind, got.status, got.options, got.state) == (
+        "copy",
+        QUEUED,
+        {"refresh": True},
+        {"source_remote": "foo"},
+    )
+    store.update(a.id, bytes_done=10, bytes_total=20, rate=1.5, step="transfer_delta")
+    store.update_state(a.id, target_op="/1.0/operations/x")
+    got = store.get(a.id)
+    assert (got.bytes_done, got.bytes_total, got.rate, got.state["target_op"]) == (
+        10,
+        20,
+        1.5,
+        "/1.0/operations/x",
+    )
+    assert got.state["source_remote"] == "foo"
+    store.finish(a.id, FAILED, "boom")
+    assert store.get(a.id).finished and store.get(a.id).error == "boom"
+    with pytest.raises(NotFound):
+        store.get("nope")
+
+
+def test_step_completion_is_recorded_once(client):
+    store = JobStore(client)
+    job = store.create("copy", "a:x", "b:x", {}, {})
+    assert store.mark_step_done(job.id, "issue_token") is True
+    assert store.mark_step_done(job.id, "issue_token") is False  # the duplicate delivery must stop
+    assert store.get(job.id).steps_done == ["issue_token"]
+
+
+def test_secrets_are_kept_apart_and_dropped_when_the_job_ends(client):
+    store = JobStore(client)
+    job = store.create("copy", "a:x", "b:x", {}, {})
+    store.set_secrets(job.id, {"fs": "t0k3n"})
+    assert "t0k3n" not in str(client.hgetall(f"orch:job:{job.id}"))
+    assert store.secrets(job.id) == {"fs": "t0k3n"}
+    store.finish(job.id, FAILED, "x")
+    assert store.secrets(job.id) == {}
+
+
+def test_locks_are_exclusive_idempotent_and_owner_only(client):
+    locks = ContainerLocks(client)
+    locks.acquire("job1", "foo", "c1", 30)
+    locks.acquire("job1", "foo", "c1", 30)  # the owner again: fine
+    with pytest.raises(Conflict, match="busy: job job1"):
+        locks.acquire("job2", "foo", "c1", 30)
+    locks.release("job2", "foo", "c1")  # not the owner: no effect
+    assert locks.holder("foo", "c1") == "job1"
+    assert locks.renew("job2", "foo", "c1", 30) is False
+    locks.release("job1", "foo", "c1")
+    locks.acquire("job2", "foo", "c1", 30)
+    assert locks.holder("foo", "c1") == "job2"
+
+
+def test_lock_lease_expires_when_its_owner_is_gone(client):
+    locks = ContainerLocks(client)
+    client.set("orch:lock:foo:c9", "dead-job", px=200)
+    time.sleep(0.3)
+    locks.acquire("job3", "foo", "c9", 30)
+    assert locks.holder("foo", "c9") == "job3"
+
+
+def test_backoff_is_exponential_with_jitter_and_capped():
+    samples = [backoff(5, 0.5, 4.0) for _ in range(200)]
+    assert all(0 <= s <= 4.0 for s in samples) and max(samples) > 3.0 and min(samples) < 1.0
+    assert all(backoff(0, 0.5, 30) <= 0.5 for _ in range(50))
+
+
+def test_embedded_redis_starts_once_and_is_shared(tmpdir755):
+    state = tmpdir755 / "state"
+    url = ensure_embedded(state)
+    assert url == f"redis+socket://{state / 'redis.sock'}"
+    pid = (state / "redis.pid").read_text().strip()
+    assert ensure_embedded(state) == url
+    assert (state / "redis.pid").read_text().strip() == pid  # not started twice
+    c = connect(url)
+    c.set("k", "v")
+    assert c.get("k") == "v"
+    assert oct((state / "redis.sock").stat().st_mode & 0o777) == "0o600"
+    import os
+    import signal
+
+    os.kill(int(pid), signal.SIGTERM)
