@@ -252,6 +252,7 @@ class LxdLab:
 
     def timed(self, *args: str) -> float:
         """Wall time of ``lxc ARGS`` (client start-up included, as a user would see it)."""
+        os.sync()  # untimed: earlier runs' dirty pages must not be written back during this one
         t0 = time.perf_counter()
         self.lxc(*args)
         return time.perf_counter() - t0
@@ -277,9 +278,7 @@ def _stop_daemon(d: Daemon) -> None:
         return
     if d.proc.poll() is None:
         try:
-            subprocess.run(
-                ["lxd", "shutdown", "--timeout", "30"], env=d.env, capture_output=True, timeout=40
-            )
+            subprocess.run(["lxd", "shutdown", "--timeout", "30"], env=d.env, capture_output=True, timeout=40)
         except subprocess.TimeoutExpired:
             pass
         try:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RSYNC = "rsync"
+RSYNC_LXD_FLAGS = "rsync-lxdflags"  # rsync with the flags LXD's migration uses (compression included)
 LXD = "lxd"
 ORCH = "orch"
 

@@ -49,10 +49,10 @@ def _submit_and_follow(
     if not wait:
         click.echo(job.id)
         return
-    click.echo(f"Job {job.id}: {job.kind} {job.label}", err=True)
+    click.echo(f"Job {job.id}: {job.kind} {job.label}")
     done = follow(_store(), job.id)
     moved = human_size(done.bytes_done)
-    click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred)", err=True)
+    click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred)")
 
 
 wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
