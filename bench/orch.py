@@ -1,42 +1,178 @@
-"""HOOK FOR THE LEAD: the orch half of the benchmark. ``bench/run`` calls ``measure_orch(ctx)``.
+"""The orch half of the benchmark: ``orch move`` / ``orch copy --refresh`` between two real agents.
 
-Until it is implemented it raises ``NotImplementedError`` and ``bench/run`` prints "orch: skipped".
+Same content and cases as the LXD half (``bench/lxd_ref.py``): a stopped container made from the busybox
+image, filled with ``lxd_ref.fill`` (50 x 1 MiB + 500 x 4 KiB random files), moved a → b (timed) and
+back (untimed); an empty one; a refresh after changing 1 % of the files; and, on the dir pool, a 1 GiB
+container compared with raw rsync, sampling both agents' memory (RSS) during the move to show that they
+stream rather than buffer. Wall times include the ``orch`` CLI's own start-up, as LXD's include ``lxc``'s;
+``chain empty`` is the job's own duration (submitted → finished, from its record in Redis), i.e. the
+chain's overhead without CLI start-up.
 
-What to implement, so that the numbers line up with the LXD reference (``bench/lxd_ref.py``):
-- start two ``orch-agent``s (e.g. ``tests/procs.AgentProcess`` or the playground's way) with data dirs
-  under ``ctx.workdir`` (already 0755 and under /var/tmp: unprivileged containers need traversable
-  parents), on a dir pool and, when ``"btrfs"`` is in ``ctx.pools``, on a loop-mounted btrfs;
-  register every stop with ``ctx.cleanup.callback(...)`` so Ctrl-C and errors still stop them;
-- import ``ctx.image`` on both as ``bb`` and create a stopped container on the first;
-- fill it with ``bench.lxd_ref.fill(rootfs)`` (same bytes, same place, ``/root/bench``, as for LXD);
-- per pool, return one ``Result(case, pool, ORCH, samples)`` per case, with these exact case names:
-  ``MOVE_FULL`` (time ``orch move a:c b:``, move back untimed), ``MOVE_EMPTY`` (same without content) and
-  ``REFRESH`` (copy once untimed, then per run ``content.change_fraction(dir, 0.01, seed=run + 1)``
-  untimed and time the refresh); ``ctx.runs`` samples each; time the whole CLI call with
-  ``time.perf_counter()`` as the LXD side does. ``bench/run`` then prints "vs LXD" and "vs rsync".
+The agents, Redis and the worker are real processes, started with the test suite's helpers.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import threading
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.stats import Result
+from bench import content, lxd_ref
+from bench.stats import CHAIN_EMPTY, MOVE_EMPTY, MOVE_FULL, MOVE_GIB, ORCH, REFRESH, Result
+from tests.procs import AgentProcess, Orch, RedisServer, WorkerProcess
+
+PASSWORD = "bench-password"
 
 
 @dataclass
 class OrchContext:
     """What ``bench/run`` hands the orch half."""
 
-    repo: Path  # the repository root (``repo / ".venv/bin/orch"``, ``repo / "scripts"``...)
+    repo: Path  # the repository root
     workdir: Path  # a 0755 scratch dir of its own, removed at exit
     image: Path  # the busybox image tarball LXD imported (scripts/build-busybox-image)
     runs: int  # samples per case
     pools: list[str]  # "dir" and/or "btrfs"
-    cleanup: ExitStack  # push stop/unmount callbacks here; closed at exit, Ctrl-C included
+    cleanup: ExitStack  # stop/unmount callbacks; closed at exit, Ctrl-C included
+    gib: bool = True  # also the 1 GiB case (dir pool)
+
+
+class OrchLab:
+    """Two agents on one pool kind, a Redis, a worker, and a client config that knows both agents."""
+
+    def __init__(self, ctx: OrchContext, pool: str) -> None:
+        self.ctx, self.pool = ctx, pool
+        self.dir = ctx.workdir / pool
+        self.dir.mkdir(mode=0o755)
+        self.orch = Orch(self.dir / "client")
+        self.agents: dict[str, AgentProcess] = {}
+
+    def start(self) -> None:
+        ctx = self.ctx
+        for name in ("a", "b"):
+            data = self.dir / name
+            data.mkdir(mode=0o755)
+            if self.pool == "btrfs":
+                _mount_btrfs(data, self.dir / f"{name}.img", ctx.cleanup)
+            agent = AgentProcess(data, name).start()
+            ctx.cleanup.callback(agent.stop, kill_containers=True)
+            self.agents[name] = agent
+        redis = RedisServer(self.dir).start()
+        ctx.cleanup.callback(redis.stop)
+        self.orch.env.update({"ORCH_REDIS_URL": redis.url, "ORCH_STATE_DIR": str(self.dir / "state")})
+        for name, agent in self.agents.items():
+            admin = Orch(self.dir / f"admin-{name}")
+            admin.run("remote", "add", "admin", f"unix://{agent.socket}")
+            admin.run("config", "set", "admin:", "core.trust_password", PASSWORD)
+            self.orch.add_remote(name, agent, PASSWORD)
+        self.orch.run("image", "import", str(ctx.image), "a:", "--alias", "bb")
+        self.orch.run("image", "import", str(ctx.image), "b:", "--alias", "bb")
+        worker = WorkerProcess(dict(self.orch.env), self.dir / "worker.log").start()
+        ctx.cleanup.callback(worker.stop)
+
+    def rootfs(self, agent: str, name: str) -> Path:
+        return self.agents[agent].data_dir / "containers" / name / "rootfs"
+
+    def timed(self, *args: str) -> float:
+        started = time.perf_counter()
+        self.orch.run(*args, timeout=1800)
+        return time.perf_counter() - started
+
+    def last_job(self) -> dict:
+        return json.loads(self.orch.run("jobs", "--format", "json", "--limit", "1").stdout)[0]
+
+
+def _mount_btrfs(mountpoint: Path, image: Path, cleanup: ExitStack) -> None:
+    subprocess.run(["truncate", "-s", "4G", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    mountpoint.chmod(0o755)
+    cleanup.callback(subprocess.run, ["umount", "-l", str(mountpoint)], check=False)
+
+
+def _measure_move(lab: OrchLab, case: str, runs: int, spec: content.TreeSpec | None) -> list[Result]:
+    name = "full" if spec is content.SMALL else ("gib" if spec else "empty")
+    lab.orch.run("init", "a:bb", f"a:{name}")
+    rootfs = lab.rootfs("a", name)
+    if spec is not None:
+        lxd_ref.fill(rootfs, spec)
+    digest = content.tree_digest(rootfs / lxd_ref.CONTENT_DIR if spec else rootfs)
+    result = Result(case, lab.pool, ORCH, command=f"orch move a:{name} b:", bytes=lxd_ref.tree_bytes(rootfs))
+    chain = Result(CHAIN_EMPTY, lab.pool, ORCH, command="job duration of orch move a:empty b:")
+    for _ in range(runs):
+        subprocess.run(["sync"], check=True)
+        result.samples.append(lab.timed("move", f"a:{name}", "b:"))
+        chain.samples.append(lab.last_job()["duration"])
+        moved = lab.rootfs("b", name)
+        if content.tree_digest(moved / lxd_ref.CONTENT_DIR if spec else moved) != digest:
+            raise RuntimeError(f"orch move {name} on {lab.pool}: target tree differs from the source")
+        lab.orch.run("move", f"b:{name}", "a:")
+    lab.orch.run("delete", f"a:{name}")
+    return [result, chain] if spec is None else [result]
+
+
+def _measure_refresh(lab: OrchLab, runs: int) -> Result:
+    lab.orch.run("init", "a:bb", "a:refresh")
+    payload = lxd_ref.fill(lab.rootfs("a", "refresh"))
+    lab.orch.run("copy", "a:refresh", "b:")
+    result = Result(REFRESH, lab.pool, ORCH, command="orch copy a:refresh b: --refresh")
+    for i in range(runs):
+        content.change_fraction(payload, 0.01, seed=i + 1)
+        subprocess.run(["sync"], check=True)
+        result.samples.append(lab.timed("copy", "a:refresh", "b:", "--refresh"))
+    if content.tree_digest(lab.rootfs("b", "refresh") / lxd_ref.CONTENT_DIR) != content.tree_digest(payload):
+        raise RuntimeError(f"orch copy --refresh on {lab.pool}: target differs from the source")
+    lab.orch.run("delete", "a:refresh", "b:refresh")
+    return result
+
+
+class RssSampler:
+    """Peak resident memory of some processes, sampled every 50 ms in a thread."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids, self.peak, self.base = pids, 0, self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for pid in self.pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def measure_orch(ctx: OrchContext) -> list[Result]:
-    """HOOK: time ``orch move`` / refresh for every case and pool in ``ctx``; see the module docstring."""
-    raise NotImplementedError("orch move is not wired into the benchmark yet")
+    """Every orch case on every pool in ``ctx``."""
+    results: list[Result] = []
+    for pool in ctx.pools:
+        lab = OrchLab(ctx, pool)
+        lab.start()
+        results += _measure_move(lab, MOVE_FULL, ctx.runs, content.SMALL)
+        results += _measure_move(lab, MOVE_EMPTY, ctx.runs, None)
+        results.append(_measure_refresh(lab, ctx.runs))
+        if pool == "dir" and ctx.gib:
+            pids = [agent.proc.pid for agent in lab.agents.values() if agent.proc]
+            with RssSampler(pids) as rss:
+                gib = _measure_move(lab, MOVE_GIB, max(1, min(ctx.runs, 3)), content.GIB)[0]
+            mib = 2**20
+            gib.command += f" (agents' RSS: {rss.base / mib:.0f} MiB before, peak {rss.peak / mib:.0f} MiB)"
+            results.append(gib)
+    return results

@@ -27,6 +27,8 @@ REFRESH = "refresh 1%"  # target already has the container; 1 % of the content f
 COPY_FULL = "copy 52MB"  # rsync of the same tree as MOVE_FULL
 COPY_EMPTY = "copy empty"  # rsync of the busybox base only
 COPY_GIB = "copy 1GiB"  # rsync of 4 x 256 MiB
+MOVE_GIB = "move 1GiB"  # stopped container: busybox base + 4 x 256 MiB (orch vs raw rsync only)
+CHAIN_EMPTY = "chain empty"  # orch only: submit -> job finished for the empty container (no CLI start-up)
 
 
 @dataclass

@@ -55,6 +55,8 @@ class Job:
     started_at: str = ""
     finished_at: str = ""
     updated_at: float = 0.0
+    created_ts: float = 0.0
+    finished_ts: float = 0.0
     error: str = ""
     cancel_requested: bool = False
     state: dict[str, Any] = field(default_factory=dict)
@@ -86,13 +88,14 @@ class Job:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "duration": round(self.finished_ts - self.created_ts, 3) if self.finished_ts else None,
             "error": self.error,
             "method": self.state.get("method", ""),
         }
 
 
 _INT = ("attempts", "bytes_done", "bytes_total")
-_FLOAT = ("rate", "updated_at")
+_FLOAT = ("rate", "updated_at", "created_ts", "finished_ts")
 _JSON = ("options", "steps_done", "state")
 
 
@@ -113,6 +116,7 @@ class JobStore:
             status=QUEUED,
             options=options,
             created_at=now_iso(),
+            created_ts=time.time(),
             updated_at=time.time(),
             state=state,
         )
@@ -168,7 +172,8 @@ class JobStore:
         return bool(self.r.exists(f"{_key(job_id)}:done:{step}"))
 
     def finish(self, job_id: str, status: str, error: str = "") -> None:
-        self.update(job_id, status=status, error=error, finished_at=now_iso(), stage="")
+        ended = {"finished_at": now_iso(), "finished_ts": time.time()}
+        self.update(job_id, status=status, error=error, stage="", **ended)
         self.r.delete(f"{_key(job_id)}:secrets")
 
     def request_cancel(self, job_id: str) -> Job:
