@@ -179,3 +179,29 @@ def worker(concurrency: int, loglevel: str, name: str | None, celery_args: tuple
 
 
 COMMANDS = [copy, move, jobs, worker]
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=5555, show_default=True, help="Port of Flower's web UI and API.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
+    """Run Flower, the web monitor of orch's workers and tasks, on orch's broker."""
+    import os
+    import shutil
+    import sys
+
+    from orchestrator.redisserver import redis_url
+    from orchestrator.settings import Settings
+
+    url = redis_url(Settings.from_env())
+    argv = ["celery", "--app", "orchestrator.celeryapp:app", "--broker", url, "flower",
+            f"--port={port}", f"--address={address}", *flower_args]  # fmt: skip
+    beside = os.path.join(os.path.dirname(sys.executable), "celery")  # the venv's own celery first
+    celery = beside if os.path.exists(beside) else shutil.which("celery")
+    if celery is None:
+        raise click.ClickException("celery is not installed (pip install 'orch[...]' or scripts/bootstrap)")
+    os.execv(celery, argv)
+
+
+COMMANDS.append(flower)

@@ -18,7 +18,7 @@ from orchestrator.jobs import Job
 from orchestrator.stepping import Cancelled, StepContext, complete, step
 from orchestrator.tasks.common import target
 
-POLL = 1.0
+POLL = 0.5  # job progress is refreshed at least this often while bytes move
 
 
 def start_transfer(ctx: StepContext, job: Job) -> str:
