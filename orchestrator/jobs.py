@@ -56,6 +56,7 @@ class Job:
     finished_at: str = ""
     updated_at: float = 0.0
     created_ts: float = 0.0
+    started_ts: float = 0.0
     finished_ts: float = 0.0
     error: str = ""
     cancel_requested: bool = False
@@ -88,6 +89,8 @@ class Job:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "started_ts": self.started_ts,
+            "finished_ts": self.finished_ts,
             "duration": round(self.finished_ts - self.created_ts, 3) if self.finished_ts else None,
             "error": self.error,
             "method": self.state.get("method", ""),
@@ -95,7 +98,7 @@ class Job:
 
 
 _INT = ("attempts", "bytes_done", "bytes_total")
-_FLOAT = ("rate", "updated_at", "created_ts", "finished_ts")
+_FLOAT = ("rate", "updated_at", "created_ts", "started_ts", "finished_ts")
 _JSON = ("options", "steps_done", "state")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from orchapi.errors import OrchError, Unavailable
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import RemoteClient, connect
 from orchestrator.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, JobStore, now_iso
+from orchestrator.limits import Semaphores
 from orchestrator.locks import ContainerLocks
 from orchestrator.redisserver import connect as redis_connect
 from orchestrator.redisserver import redis_url
@@ -44,6 +46,7 @@ class StepContext:
         self.redis = redis_connect(redis_url(self.settings))
         self.jobs = JobStore(self.redis)
         self.locks = ContainerLocks(self.redis)
+        self.semaphores = Semaphores(self.redis)
 
     @classmethod
     def get(cls) -> StepContext:
@@ -56,12 +59,30 @@ class StepContext:
         return connect(ClientConfig(), remote, timeout=timeout)
 
     def renew_locks(self, job: Job) -> None:
+        """Extend the job's container locks and concurrency slots (called while it works)."""
         for remote, name in lock_targets(job):
             self.locks.renew(job.id, remote, name, self.settings.lock_lease)
+        for name, _limit in job.state.get("slots", []):
+            self.semaphores.renew(name, job.id, self.settings.lock_lease)
 
     def release_locks(self, job: Job) -> None:
         for remote, name in lock_targets(job):
             self.locks.release(job.id, remote, name)
+        for name, _limit in job.state.get("slots", []):
+            self.semaphores.release(name, job.id)
+
+    def take_slots(self, job: Job) -> bool:
+        """The job's concurrency slots (evacuations: global and per host), all or none."""
+        slots = [(name, int(limit)) for name, limit in job.state.get("slots", [])]
+        return not slots or self.semaphores.acquire_all(slots, job.id, self.settings.lock_lease)
+
+    def transient_failures(self, job_id: str, step: str) -> int:
+        """Count one more transient failure of ``step`` (kept apart from Celery's retry counter, which
+        also counts the waits for a concurrency slot)."""
+        key = f"orch:job:{job_id}:transient:{step}"
+        count = self.redis.incr(key)
+        self.redis.expire(key, 86400)
+        return int(count)
 
 
 def lock_targets(job: Job) -> list[tuple[str, str]]:
@@ -90,9 +111,15 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
             if job.cancel_requested:
                 finish_with_rollback(ctx, job, CANCELLED, "cancelled by the user")
                 raise Ignore()
+            if not ctx.take_slots(job):
+                # all slots busy: wait without counting it as a failure
+                ctx.jobs.update(job_id, stage="waiting for a slot")
+                raise task.retry(countdown=random.uniform(0.2, 1.0), max_retries=None)
             fields: dict[str, Any] = {"status": RUNNING, "step": name, "attempts": job.attempts + 1}
+            fields["stage"] = ""
             if not job.started_at:
                 fields["started_at"] = now_iso()
+                fields["started_ts"] = time.time()
             ctx.jobs.update(job_id, **fields)
             ctx.renew_locks(job)
             try:
@@ -101,11 +128,12 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
                 finish_with_rollback(ctx, ctx.jobs.get(job_id), CANCELLED, "cancelled by the user")
                 raise Ignore() from None
             except Unavailable as exc:
-                if task.request.retries < ctx.settings.max_retries:
-                    delay = backoff(task.request.retries, ctx.settings.retry_base, ctx.settings.retry_cap)
+                failures = ctx.transient_failures(job_id, name)
+                if failures <= ctx.settings.max_retries:
+                    delay = backoff(failures - 1, ctx.settings.retry_base, ctx.settings.retry_cap)
                     log.warning("job %s step %s: %s; retrying in %.1fs", job_id, name, exc, delay)
                     ctx.jobs.update(job_id, error=f"retrying: {exc}")
-                    raise task.retry(exc=exc, countdown=delay) from None
+                    raise task.retry(exc=exc, countdown=delay, max_retries=None) from None
                 finish_with_rollback(
                     ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc} (gave up after retries)"
                 )

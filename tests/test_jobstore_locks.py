@@ -108,3 +108,29 @@ def test_embedded_redis_starts_once_and_is_shared(tmpdir755):
     import signal
 
     os.kill(int(pid), signal.SIGTERM)
+
+
+def test_semaphore_limits_holders_and_expires_dead_ones(client):
+    from orchestrator.limits import Semaphores
+
+    sem = Semaphores(client)
+    assert sem.acquire("g", "j1", 2, 30) and sem.acquire("g", "j2", 2, 30)
+    assert not sem.acquire("g", "j3", 2, 30)
+    assert sem.acquire("g", "j1", 2, 30)  # a holder again: still one slot
+    sem.release("g", "j2")
+    assert sem.acquire("g", "j3", 2, 30)
+    assert sorted(sem.holders("g")) == ["j1", "j3"]
+    assert sem.acquire("h", "dead", 1, 0.2)
+    time.sleep(0.3)
+    assert sem.acquire("h", "alive", 1, 30)  # the dead holder's lease ran out
+
+
+def test_semaphore_acquire_all_is_all_or_nothing(client):
+    from orchestrator.limits import Semaphores
+
+    sem = Semaphores(client)
+    assert sem.acquire("host:bar", "other", 1, 30)
+    assert not sem.acquire_all([("global", 4), ("host:foo", 2), ("host:bar", 1)], "j1", 30)
+    assert sem.holders("global") == [] and sem.holders("host:foo") == []
+    sem.release("host:bar", "other")
+    assert sem.acquire_all([("global", 4), ("host:foo", 2), ("host:bar", 1)], "j1", 30)
