@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -57,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening socket; ``::`` is dual-stack (IPv4 clients too), as operators expect of ``[::]:8443``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
     """Run the listeners until SIGTERM or SIGINT."""
     runner = web.AppRunner(build_app(agent), handle_signals=False, access_log=None)
@@ -69,11 +83,9 @@ async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
     addr_file = agent.data_dir / "listen.addr"
     addr_file.unlink(missing_ok=True)
     if listen is not None:
-        site = web.TCPSite(
-            runner, listen[0], listen[1], ssl_context=agent.make_ssl_context(), reuse_address=True
-        )
-        await site.start()
-        host, port = site._server.sockets[0].getsockname()[:2]  # the real port when 0 was asked for
+        sock = listen_socket(*listen)
+        await web.SockSite(runner, sock, ssl_context=agent.make_ssl_context()).start()
+        host, port = sock.getsockname()[:2]  # the real port when 0 was asked for
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         addr_file.write_text(shown + "\n")
         agent.addresses = [shown]
