@@ -163,6 +163,16 @@ class TrustStore:
                 config.pop("core.trust_password", None)
             write_json(self._server_path, config)
 
+    def set_server_key(self, key: str, value: str) -> None:
+        """Store a plain server config key (an empty value removes it)."""
+        with self._lock:
+            config = self.server_config()
+            if value:
+                config[key] = value
+            else:
+                config.pop(key, None)
+            write_json(self._server_path, config)
+
     def check_password(self, password: str) -> bool:
         encoded = self.server_config().get("core.trust_password")
         if not encoded or not isinstance(password, str):

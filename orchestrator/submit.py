@@ -18,8 +18,11 @@ from orchestrator.refs import Ref
 from orchestrator.settings import Settings
 
 
-def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any]) -> Job:
-    """Record and start a ``copy`` or ``move`` job from ``src`` to ``dst`` (``dst.name`` resolved)."""
+def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[tuple[str, int]] = ()) -> Job:
+    """Record and start a ``copy`` or ``move`` job from ``src`` to ``dst`` (``dst.name`` resolved).
+
+    ``slots`` are concurrency limits ((semaphore name, limit) pairs) the job must hold while it runs.
+    """
     if kind == "move" and src.snapshot:
         raise BadRequest("a snapshot can't be moved", "copy it instead: orch copy")
     same = (src.remote, src.name) == (dst.remote, dst.name)
@@ -35,6 +38,7 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any]) -> Job:
         "source_snapshot": src.snapshot,
         "target_remote": dst.remote,
         "target_name": dst.name,
+        "slots": [list(slot) for slot in slots],
     }
     job = store.create(kind, str(src), f"{dst.remote}:{dst.name}", options, state)
     try:

@@ -10,8 +10,13 @@ from orchapi.errors import BadRequest
 
 routes = web.RouteTableDef()
 
-#: server config keys a trusted caller may set
-SERVER_KEYS = ("core.trust_password",)
+#: server config keys a trusted caller may set, with their allowed values (None: any string)
+SERVER_KEYS: dict[str, tuple[str, ...] | None] = {
+    "core.trust_password": None,
+    # the host's scheduling state, set by `orch cordon` / `orch evacuate` so that anyone looking at the
+    # agent sees it (the orchestrator's own record is in Redis)
+    "orch.status": ("", "cordoned", "evacuating", "evacuated"),
+}
 
 
 @routes.get("/1.0")
@@ -32,8 +37,14 @@ async def patch_server(request: web.Request) -> web.Response:
             raise BadRequest(f"unknown server config key {key!r}", "known keys: " + ", ".join(SERVER_KEYS))
         if not isinstance(value, str):
             raise BadRequest(f"value of {key} must be a string")
+        allowed = SERVER_KEYS[key]
+        if allowed is not None and value not in allowed:
+            expected = "expected one of: " + ", ".join(repr(v) for v in allowed)
+            raise BadRequest(f"invalid value {value!r} for {key}", expected)
     if "core.trust_password" in config:
         await agent.blocking(agent.trust.set_password, config["core.trust_password"])
+    if "orch.status" in config:
+        await agent.blocking(agent.trust.set_server_key, "orch.status", config["orch.status"])
     return sync({})
 
 

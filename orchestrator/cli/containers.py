@@ -196,12 +196,8 @@ def snapshot(ctx: Context, target: str, snapshot: str | None) -> None:
     client.run("POST", f"/1.0/containers/{ref.name}/snapshots", json={"name": snapshot})
 
 
-@click.command()
-@click.argument("target")
-@click.argument("snapshot")
-@pass_ctx
-def restore(ctx: Context, target: str, snapshot: str) -> None:
-    """Restore a container to one of its snapshots."""
+def restore_snapshot(ctx: Context, target: str, snapshot: str) -> None:
+    """``orch restore [REMOTE:]NAME SNAPSHOT`` (the command itself lives with the host commands)."""
     ref = parse_container(target, ctx.config)
     ctx.client(ref.remote).run("PUT", f"/1.0/containers/{ref.name}", json={"restore": snapshot})
 
@@ -265,4 +261,4 @@ def _stdin_data() -> bytes | None:
 exec_.name = "exec"
 list_.name = "list"
 
-COMMANDS = [launch, init, list_, info, start, stop, restart, snapshot, restore, delete, exec_]
+COMMANDS = [launch, init, list_, info, start, stop, restart, snapshot, delete, exec_]

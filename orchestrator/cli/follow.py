@@ -64,3 +64,62 @@ def _hint(job: Job, started: float, hinted: bool) -> bool:
         click.echo("Waiting for a worker to pick the job up (start one with `orch worker`)...", err=True)
         return True
     return hinted
+
+
+def follow_many(store: JobStore, jobs: dict[str, str], on_done=None) -> dict[str, Job]:  # type: ignore[no-untyped-def]
+    """Follow several jobs (container → job id) until all end: one live line per running transfer and an
+    overall bar (containers done / total, bytes moved / total, ETA). Returns the final records."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.table import Table
+
+    from orchestrator.cli.output import human_size
+
+    final: dict[str, Job] = {}
+    overall = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    bar = overall.add_task("", total=None)
+    tty = sys.stderr.isatty()
+
+    def render(current: dict[str, Job]) -> Group:
+        table = Table(box=None, show_header=True, pad_edge=False)
+        for column in ("CONTAINER", "TARGET", "STEP", "MOVED", "RATE"):
+            table.add_column(column)
+        for name, job in current.items():
+            if job.status == "running":
+                step = job.step + (f" ({job.stage})" if job.stage else "")
+                moved = human_size(job.bytes_done)
+                if job.bytes_total:
+                    moved += f"/{human_size(job.bytes_total)}"
+                table.add_row(name, job.target, step, moved, f"{human_size(job.rate)}/s" if job.rate else "")
+        return Group(table, overall)
+
+    def poll() -> dict[str, Job]:
+        current = {name: store.get(job_id) for name, job_id in jobs.items()}
+        done = [n for n, j in current.items() if j.finished]
+        for name in done:
+            if name not in final:
+                final[name] = current[name]
+                if on_done:
+                    on_done(name, current[name])
+        total = sum(max(j.bytes_total, j.bytes_done) for j in current.values())
+        moved = sum(j.bytes_done for j in current.values())
+        label = f"{len(done)}/{len(jobs)} containers"
+        overall.update(bar, description=label, completed=moved, total=total or None)
+        return current
+
+    if tty:
+        with Live(render(poll()), refresh_per_second=4, transient=True) as live:
+            while len(final) < len(jobs):
+                time.sleep(POLL)
+                live.update(render(poll()))
+    else:
+        while len(final) < len(jobs):
+            poll()
+            time.sleep(POLL)
+    return final

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from orchapi.errors import NotFound, OrchError
 from orchestrator.celeryapp import app
+from orchestrator.evacuation.hosts import HostStates
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, complete, step
 from orchestrator.tasks.common import source, target
@@ -28,6 +29,11 @@ def delete(ctx: StepContext, job: Job) -> None:
         tgt = target(ctx, job)
         if tgt.get(f"/1.0/containers/{s['target_name']}")["status"] != "Running":
             tgt.run("PUT", f"/1.0/containers/{s['target_name']}/state", json={"action": "start"})
+    origin = job.options.get("origin")
+    if origin:  # an evacuation: remember where the container came from, for `orch restore`
+        HostStates(ctx.redis).record_origin(
+            origin, s["target_name"], s["target_remote"], bool(s.get("source_was_running")), job.id
+        )
     complete(ctx, ctx.jobs.get(job.id))
 
 

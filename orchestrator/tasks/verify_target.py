@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from orchapi.errors import Conflict, Forbidden, InsufficientStorage, NotFound
 from orchestrator.celeryapp import app
+from orchestrator.evacuation.hosts import HostStates
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, lock_targets, step
 from orchestrator.tasks.common import source, target
@@ -17,6 +18,8 @@ from orchestrator.tasks.common import source, target
 
 def verify(ctx: StepContext, job: Job) -> None:
     s, opts = job.state, job.options
+    if not opts.get("restore"):
+        HostStates(ctx.redis).check_schedulable(s["target_remote"])
     src, tgt = source(ctx, job), target(ctx, job)
     container = src.get(f"/1.0/containers/{s['source_name']}")
     if s.get("source_snapshot"):
