@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,16 @@ class StepContext:
         self.jobs = JobStore(self.redis)
         self.locks = ContainerLocks(self.redis)
         self.semaphores = Semaphores(self.redis)
+        self._local = threading.local()
+
+    @property
+    def task(self) -> Task | None:
+        """The task this thread is running (the worker's threads pool runs several at once)."""
+        return getattr(self._local, "task", None)
+
+    @task.setter
+    def task(self, value: Task | None) -> None:
+        self._local.task = value
 
     @classmethod
     def get(cls) -> StepContext:
@@ -122,6 +133,7 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
                 fields["started_ts"] = time.time()
             ctx.jobs.update(job_id, **fields)
             ctx.renew_locks(job)
+            ctx.task = task  # the running task, for steps that send events (task-progress)
             try:
                 fn(ctx, ctx.jobs.get(job_id))
             except Cancelled:

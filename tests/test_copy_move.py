@@ -31,6 +31,20 @@ def rootfs(agent: AgentProcess, name: str, snapshot: str | None = None) -> Path:
     return (base / "snapshots" / snapshot / "rootfs") if snapshot else (base / "rootfs")
 
 
+def put(path: Path, data: bytes) -> None:
+    """Write a file into a container's rootfs as the container's root (its mapped host uid), as a process
+    inside the container would; files of unmapped host ids are refused by the transfer."""
+    path.write_bytes(data)
+    owner = path.parent.stat()
+    os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def dd(path: Path, mib: int) -> None:
+    subprocess.run(["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={mib}", "status=none"], check=True)
+    owner = path.parent.stat()
+    os.chown(path, owner.st_uid, owner.st_gid)
+
+
 def containers(orch, remote: str) -> dict[str, dict]:  # type: ignore[no-untyped-def]
     return {c["name"]: c for c in json.loads(orch.run("list", f"{remote}:", "--format", "json").stdout)}
 
@@ -101,7 +115,7 @@ def test_moving_a_running_container_needs_stateless(cluster, orch_env):
 def test_move_within_a_remote_is_a_rename(cluster, orch_env):
     foo, _ = cluster
     orch_env.run("init", "foo:bb", "foo:c1")
-    (rootfs(foo, "c1") / "root" / "marker").write_text("same bytes")
+    put(rootfs(foo, "c1") / "root" / "marker", b"same bytes")
     inode = os.stat(rootfs(foo, "c1") / "root" / "marker").st_ino
     orch_env.run("move", "foo:c1", "foo:c2")
     assert set(containers(orch_env, "foo")) == {"c2"}
@@ -125,7 +139,7 @@ def test_copy_of_a_snapshot_of_a_running_container_to_the_default_remote(cluster
 def test_image_prefill_makes_the_transfer_small(cluster, orch_env):
     foo, bar = cluster
     orch_env.run("init", "foo:bb", "foo:c1")
-    (rootfs(foo, "c1") / "root" / "blob").write_bytes(os.urandom(1024 * 1024))
+    put(rootfs(foo, "c1") / "root" / "blob", os.urandom(1024 * 1024))
     image_size = sum(
         p.stat().st_size for p in rootfs(foo, "c1").rglob("*") if p.is_file() and not p.is_symlink()
     )
@@ -142,10 +156,10 @@ def test_refresh_moves_only_the_change(cluster, orch_env):
     foo, bar = cluster
     orch_env.run("init", "foo:bb", "foo:c1")
     for i in range(20):
-        (rootfs(foo, "c1") / "root" / f"f{i}").write_bytes(os.urandom(256 * 1024))
+        put(rootfs(foo, "c1") / "root" / f"f{i}", os.urandom(256 * 1024))
     orch_env.run("copy", "foo:c1", "bar:")
     first = last_job(orch_env)["bytes_done"]
-    (rootfs(foo, "c1") / "root" / "f3").write_bytes(b"changed")
+    put(rootfs(foo, "c1") / "root" / "f3", b"changed")
     orch_env.run("copy", "foo:c1", "bar:", "--refresh")
     second = last_job(orch_env)["bytes_done"]
     assert first > 5 * 1024 * 1024 and second < 200 * 1024, (first, second)
@@ -158,7 +172,7 @@ def test_two_concurrent_moves_of_one_container_one_is_refused(cluster, orch_env,
     orch_env.add_remote("baz", baz)
     foo, _ = cluster
     orch_env.run("init", "foo:bb", "foo:c1")
-    (rootfs(foo, "c1") / "root" / "big").write_bytes(os.urandom(16 * 1024 * 1024))
+    put(rootfs(foo, "c1") / "root" / "big", os.urandom(16 * 1024 * 1024))
     first = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
     err = orch_env.fails("move", "foo:c1", "baz:")
     assert "busy" in err and first in err
@@ -193,7 +207,7 @@ def test_worker_killed_mid_transfer_job_still_completes(cluster, orch_env, start
     foo, bar = cluster
     orch_env.run("init", "foo:bb", "foo:c1")
     big = rootfs(foo, "c1") / "root" / "big"
-    subprocess.run(["dd", "if=/dev/urandom", f"of={big}", "bs=1M", "count=400", "status=none"], check=True)
+    dd(big, 400)
     job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -248,10 +262,10 @@ def test_target_filesystem_full_fails_cleanly(make_agent, orch_env, busybox_imag
         start_worker("w1")
         orch_env.run("init", "foo:bb", "foo:c1")
         # the current rootfs fits, its snapshot's extra data does not: the transfer runs out of space
-        (rootfs(foo, "c1") / "root" / "old").write_bytes(os.urandom(20 * 1024 * 1024))
+        put(rootfs(foo, "c1") / "root" / "old", os.urandom(20 * 1024 * 1024))
         orch_env.run("snapshot", "foo:c1", "s1")
         (rootfs(foo, "c1") / "root" / "old").unlink()
-        (rootfs(foo, "c1") / "root" / "new").write_bytes(os.urandom(6 * 1024 * 1024))
+        put(rootfs(foo, "c1") / "root" / "new", os.urandom(6 * 1024 * 1024))
         err = orch_env.fails("move", "foo:c1", "small:")
         assert "space" in err
         assert containers(orch_env, "small") == {}

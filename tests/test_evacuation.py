@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import PASSWORD
 from tests.procs import ORCH, AgentProcess, Orch
+from tests.test_copy_move import dd, put
 
 
 def _containers(orch, remote):  # type: ignore[no-untyped-def]
@@ -60,8 +61,8 @@ def fleet(make_agent, small_agents, orch_env, busybox_image, start_worker):  # t
     o.run("launch", "foo:bb", "foo:keep", "-c", "evacuate=skip")
     o.run("init", "foo:bb", "foo:huge")
     big = foo.data_dir / "containers" / "huge" / "rootfs" / "root" / "big"
-    subprocess.run(["dd", "if=/dev/urandom", f"of={big}", "bs=1M", "count=120", "status=none"], check=True)
-    (foo.data_dir / "containers" / "run1" / "rootfs" / "root" / "data").write_bytes(os.urandom(300_000))
+    dd(big, 120)
+    put(foo.data_dir / "containers" / "run1" / "rootfs" / "root" / "data", os.urandom(300_000))
     return foo, bar, baz
 
 

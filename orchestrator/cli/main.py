@@ -15,7 +15,7 @@ import click
 
 from orchapi.errors import OrchError
 from orchestrator.cli import config as config_cmds
-from orchestrator.cli import containers, images, jobs, remote
+from orchestrator.cli import containers, hosts, images, jobs, monitor, remote
 from orchestrator.cli.context import Context
 
 
@@ -30,7 +30,7 @@ def cli(ctx: click.Context) -> None:
 cli.add_command(remote.remote)
 cli.add_command(images.image)
 cli.add_command(config_cmds.config)
-for command in containers.COMMANDS + jobs.COMMANDS:
+for command in containers.COMMANDS + jobs.COMMANDS + monitor.COMMANDS + hosts.COMMANDS:
     cli.add_command(command)
 
 

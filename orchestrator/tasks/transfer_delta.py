@@ -9,6 +9,7 @@ instead of starting a second transfer.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import Cancelled, StepContext, complete, step
 from orchestrator.tasks.common import target
+
+log = logging.getLogger(__name__)
 
 POLL = 0.5  # job progress is refreshed at least this often while bytes move
 
@@ -44,6 +47,29 @@ def start_transfer(ctx: StepContext, job: Job) -> str:
     return operation
 
 
+def send_progress(ctx: StepContext, job: Job, fields: dict[str, Any]) -> None:
+    """A Celery ``task-progress`` event for monitors (Flower shows the task as PROGRESS with these fields).
+
+    Best effort: sent without retrying, and a failure (no broker, no task) never disturbs the transfer.
+    """
+    task = getattr(ctx, "task", None)
+    if task is None:
+        return
+    try:
+        task.send_event(
+            "task-progress",
+            retry=False,
+            job_id=job.id,
+            label=job.label,
+            bytes_done=int(fields.get("bytes_done", 0)),
+            bytes_total=int(fields.get("bytes_total", job.bytes_total)),
+            rate=round(float(fields.get("rate", 0.0)), 1),
+            stage=str(fields.get("stage", "")),
+        )
+    except Exception as exc:  # monitoring must never break a transfer
+        log.debug("job %s: task-progress event not sent: %s", job.id, exc)
+
+
 def follow(ctx: StepContext, job: Job, operation: str) -> dict[str, Any]:
     """Wait for the target's operation, mirroring its progress into the job; honour cancellation."""
     client = target(ctx, job, timeout=POLL + 30)
@@ -64,6 +90,7 @@ def follow(ctx: StepContext, job: Job, operation: str) -> dict[str, Any]:
         if meta.get("total_bytes"):
             fields["bytes_total"] = int(meta["total_bytes"])
         ctx.jobs.update(job.id, **fields)
+        send_progress(ctx, job, fields)
         current = ctx.jobs.get(job.id)
         ctx.renew_locks(current)
         if op["status"] == "Success":
