@@ -40,7 +40,8 @@ def put(path: Path, data: bytes) -> None:
 
 
 def dd(path: Path, mib: int) -> None:
-    subprocess.run(["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={mib}", "status=none"], check=True)
+    args = ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={mib}", "status=none"]
+    subprocess.run(args, check=True)
     owner = path.parent.stat()
     os.chown(path, owner.st_uid, owner.st_gid)
 
