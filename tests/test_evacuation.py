@@ -86,7 +86,7 @@ def test_evacuate_plan_then_drain_then_restore(fleet, orch_env):
     plan = json.loads(o.run("evacuate", "foo:", "--plan", "--format", "json").stdout)
     by_name = {p["container"]: p for p in plan}
     assert by_name["keep"]["action"] == "skip"
-    assert by_name["huge"]["action"] == "stay" and "bytes free" in by_name["huge"]["reason"]
+    assert by_name["huge"]["action"] == "stay" and "MiB free" in by_name["huge"]["reason"]
     migrating = [p for p in plan if p["action"] == "migrate"]
     assert len(migrating) == 8 and {p["target"] for p in migrating} == {"bar", "baz"}
     # --plan changed nothing

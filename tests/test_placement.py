@@ -26,7 +26,7 @@ def test_never_over_capacity_and_too_big_stays():
     ]
     targets = [TargetHost("bar", free=100 * MiB), TargetHost("baz", free=70 * MiB)]
     placed = {p.container: p for p in plan(cands, targets)}
-    assert placed["huge"].action == STAY and "bytes free" in placed["huge"].reason
+    assert placed["huge"].action == STAY and "MiB free" in placed["huge"].reason
     assert {placed["a"].target, placed["b"].target} == {"bar", "baz"}
 
 

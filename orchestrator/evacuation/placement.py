@@ -96,7 +96,7 @@ def plan(
             if t.free - t.reserved >= need and best_method(source_methods, t.methods or source_methods)
         ]
         if not usable:
-            reason = f"no target has {need} bytes free" if targets else "no target host available"
+            reason = f"no target has {need / 2**20:.1f} MiB free" if targets else "no target host available"
             fallback = STOP if c.policy == STOP else STAY
             decided[c.name] = Placement(c.name, c.size, state, c.policy, fallback, reason=reason)
             continue
