@@ -12,14 +12,17 @@ import hashlib
 import ipaddress
 import os
 import socket
+import ssl
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from orchapi.errors import BadRequest
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported inside the functions that parse or make certificates: it costs ~50 ms, and
+# the CLI's hot path (pinning a stored certificate) needs only hashlib.
 
 
 def fingerprint_der(der: bytes) -> str:
@@ -28,12 +31,28 @@ def fingerprint_der(der: bytes) -> str:
 
 
 def fingerprint_pem(pem: str | bytes) -> str:
-    """Fingerprint of a PEM certificate; :class:`BadRequest` if it is not one."""
+    """Fingerprint of a PEM certificate, parsed and checked; :class:`BadRequest` if it is not one."""
+    from cryptography.hazmat.primitives import serialization
+
     return fingerprint_der(load_pem(pem).public_bytes(serialization.Encoding.DER))
+
+
+def fingerprint_own_pem(pem: str | bytes) -> str:
+    """Fingerprint of a PEM certificate this program wrote itself (a pinned or our own certificate).
+
+    No X.509 parsing, only base64: fast, but not a validation, so never use it on input from others.
+    """
+    text = pem.decode() if isinstance(pem, bytes) else pem
+    try:
+        return fingerprint_der(ssl.PEM_cert_to_DER_cert(text.strip()))
+    except ValueError as exc:
+        raise BadRequest(f"not a PEM certificate: {exc}") from None
 
 
 def load_pem(pem: str | bytes) -> x509.Certificate:
     """Parse one PEM certificate, turning parser errors into a clear :class:`BadRequest`."""
+    from cryptography import x509
+
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         return x509.load_pem_x509_certificate(data)
@@ -43,12 +62,20 @@ def load_pem(pem: str | bytes) -> x509.Certificate:
 
 def der_to_pem(der: bytes) -> str:
     """Convert a DER certificate (as TLS hands it over) to PEM text."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     cert = x509.load_der_x509_certificate(der)
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def generate(cert_path: Path, key_path: Path, common_name: str, days: int = 3650) -> None:
     """Write a new self-signed certificate and its private key (key mode 0600, written atomically)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name(
         [
@@ -90,7 +117,7 @@ def ensure(cert_path: Path, key_path: Path, common_name: str) -> str:
     if not (cert_path.exists() and key_path.exists()):
         cert_path.parent.mkdir(parents=True, exist_ok=True)
         generate(cert_path, key_path, common_name)
-    return fingerprint_pem(cert_path.read_bytes())
+    return fingerprint_own_pem(cert_path.read_bytes())
 
 
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -148,7 +148,7 @@ class ClientConfig:
                 f"no stored certificate for remote {remote} ({path})",
                 f"remove the remote and add it again: orch remote remove {remote}",
             )
-        return certs.fingerprint_pem(path.read_bytes())
+        return certs.fingerprint_own_pem(path.read_bytes())
 
     def client_cert(self) -> tuple[Path, Path]:
         """The client's certificate and key, generated on first use."""

@@ -66,8 +66,23 @@ class StepContext:
         return cls._instance
 
     def client(self, remote: str, timeout: float = 30.0) -> RemoteClient:
-        # the config is re-read so remotes added after the worker started are known
-        return connect(ClientConfig(), remote, timeout=timeout)
+        """A client for ``remote``, kept per thread so that steps reuse its TLS connections.
+
+        The config file is checked on every call, so remotes added or changed after the worker started
+        are picked up (the cache is dropped when the file changes).
+        """
+        config = ClientConfig()
+        stamp = config.path.stat().st_mtime_ns if config.path.exists() else 0
+        cache = getattr(self._local, "clients", None)
+        if cache is None or self._local.stamp != stamp:
+            for old in (cache or {}).values():
+                old.close()
+            cache = self._local.clients = {}
+            self._local.stamp = stamp
+        key = (remote, timeout)
+        if key not in cache:
+            cache[key] = connect(config, remote, timeout=timeout)
+        return cache[key]
 
     def renew_locks(self, job: Job) -> None:
         """Extend the job's container locks and concurrency slots (called while it works)."""

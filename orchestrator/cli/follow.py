@@ -18,8 +18,9 @@ from rich.progress import (
 from orchapi.errors import OrchError
 from orchestrator.jobs import SUCCEEDED, Job, JobStore
 
-POLL = 0.2
+POLL = 0.05  # a Redis HGETALL: cheap enough to notice the end of short jobs at once
 NO_WORKER_HINT_AFTER = 5.0
+POLL_MANY = 0.25  # following many jobs: one HGETALL per job per poll
 
 
 class JobFailed(OrchError):
@@ -116,10 +117,10 @@ def follow_many(store: JobStore, jobs: dict[str, str], on_done=None) -> dict[str
     if tty:
         with Live(render(poll()), refresh_per_second=4, transient=True) as live:
             while len(final) < len(jobs):
-                time.sleep(POLL)
+                time.sleep(POLL_MANY)
                 live.update(render(poll()))
     else:
         while len(final) < len(jobs):
             poll()
-            time.sleep(POLL)
+            time.sleep(POLL_MANY)
     return final

@@ -7,15 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 
 class ProgressReader:
     """A file-like wrapper that reports bytes read, so requests can stream it with a progress bar."""
@@ -38,6 +29,15 @@ def byte_progress(description: str, total: int | None) -> Iterator:  # type: ign
     if not sys.stderr.isatty():
         yield lambda n: None
         return
+    from rich.progress import (  # imported here: most commands never draw a bar
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
