@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hostagent.images.store import ImageStore
+from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
 from hostagent.runtimes import make_runtime
 from hostagent.runtimes.base import Runtime
 from hostagent.storage import detect
+from hostagent.transfer.base import available_methods
 from hostagent.trust import TrustStore
 from orchapi import certs, tlsconfig
 
@@ -48,6 +50,10 @@ class Agent:
         self.images = ImageStore(data_dir / "images", self.storage)
         self.runtime: Runtime = make_runtime(runtime, data_dir, self.storage, self.images)
         self.operations = OperationRegistry()
+        #: migrations this agent issued as a source (in memory: a restart invalidates their tokens)
+        self.migrations = MigrationRegistry()
+        #: the storage's transfer methods whose tools exist, restricted by ORCH_AGENT_TRANSFER_METHODS
+        self.transfer_methods = available_methods(self.runtime.transfer_methods)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-work")
 
@@ -91,7 +97,7 @@ class Agent:
                 {
                     "runtime": self.runtime.name,
                     "storage": self.runtime.storage_name,
-                    "transfer_methods": list(self.runtime.transfer_methods),
+                    "transfer_methods": list(self.transfer_methods),
                     "kernel": platform.system(),
                     "kernel_version": platform.release(),
                     "architectures": [platform.machine()],
@@ -100,5 +106,8 @@ class Agent:
                     "addresses": list(self.addresses),
                 }
             )
-            info["config"] = {"core.trust_password": True} if self.trust.has_password() else {}
+            server = self.trust.server_config()
+            info["config"] = {k: v for k, v in server.items() if k != "core.trust_password"}
+            if self.trust.has_password():
+                info["config"]["core.trust_password"] = True
         return info

@@ -12,6 +12,7 @@ from hostagent.api import (
     certificates,
     containers,
     images,
+    migration,
     openapi,
     operations,
     server,
@@ -22,7 +23,7 @@ from hostagent.api import (
 )
 from hostagent.api.middleware import AGENT_KEY, auth_middleware, error_middleware
 
-MODULES = (server, certificates, containers, snapshots, exec_api, images, operations, openapi)
+MODULES = (server, certificates, containers, snapshots, exec_api, images, migration, operations, openapi)
 
 
 def build_app(agent: Agent) -> web.Application:  # noqa: F821

@@ -44,8 +44,12 @@ async def create_container(request: web.Request) -> web.Response:
     body = await json_body(request)
     name = check_container_name(body.get("name"))
     source = body.get("source") or {}
+    if isinstance(source, dict) and source.get("type") == "migration":
+        from hostagent.migration.target import start_pull
+
+        return async_op(await start_pull(agent, name, source))
     if not isinstance(source, dict) or source.get("type", "image") != "image":
-        raise BadRequest("source.type must be 'image'")
+        raise BadRequest("source.type must be 'image' or 'migration'")
     ref = source.get("fingerprint") or source.get("alias")
     if not isinstance(ref, str) or not ref:
         raise BadRequest("source needs an image 'fingerprint' or 'alias'")
@@ -63,6 +67,30 @@ async def create_container(request: web.Request) -> web.Response:
         return {"container": record.to_api()}
 
     return async_op(agent.operations.start(f"Creating container {name}", work, resources(name)))
+
+
+@routes.post("/1.0/containers/{name}")
+async def rename_container(request: web.Request) -> web.Response:
+    """Rename a stopped container: ``{"name": "new-name"}`` (a move within one agent)."""
+    agent = request.app[AGENT_KEY]
+    name = container_name(request)
+    body = await json_body(request)
+    new_name = check_container_name(body.get("name"))
+    if new_name == name:
+        raise BadRequest(f"container {name} already has that name")
+    record = await agent.blocking(agent.runtime.get, name)
+    if record.status == RUNNING:
+        raise Conflict(f"container {name} is running; stop it first")
+    if new_name in {r.name for r in await agent.blocking(agent.runtime.list)}:
+        raise Conflict(f"container {new_name} already exists")
+
+    async def work(op: Operation) -> dict[str, Any]:
+        first, second = sorted((name, new_name))
+        async with agent.container_lock(first), agent.container_lock(second):
+            record = await agent.blocking(agent.runtime.rename, name, new_name)
+        return {"container": record.to_api()}
+
+    return async_op(agent.operations.start(f"Renaming container {name} to {new_name}", work, resources(name)))
 
 
 @routes.get("/1.0/containers/{name}")

@@ -35,8 +35,22 @@ async def list_images(request: web.Request) -> web.Response:
 
 @routes.post("/1.0/images")
 async def import_image(request: web.Request) -> web.Response:
-    """Body: the tarball (``application/octet-stream``); ``?alias=NAME`` (repeatable) adds aliases."""
+    """Body: the tarball (``application/octet-stream``); ``?alias=NAME`` (repeatable) adds aliases.
+
+    With ``Content-Type: application/json`` and ``{"source": {"type": "migration", ...}}`` the agent pulls
+    the image from a source agent instead (see hostagent/migration/target.py).
+    """
     agent = request.app[AGENT_KEY]
+    if request.content_type == "application/json":
+        body = await json_body(request)
+        source = body.get("source")
+        if not isinstance(source, dict) or source.get("type") != "migration":
+            raise BadRequest(
+                "a JSON body needs source.type 'migration'", "send a tarball as application/octet-stream"
+            )
+        from hostagent.migration.target import start_image_pull
+
+        return async_op(start_image_pull(agent, source))
     aliases = [check_alias_name(a) for a in request.query.getall("alias", [])]
     for alias in aliases:
         _alias_must_be_free(agent, alias)

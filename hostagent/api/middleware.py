@@ -25,6 +25,9 @@ AGENT_KEY: web.AppKey = web.AppKey("agent", object)
 
 #: (method, route path) that untrusted callers may use
 PUBLIC = {("GET", "/1.0"), ("POST", "/1.0/certificates")}
+#: migration data endpoints: authorised by their handler (a one-shot token scoped to the peer's TLS
+#: certificate, see hostagent/migration/tokens.py), not by the trust store
+TOKEN_AUTH = {("GET", "/1.0/migrations/{id}/image"), ("GET", "/1.0/migrations/{id}/fs")}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,6 +57,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request["client"] = fingerprint or "anonymous"
     resource = request.match_info.route.resource
     path = resource.canonical if resource is not None else request.path
+    if (request.method, path) in TOKEN_AUTH:
+        return await handler(request)
     if not request["trusted"] and (request.method, path) not in PUBLIC:
         raise Forbidden(
             "not authorized: this client's certificate is not trusted by the agent",

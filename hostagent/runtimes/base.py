@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 RUNNING = "Running"
@@ -101,7 +102,132 @@ def validate_config(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-class Runtime(ABC):
+# ------------------------------------------------------------------------------------------ migration
+
+
+@dataclass
+class ExportVolume:
+    """One volume a migration sends: a snapshot, or the container's rootfs (``snapshot`` None)."""
+
+    snapshot: str | None
+    path: Path
+
+
+@dataclass
+class ExportPlan:
+    """What a source sends for one container: its record and its volumes, oldest snapshot first."""
+
+    name: str
+    created_at: str
+    base_image: str
+    architecture: str
+    config: dict[str, str]
+    init: str
+    #: the id map the volumes' owners are shifted into (``IdMap.to_json()``), None for privileged
+    idmap: dict[str, int] | None
+    #: the snapshots the target will record (none when copying from a snapshot, or instance only)
+    snapshots: list[SnapshotRecord]
+    volumes: list[ExportVolume]
+
+
+@dataclass
+class ImportStaging:
+    """A container being received: everything lives in ``path`` until the commit.
+
+    Volumes are at ``path/rootfs`` and ``path/snapshots/<name>/rootfs``. ``existing`` is the internal
+    record of the container a refresh updates (None for a new container).
+    """
+
+    name: str
+    path: Path
+    existing: dict[str, Any] | None = None
+    #: the directory of the container a refresh updates (same layout as ``path``)
+    existing_dir: Path | None = None
+
+    def volume(self, snapshot: str | None) -> Path:
+        return _volume(self.path, snapshot)
+
+    def existing_volume(self, snapshot: str | None) -> Path:
+        """A volume of the container a refresh updates (left untouched until the commit)."""
+        assert self.existing_dir is not None
+        return _volume(self.existing_dir, snapshot)
+
+
+def _volume(root: Path, snapshot: str | None) -> Path:
+    return root / "rootfs" if snapshot is None else root / "snapshots" / snapshot / "rootfs"
+
+
+class MigrationHooks:
+    """What migrations need from a runtime driver (the native runtime implements it; see native.py).
+
+    Source side: :meth:`export_plan` and a scratch dir for temporary read-only snapshots. Target side:
+    :meth:`import_check` before connecting, :meth:`import_begin` for the staging dir, a volume per
+    transferred volume (:meth:`import_prefill`, :meth:`import_receive_dir`, :meth:`import_place`), then
+    :meth:`import_commit` (all or nothing) or :meth:`import_abort`. Leftover staging and scratch dirs are
+    removed by :meth:`Runtime.recover` after a crash.
+    """
+
+    def _unsupported(self) -> Exception:
+        from orchapi.errors import BadRequest
+
+        return BadRequest(f"runtime {getattr(self, 'name', '?')} does not support migrations")
+
+    def export_plan(self, name: str, snapshot: str | None, instance_only: bool) -> ExportPlan:
+        """The volumes to send. :class:`Conflict` if the container runs and no snapshot is named."""
+        raise self._unsupported()
+
+    def export_scratch(self, name: str) -> Path:
+        """A new directory (on the data dir's filesystem) for temporary snapshots of an export."""
+        raise self._unsupported()
+
+    def export_scratch_remove(self, path: Path) -> None:
+        raise self._unsupported()
+
+    def import_check(self, name: str, refresh: bool) -> dict[str, Any] | None:
+        """Conflict unless the name is free (refresh: or names a stopped container, returned)."""
+        raise self._unsupported()
+
+    def import_begin(self, name: str, refresh: bool) -> ImportStaging:
+        raise self._unsupported()
+
+    def import_prefill(
+        self,
+        staging: ImportStaging,
+        snapshot: str | None,
+        base: Path | None,
+        base_idmap: dict[str, int] | None,
+        image: str | None,
+        idmap: dict[str, int] | None,
+    ) -> Path:
+        """Make the staging volume for ``snapshot``: a clone of ``base`` (re-shifted from ``base_idmap``),
+        else of ``image``'s rootfs, else empty; its owners use ``idmap`` (the source's)."""
+        raise self._unsupported()
+
+    def import_receive_dir(self, staging: ImportStaging, snapshot: str | None) -> Path:
+        """An empty directory in the staging dir to receive a whole volume into (btrfs receive): the
+        volume must arrive there named ``rootfs``."""
+        raise self._unsupported()
+
+    def import_place(self, staging: ImportStaging, snapshot: str | None, received: Path) -> None:
+        """Put a verified volume in its place (and make snapshot volumes read-only where possible)."""
+        raise self._unsupported()
+
+    def import_commit(
+        self, staging: ImportStaging, data: dict[str, Any], source_idmap: dict[str, int] | None
+    ) -> ContainerRecord:
+        """Make the received container real (atomically for a new one) as a stopped container."""
+        raise self._unsupported()
+
+    def import_abort(self, staging: ImportStaging) -> None:
+        """Remove everything the import made; the container a refresh targeted is left as it was."""
+        raise self._unsupported()
+
+    def rename(self, name: str, new_name: str) -> ContainerRecord:
+        """Rename a stopped container (same-host moves). :class:`Conflict` if ``new_name`` exists."""
+        raise self._unsupported()
+
+
+class Runtime(MigrationHooks, ABC):
     """A container runtime driver. All names passed in are already validated by the API layer."""
 
     #: short name reported by ``GET /1.0``
@@ -182,3 +308,4 @@ class Runtime(ABC):
     @abstractmethod
     def snapshot_restore(self, name: str, snapshot: str) -> None:
         """Replace the container's rootfs with the snapshot's content (container must be stopped)."""
+

@@ -40,6 +40,9 @@ class StorageDriver(ABC):
     def delete_volume(self, path: Path) -> None:
         """Remove the volume at ``path``; a missing path is not an error (deletes must be idempotent)."""
 
+    def seal_volume(self, path: Path) -> None:  # noqa: B027 - optional, a no-op for most backends
+        """Make a finished snapshot volume read-only where the backend can (btrfs); else nothing."""
+
     def free_bytes(self) -> int:
         """Bytes available to the agent on the data dir's filesystem."""
         st = os.statvfs(self.data_dir)

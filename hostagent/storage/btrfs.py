@@ -77,6 +77,10 @@ class BtrfsDriver(StorageDriver):
             self.delete_volume(path)
             raise
 
+    def seal_volume(self, path: Path) -> None:
+        if is_subvolume(path) and not self._is_readonly(path):
+            self._set_readonly(path, True)
+
     def delete_volume(self, path: Path) -> None:
         if not os.path.lexists(path):
             return

@@ -1,0 +1,155 @@
+"""Migrations, source side: issue tokens for a container, serve its image and its volumes to the target.
+
+- ``POST /1.0/containers/<name>/migration`` (trusted): one-shot secrets for the ``image`` and ``fs``
+  channels, scoped to this container (its snapshot list) and to the target agent's certificate, which is
+  loaded into the live TLS context so that the target's handshake with that certificate succeeds.
+- ``DELETE /1.0/migrations/<id>`` (trusted): revoke; idempotent (200 for a migration already used,
+  expired or revoked), 404 only for an id this agent never issued or forgot (an hour after expiry, or
+  after a restart).
+- ``GET /1.0/migrations/<id>/image`` and ``GET /1.0/migrations/<id>/fs`` (websocket): not authorised
+  by the trust store but by ``Authorization: Bearer <token>`` plus the TLS client certificate the token
+  was issued to (see :mod:`hostagent.migration.tokens`). Refusals are 403 JSON errors, with the message
+  also in the ``X-Orch-Error`` header (a websocket client sees only the headers of a refused upgrade).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from hostagent.api.containers import container_name
+from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
+from hostagent.api.responses import error, json_body, sync
+from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
+from hostagent.migration.source import SourceSession, _sizes
+from hostagent.migration.tokens import DEFAULT_TTL
+from orchapi import certs
+from orchapi.errors import BadRequest, Forbidden, OrchError
+from orchapi.names import check_snapshot_name
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/1.0/containers/{name}/migration")
+async def create_migration(request: web.Request) -> web.Response:
+    """Body: ``{"target_certificate": PEM, "snapshot": null|name, "instance_only": bool, "ttl": seconds}``."""
+    agent = request.app[AGENT_KEY]
+    name = container_name(request)
+    body = await json_body(request)
+    pem = body.get("target_certificate")
+    if not isinstance(pem, str) or not pem.strip():
+        raise BadRequest("target_certificate must be the target agent's PEM certificate")
+    fingerprint = certs.fingerprint_pem(pem)
+    snapshot = body.get("snapshot")
+    if snapshot is not None:
+        snapshot = check_snapshot_name(snapshot)
+    instance_only = body.get("instance_only", False)
+    if not isinstance(instance_only, bool):
+        raise BadRequest("instance_only must be true or false")
+    ttl = body.get("ttl", DEFAULT_TTL)
+    plan = await agent.blocking(agent.runtime.export_plan, name, snapshot, instance_only)
+    size = sum(await agent.blocking(_sizes, agent, [v.path for v in plan.volumes]))
+    image_available = bool(plan.base_image) and await agent.blocking(_has_image, agent, plan.base_image)
+    migration, tokens = agent.migrations.issue(
+        name,
+        snapshot,
+        [s.name for s in plan.snapshots],
+        instance_only,
+        plan.base_image,
+        fingerprint,
+        pem,
+        ttl,
+    )
+    if agent.ssl_context is not None:
+        # the target presents this certificate as its client certificate: the handshake must accept it
+        agent.ssl_context.load_verify_locations(cadata=pem)
+    record = await agent.blocking(agent.runtime.get, name)
+    return sync(
+        {
+            "id": migration.id,
+            "secrets": tokens,
+            "expires_at": migration.expires_at,
+            "certificate": agent.certificate,
+            "container": record.to_api(),
+            "snapshots": [s.name for s in plan.snapshots],
+            "base_image": plan.base_image,
+            "base_image_available": image_available,
+            "methods": list(agent.transfer_methods),
+            "size": size,
+        },
+        status=201,
+    )
+
+
+def _has_image(agent: Any, fingerprint: str) -> bool:
+    try:
+        return agent.images.get(fingerprint).fingerprint == fingerprint
+    except OrchError:
+        return False
+
+
+@routes.delete("/1.0/migrations/{id}")
+async def delete_migration(request: web.Request) -> web.Response:
+    request.app[AGENT_KEY].migrations.revoke(request.match_info["id"])
+    return sync({})
+
+
+def _refuse(exc: OrchError) -> web.Response:
+    response = error(str(exc), exc.status)
+    response.headers["X-Orch-Error"] = (
+        str(exc).encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+    )
+    return response
+
+
+def _redeem(request: web.Request, channel: str, consume: bool = True) -> Any:
+    agent = request.app[AGENT_KEY]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Forbidden("missing migration token", "send it as 'Authorization: Bearer <token>'")
+    fingerprint = peer_fingerprint(request)
+    if fingerprint is None:
+        raise Forbidden("the migration endpoints need the target agent's TLS client certificate")
+    return agent.migrations.redeem(request.match_info["id"], channel, token.strip(), fingerprint, consume)
+
+
+@routes.get("/1.0/migrations/{id}/image")
+async def migration_image(request: web.Request) -> web.StreamResponse:
+    """The container's base image tarball, byte for byte (channel ``image``)."""
+    agent = request.app[AGENT_KEY]
+    try:
+        migration = _redeem(request, "image")
+        if not migration.base_image:
+            from orchapi.errors import NotFound
+
+            raise NotFound(f"container {migration.container} has no base image")
+        path = agent.images.tarball_path(migration.base_image)
+    except OrchError as exc:
+        return _refuse(exc)
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+@routes.get("/1.0/migrations/{id}/fs")
+async def migration_fs(request: web.Request) -> web.StreamResponse:
+    """The websocket the volumes stream over (channel ``fs``); see hostagent/migration/protocol.py."""
+    agent = request.app[AGENT_KEY]
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT, compress=False)
+    try:
+        _redeem(request, "fs", consume=False)  # who may ask comes first; a plain GET must not burn it
+        if not ws.can_prepare(request).ok:
+            raise BadRequest("expected a websocket upgrade")
+        migration = _redeem(request, "fs")
+    except OrchError as exc:
+        return _refuse(exc)
+    await ws.prepare(request)
+    task = asyncio.current_task()
+    assert task is not None
+    migration.sessions.add(task)
+    try:
+        await SourceSession(agent, migration, ws).run()
+    finally:
+        migration.sessions.discard(task)
+    return ws

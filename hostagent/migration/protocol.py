@@ -1,0 +1,217 @@
+"""The migration websocket: control messages and volume data between a source and a target agent.
+
+One websocket per migration (``GET /1.0/migrations/<id>/fs`` on the source, opened by the target). Text
+frames are JSON control messages ``{"type": ..., ...}``; binary frames are the payload of the one volume
+stream in flight (what the local ``rsync``, ``btrfs send``/``receive`` or ``tar`` process reads or
+writes). A side sends binary data only after the peer said it is ready for it, and marks the end of its
+direction with ``{"type": "eof"}``; because frames arrive in order, ``eof`` is handled right where it is
+read, after every byte before it was delivered.
+
+Conversation (S = source, T = target)::
+
+    S: header      {protocol, container, snapshots, volumes, methods, base_image, idmap, size, features}
+    T: accept      {method, skip, features}          (or error)
+    for each volume i (oldest snapshot first, the container's rootfs last):
+      S: volume      {index, snapshot}               (T pre-fills its copy meanwhile)
+      S: rsync       {argv}  (rsync only: the server command line the client asks for)
+      T: ready       {}                              (T's process runs, its sink is set)
+      S <-> T: binary frames, each direction ends with eof
+      T: exit        {code}                          (T's process ended)
+      S: volume-end  {index, digest, count}
+      T: verified    {index}     or    T: manifest-request {index}  ->  S: manifest {lines}... manifest-end
+    T: done        {}                                (committed)
+
+Either side may send ``{"type": "error", "message", "status"}`` at any time and close. Memory stays flat:
+the websocket reader writes each frame to the local process and waits for the pipe to drain before it
+reads the next one, and senders wait for the websocket to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import WSMsgType
+
+from orchapi.errors import BadRequest, OrchError, Unavailable, error_for_status
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+#: payload bytes per binary frame (at most)
+CHUNK = 1024 * 1024
+#: the largest websocket message either side accepts (manifest chunks are far smaller)
+MAX_MESSAGE = 8 * 1024 * 1024
+#: websocket pings: a dead peer is noticed after about this long
+HEARTBEAT = 30.0
+#: manifest lines per ``manifest`` message
+MANIFEST_CHUNK = 2000
+
+_CLOSED = {"type": "__closed__"}
+
+
+class ProtocolError(OrchError):
+    """The peer broke the migration protocol."""
+
+    status = 502
+
+
+class Sink(Protocol):
+    """Where received binary frames go (a local process's stdin)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Channel:
+    """A migration websocket with a reader task: control messages queue up, data goes to the sink."""
+
+    def __init__(self, ws: Any, peer: str) -> None:
+        self.ws = ws
+        self.peer = peer  # "source" or "target", for messages
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._sink: Sink | None = None
+        self.discarded = 0
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    # -- sending --------------------------------------------------------------------------------------
+    async def send(self, kind: str, **fields: Any) -> None:
+        await self.ws.send_str(json.dumps({"type": kind, **fields}))
+
+    async def send_data(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        await self.ws.send_bytes(data)
+
+    async def send_eof(self) -> None:
+        await self.send("eof")
+
+    async def send_error(self, exc: BaseException) -> None:
+        """Tell the peer why we stop (best effort: the connection may be gone already)."""
+        if isinstance(exc, OrchError):
+            message, status = str(exc), exc.status
+        elif isinstance(exc, asyncio.CancelledError):
+            message, status = (
+                "migration cancelled on the " + ("target" if self.peer == "source" else "source"),
+                499,
+            )
+        else:
+            message, status = f"internal error: {exc}", 500
+        try:
+            if not self.ws.closed:
+                await asyncio.wait_for(self.send("error", message=message, status=status), 1)
+        except Exception:  # noqa: BLE001 - the peer will see the connection close instead
+            pass
+
+    def abort(self) -> None:
+        """Tear the connection down at once (after a failure): a graceful close could wait forever behind
+        data the peer no longer reads, and every pump blocked on the connection must fail now."""
+        try:
+            sock = self.ws.get_extra_info("socket")
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+
+    # -- receiving ------------------------------------------------------------------------------------
+    def set_sink(self, sink: Sink | None) -> None:
+        """Route binary frames to ``sink`` from now on (None: discard them)."""
+        self._sink = sink
+
+    async def recv(self, *kinds: str) -> dict[str, Any]:
+        """The next control message, which must be one of ``kinds``; raises the peer's error."""
+        msg = await self._control.get()
+        if msg is _CLOSED:
+            self._control.put_nowait(_CLOSED)  # every later recv sees it too
+            raise Unavailable(f"the connection to the {self.peer} agent closed unexpectedly")
+        kind = msg.get("type")
+        if kind == "error":
+            status = msg.get("status")
+            status = status if isinstance(status, int) and 400 <= status <= 599 else 500
+            message = str(msg.get("message") or "unknown error")
+            raise error_for_status(status, f"{self.peer} agent: {message}")
+        if kinds and kind not in kinds:
+            raise ProtocolError(
+                f"migration protocol error: expected {' or '.join(kinds)} from the {self.peer}, got {kind!r}"
+            )
+        return msg
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if msg.type == WSMsgType.BINARY:
+                    self.bytes_received += len(msg.data)
+                    sink = self._sink
+                    if sink is None:
+                        self.discarded += len(msg.data)
+                    else:
+                        await sink.write(msg.data)
+                elif msg.type == WSMsgType.TEXT:
+                    try:
+                        data = json.loads(msg.data)
+                    except ValueError:
+                        data = None
+                    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+                        self._control.put_nowait(
+                            {"type": "error", "status": 502, "message": "sent a malformed control message"}
+                        )
+                        break
+                    if data["type"] == "eof":
+                        if self._sink is not None:
+                            await self._sink.close()
+                        continue
+                    self._control.put_nowait(data)
+                else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken connection ends the conversation
+            log.debug("migration websocket reader stopped: %s", exc)
+        finally:
+            sink, self._sink = self._sink, None
+            if sink is not None:
+                try:
+                    await sink.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._control.put_nowait(_CLOSED)
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        try:
+            await self._reader
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            pass
+        try:
+            await asyncio.wait_for(self.ws.close(), 5)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+async def pump(read: Callable[[int], Awaitable[bytes]], channel: Channel, eof: bool = True) -> int:
+    """Send everything ``read`` returns as binary frames, then ``eof``; returns the byte count."""
+    total = 0
+    while True:
+        data = await read(CHUNK)
+        if not data:
+            break
+        total += len(data)
+        await channel.send_data(data)
+    if eof:
+        await channel.send_eof()
+    return total
+
+
+def require(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """A field of a control message, type-checked (peers are not trusted to send well-formed data)."""
+    value = msg.get(key)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise BadRequest(f"migration protocol error: field {key!r} of {msg.get('type')!r} is invalid")
+    return value

@@ -1,0 +1,171 @@
+"""The source side of a migration: stream a container's volumes to the target agent that connected.
+
+Runs in the handler of ``GET /1.0/migrations/<id>/fs`` once the token and the peer's certificate were
+accepted, holding the container's lock for the whole transfer (so the container cannot be started,
+snapshotted or deleted meanwhile). See :mod:`hostagent.migration.protocol` for the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from hostagent.migration import manifest
+from hostagent.migration.protocol import MANIFEST_CHUNK, PROTOCOL_VERSION, Channel, ProtocolError, require
+from hostagent.migration.tokens import Migration
+from hostagent.transfer.base import SendContext, TransferMethod, get_method, probe_features
+from orchapi.errors import BadRequest, Conflict, OrchError
+
+log = logging.getLogger(__name__)
+
+
+class SourceSession:
+    def __init__(self, agent: Any, migration: Migration, ws: Any) -> None:
+        self.agent = agent
+        self.migration = migration
+        self.ws = ws
+
+    async def run(self) -> None:
+        agent, m = self.agent, self.migration
+        ch = Channel(self.ws, "target")
+        scratch: Path | None = None
+        try:
+            async with agent.container_lock(m.container):
+                plan = await agent.blocking(
+                    agent.runtime.export_plan, m.container, m.snapshot, m.instance_only
+                )
+                if [s.name for s in plan.snapshots] != m.snapshots:
+                    raise Conflict(
+                        f"the snapshots of container {m.container} changed since the migration was issued",
+                        "issue a new migration",
+                    )
+                features = probe_features(agent.data_dir)
+                sizes = await agent.blocking(_sizes, agent, [v.path for v in plan.volumes])
+                await ch.send(
+                    "header",
+                    protocol=PROTOCOL_VERSION,
+                    container={
+                        "name": plan.name,
+                        "created_at": plan.created_at,
+                        "base_image": plan.base_image,
+                        "architecture": plan.architecture,
+                        "config": plan.config,
+                        "init": plan.init,
+                    },
+                    snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
+                    volumes=[
+                        {"snapshot": v.snapshot, "size": n} for v, n in zip(plan.volumes, sizes, strict=True)
+                    ],
+                    methods=list(agent.transfer_methods),
+                    storage=agent.runtime.storage_name,
+                    base_image=plan.base_image,
+                    idmap=plan.idmap,
+                    size=sum(sizes),
+                    features=sorted(features),
+                )
+                accept = await ch.recv("accept")
+                name = require(accept, "method", str)
+                if name not in agent.transfer_methods:
+                    raise BadRequest(
+                        f"the target chose transfer method {name!r}, which this agent does not offer"
+                    )
+                skip = accept.get("skip") or []
+                if not isinstance(skip, list) or not set(skip) <= set(m.snapshots):
+                    raise ProtocolError("migration protocol error: the target skips unknown snapshots")
+                common = features & frozenset(x for x in accept.get("features") or [] if isinstance(x, str))
+                method = get_method(name)
+                volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]
+                if name == "btrfs":
+                    scratch = await agent.blocking(agent.runtime.export_scratch, m.container)
+                previous: Path | None = None
+                for index, volume in enumerate(volumes):
+                    path = volume.path
+                    if name == "btrfs":
+                        from hostagent.transfer.btrfs import readonly_subvolume
+
+                        if not await agent.blocking(readonly_subvolume, path):
+                            # a temporary read-only snapshot, named like every volume ("rootfs"): the
+                            # target receives subvolumes under the name they were sent with
+                            assert scratch is not None
+                            path = scratch / str(index) / "rootfs"
+                            path.parent.mkdir(mode=0o700)
+                            await agent.blocking(agent.storage.snapshot_volume, volume.path, path)
+                    await ch.send("volume", index=index, snapshot=volume.snapshot)
+                    await self._send_volume(ch, method, index, path, previous, common)
+                    previous = path
+                await ch.recv("done")
+                log.info(
+                    "migration %s: sent %s (%d volumes) by %s, %d bytes out, %d in",
+                    m.id,
+                    m.container,
+                    len(volumes),
+                    name,
+                    ch.bytes_sent,
+                    ch.bytes_received,
+                )
+        except BaseException as exc:
+            log.warning(
+                "migration %s of %s failed: %s",
+                m.id,
+                m.container,
+                exc or type(exc).__name__,
+                exc_info=not isinstance(exc, OrchError | asyncio.CancelledError | ConnectionError),
+            )
+            await ch.send_error(exc)
+            ch.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            await ch.close()
+            if scratch is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(agent.blocking(agent.runtime.export_scratch_remove, scratch))
+
+    async def _send_volume(
+        self,
+        ch: Channel,
+        method: TransferMethod,
+        index: int,
+        path: Path,
+        previous: Path | None,
+        features: frozenset[str],
+    ) -> None:
+        # the manifest is computed while the volume streams (the volume does not change: it is a stopped
+        # container's, or a snapshot)
+        computing = asyncio.ensure_future(self.agent.blocking(manifest.compute, path))
+        try:
+            checksum = False
+            while True:
+                await method.send(SendContext(ch, path, previous, features, checksum))
+                ours = await computing
+                await ch.send("volume-end", index=index, digest=ours.digest, count=ours.count)
+                while True:
+                    msg = await ch.recv("verified", "manifest-request", "retry")
+                    if msg["type"] != "manifest-request":
+                        break
+                    for start in range(0, ours.count, MANIFEST_CHUNK):
+                        await ch.send(
+                            "manifest", index=index, lines=ours.lines[start : start + MANIFEST_CHUNK]
+                        )
+                    await ch.send("manifest-end", index=index)
+                if msg["type"] == "verified":
+                    return
+                if checksum or not method.prefill:
+                    raise ProtocolError("migration protocol error: the target asked for a second retry")
+                checksum = True  # the target found a difference rsync's quick check missed: compare contents
+        finally:
+            if not computing.done():
+                computing.cancel()
+
+
+def _sizes(agent: Any, paths: list[Path]) -> list[int]:
+    out = []
+    for path in paths:
+        try:
+            out.append(agent.storage.used_bytes(path))
+        except OSError:
+            out.append(0)
+    return out

@@ -1,0 +1,95 @@
+"""btrfs: ``btrfs send`` on the source, ``btrfs receive`` on the target, when both agents store on btrfs.
+
+The source sends read-only subvolumes only: its snapshots as they are, the container's rootfs as a
+temporary read-only snapshot (deleted afterwards). Each volume after the first is sent incrementally
+(``-p <previous volume>``), so a snapshot chain costs only its differences. The target receives each
+volume into its own empty directory inside the staging dir (``btrfs receive --chroot``, so a hostile
+stream cannot name paths outside it; every volume is sent named ``rootfs`` and must arrive so named);
+incremental streams find their parent among the volumes received before. Nothing is pre-filled (LXD
+does the same): the first volume travels in full.
+
+Refreshes use rsync instead: an incremental send needs a parent the target received from this same
+source, which an existing container generally is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+from hostagent.migration.protocol import pump
+from hostagent.storage.btrfs import is_subvolume
+from hostagent.transfer.base import Child, ReceiveContext, SendContext, TransferMethod, WriterSink
+from orchapi.errors import InternalError, Unavailable
+
+
+class BtrfsMethod(TransferMethod):
+    name = "btrfs"
+    prefill = False
+
+    async def send(self, ctx: SendContext) -> None:
+        ch = ctx.channel
+        argv = ["btrfs", "send", "-q"]
+        if ctx.parent is not None:
+            argv += ["-p", str(ctx.parent)]
+        argv.append(str(ctx.path))
+        child = await Child.spawn(argv, "btrfs send", stdout=asyncio.subprocess.PIPE)
+        pumping: asyncio.Task[int] | None = None
+        try:
+            await ch.send("btrfs", incremental=ctx.parent is not None)
+            await ch.recv("ready")
+            assert child.proc.stdout is not None
+            pumping = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
+            # together: if the websocket fails, the pump stops and btrfs send would block on a full pipe
+            _, rc = await asyncio.gather(pumping, child.wait())
+            if rc != 0:
+                raise InternalError(f"btrfs send failed: {child.last_error_line() or f'exit status {rc}'}")
+            done = await ch.recv("exit")
+            if done.get("code") != 0:
+                raise InternalError(
+                    f"btrfs receive on the target failed: {done.get('message') or done.get('code')}"
+                )
+        finally:
+            if pumping is not None and not pumping.done():
+                pumping.cancel()
+            await child.kill()
+
+    async def receive(self, ctx: ReceiveContext) -> Path:
+        ch = ctx.channel
+        await ch.recv("btrfs")
+        child = await Child.spawn(
+            ["btrfs", "receive", "--chroot", "-q", str(ctx.dest)],
+            "btrfs receive",
+            stdin=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert child.proc.stdin is not None
+            ch.set_sink(WriterSink(child.proc.stdin))
+            await ch.send("ready")
+            code = await child.wait()
+            ch.set_sink(None)
+            if ch.ws.closed:
+                raise Unavailable("the connection to the source agent closed unexpectedly")
+            await ch.send("exit", code=code, message=child.last_error_line() if code else "")
+            if code != 0:
+                raise child.failure(code, ctx.what)
+        finally:
+            ch.set_sink(None)
+            await child.kill()
+        # the stream names the subvolume; accept nothing but exactly one subvolume called "rootfs"
+        entries = os.listdir(ctx.dest)
+        received = ctx.dest / "rootfs"
+        if entries != ["rootfs"] or os.path.islink(received) or not is_subvolume(received):
+            raise InternalError(f"btrfs receive of {ctx.what} did not produce exactly one subvolume 'rootfs'")
+        return received
+
+
+def readonly_subvolume(path: Path) -> bool:
+    """Whether ``path`` can be sent as it is (a read-only subvolume)."""
+    from hostagent.storage.btrfs import BtrfsDriver
+
+    with contextlib.suppress(Exception):
+        return is_subvolume(path) and BtrfsDriver._is_readonly(path)
+    return False
