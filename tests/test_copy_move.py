@@ -168,15 +168,17 @@ def test_refresh_moves_only_the_change(cluster, orch_env):
     assert "already exists" in orch_env.fails("copy", "foo:c1", "bar:")
 
 
-def test_two_concurrent_moves_of_one_container_one_is_refused(cluster, orch_env, make_agent):
+def test_two_concurrent_moves_of_one_container_one_is_refused(cluster, orch_env, make_agent, start_worker):
     baz = make_agent("baz")
     orch_env.add_remote("baz", baz)
-    foo, _ = cluster
     orch_env.run("init", "foo:bb", "foo:c1")
-    put(rootfs(foo, "c1") / "root" / "big", os.urandom(16 * 1024 * 1024))
+    # no worker for a moment: the first job stays queued, holding its lock, however fast moves are
+    _kill_all_workers(orch_env)
     first = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
     err = orch_env.fails("move", "foo:c1", "baz:")
     assert "busy" in err and first in err
+    assert "busy" in orch_env.fails("copy", "foo:c1", "baz:")
+    start_worker("w2")
     deadline = time.time() + 120
     while job(orch_env, first)["status"] not in ("succeeded", "failed") and time.time() < deadline:
         time.sleep(0.2)
