@@ -639,3 +639,14 @@ def test_server_info_and_bad_requests(pair):
         timeout=10,
     )
     assert response.status_code == 400
+
+
+def test_recover_removes_leftover_staging_and_export_dirs(agents):
+    a = agents("a")
+    containers = a.data_dir / "containers"
+    for leftover in (".creating-c1-0123abcd", ".exporting-c1-0123abcd"):
+        (containers / leftover / "rootfs" / "etc").mkdir(parents=True)
+    addr = a.addr
+    a.kill()
+    a.start(listen_addr=addr)
+    assert leftovers(a) == [] and container_names(a) == []

@@ -23,7 +23,7 @@ from hostagent.api.containers import container_name
 from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
 from hostagent.api.responses import error, json_body, sync
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
-from hostagent.migration.source import SourceSession, _sizes
+from hostagent.migration.source import SourceSession, volume_sizes
 from hostagent.migration.tokens import DEFAULT_TTL
 from orchapi import certs
 from orchapi.errors import BadRequest, Forbidden, OrchError
@@ -50,7 +50,7 @@ async def create_migration(request: web.Request) -> web.Response:
         raise BadRequest("instance_only must be true or false")
     ttl = body.get("ttl", DEFAULT_TTL)
     plan = await agent.blocking(agent.runtime.export_plan, name, snapshot, instance_only)
-    size = sum(await agent.blocking(_sizes, agent, [v.path for v in plan.volumes]))
+    size = sum(await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes]))
     image_available = bool(plan.base_image) and await agent.blocking(_has_image, agent, plan.base_image)
     migration, tokens = agent.migrations.issue(
         name,

@@ -43,7 +43,7 @@ class SourceSession:
                         "issue a new migration",
                     )
                 features = probe_features(agent.data_dir)
-                sizes = await agent.blocking(_sizes, agent, [v.path for v in plan.volumes])
+                sizes = await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes])
                 await ch.send(
                     "header",
                     protocol=PROTOCOL_VERSION,
@@ -134,8 +134,8 @@ class SourceSession:
         features: frozenset[str],
     ) -> None:
         # the manifest is computed while the volume streams (the volume does not change: it is a stopped
-        # container's, or a snapshot)
-        computing = asyncio.ensure_future(self.agent.blocking(manifest.compute, path))
+        # container's, or a snapshot), by one hashing thread: the relay needs the rest of the CPU
+        computing = asyncio.ensure_future(self.agent.blocking(manifest.compute, path, 1))
         try:
             checksum = False
             while True:
@@ -161,7 +161,7 @@ class SourceSession:
                 computing.cancel()
 
 
-def _sizes(agent: Any, paths: list[Path]) -> list[int]:
+def volume_sizes(agent: Any, paths: list[Path]) -> list[int]:
     out = []
     for path in paths:
         try:

@@ -438,8 +438,6 @@ class TargetSession:
         self.op.progress(bytes_received=self.ch.bytes_received, bytes_sent=self.ch.bytes_sent)
 
     def stage(self, stage: str, **fields: Any) -> None:
-        import time as _t
-        log.info("TIMING %.3f stage %s bytes %d", _t.monotonic(), stage, self.ch.bytes_received)
         self.op.progress(stage=stage, **fields)
         self._bytes()
 
@@ -594,10 +592,7 @@ class TargetSession:
         """Compare the received volume's manifest with the source's; None asks for a repair pass."""
         self.stage("verify")
         ours = await self.agent.blocking(manifest.compute, received)
-        import time as _t
-        log.info("TIMING %.3f manifest done", _t.monotonic())
         end = await self.ch.recv("volume-end")
-        log.info("TIMING %.3f volume-end", _t.monotonic())
         if end.get("index") != index:
             raise ProtocolError("migration protocol error: volume-end for another volume")
         digest = require(end, "digest", str)

@@ -31,7 +31,7 @@ import struct
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,6 @@ class ReceiveContext:
     features: frozenset[str]
     idmap: IdMap | None  # the ids the source's volume uses (None: privileged, anything goes)
     what: str  # "snapshot s1", "rootfs": for messages
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TransferMethod(ABC):
