@@ -308,4 +308,3 @@ class Runtime(MigrationHooks, ABC):
     @abstractmethod
     def snapshot_restore(self, name: str, snapshot: str) -> None:
         """Replace the container's rootfs with the snapshot's content (container must be stopped)."""
-
