@@ -134,7 +134,8 @@ class RssSampler:
     """Peak resident memory of some processes, sampled every 50 ms in a thread."""
 
     def __init__(self, pids: list[int]) -> None:
-        self.pids, self.peak, self.base = pids, 0, self._rss()
+        self.pids = pids
+        self.peak = self.base = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
