@@ -79,9 +79,7 @@ class EvacLab:
         self.cleanup.callback(self.redis.stop)
         self.orch.env.update({"ORCH_REDIS_URL": self.redis.url, "ORCH_STATE_DIR": str(self.dir / "state")})
         for name, agent in self.agents.items():
-            admin = Orch(self.dir / f"admin-{name}")
-            admin.run("remote", "add", "admin", f"unix://{agent.socket}")
-            admin.run("config", "set", "admin:", "core.trust_password", PASSWORD)
+            agent.set_trust_password(PASSWORD, self.dir / f"admin-{name}")
             self.orch.add_remote(name, agent, PASSWORD)
         for name in AGENTS:
             self.orch.run("image", "import", str(image), f"{name}:", "--alias", "bb")

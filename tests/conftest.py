@@ -51,9 +51,7 @@ def make_agent(tmpdir755: Path) -> Iterator:
         agent = AgentProcess(tmpdir755 / name, name, listen=listen).start()
         agents.append(agent)
         if password:
-            local = Orch(tmpdir755 / f"admin-{name}")
-            local.run("remote", "add", "admin", f"unix://{agent.socket}")
-            local.run("config", "set", "admin:", "core.trust_password", password)
+            agent.set_trust_password(password, tmpdir755 / f"admin-{name}")
         return agent
 
     yield factory

@@ -81,6 +81,12 @@ class AgentProcess:
         if kill_containers:
             kill_runc_containers(self.data_dir / "runc")
 
+    def set_trust_password(self, password: str, admin_home: Path) -> None:
+        """Set the trust password as the host's admin would: through the agent's unix socket."""
+        admin = Orch(admin_home)
+        admin.run("remote", "add", "admin", f"unix://{self.socket}")
+        admin.run("config", "set", "admin:", "core.trust_password", password)
+
     def kill(self) -> None:
         """SIGKILL the agent, as a crash would."""
         if self.proc is not None:

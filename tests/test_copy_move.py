@@ -256,9 +256,7 @@ def test_target_filesystem_full_fails_cleanly(make_agent, orch_env, busybox_imag
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=755", "tmpfs", str(tiny)], check=True)
     small = AgentProcess(tiny / "small", "small").start()
     try:
-        admin = type(orch_env)(tmpdir755 / "admin-small")
-        admin.run("remote", "add", "admin", f"unix://{small.socket}")
-        admin.run("config", "set", "admin:", "core.trust_password", PASSWORD)
+        small.set_trust_password(PASSWORD, tmpdir755 / "admin-small")
         orch_env.add_remote("foo", foo)
         orch_env.add_remote("small", small)
         orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")

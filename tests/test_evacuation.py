@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.procs import ORCH, AgentProcess, Orch
+from tests.procs import ORCH, AgentProcess
 from tests.test_copy_move import dd, put
 
 
@@ -30,9 +30,7 @@ def small_agents(tmpdir755):  # type: ignore[no-untyped-def]
         mounts.append(mnt)
         agent = AgentProcess(mnt / name, name).start()
         agents.append(agent)
-        admin = Orch(tmpdir755 / f"admin-{name}")
-        admin.run("remote", "add", "admin", f"unix://{agent.socket}")
-        admin.run("config", "set", "admin:", "core.trust_password", PASSWORD)
+        agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
         return agent
 
     yield factory
