@@ -99,6 +99,8 @@ def _age(iso: str) -> str:
 
 
 def _progress(job) -> str:  # type: ignore[no-untyped-def]
+    if job.finished:  # pre-fill makes the bytes moved a small part of the size: show what moved
+        return f"{human_size(job.bytes_done)} moved" if job.bytes_done else ""
     if job.bytes_total:
         pct = min(100, 100 * job.bytes_done // max(job.bytes_total, 1))
         return f"{human_size(job.bytes_done)}/{human_size(job.bytes_total)} {pct}%"
