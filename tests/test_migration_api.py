@@ -184,8 +184,15 @@ def container_names(agent: AgentProcess) -> list[str]:
     return [r["name"] for r in api(agent).get("/1.0/containers", params={"recursion": 1})]
 
 
-def leftovers(agent: AgentProcess) -> list[str]:
-    return [e for e in os.listdir(agent.data_dir / "containers") if e.startswith(".")]
+def leftovers(agent: AgentProcess, settle: float = 0.0) -> list[str]:
+    """Hidden work dirs left in containers/; with ``settle``, wait that long for them to go (a source
+    removes its temporary export snapshots concurrently with the target's commit)."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = [e for e in os.listdir(agent.data_dir / "containers") if e.startswith(".")]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def rootfs(agent: AgentProcess, container: str, snap: str | None = None) -> Path:
@@ -472,7 +479,7 @@ def test_btrfs_to_btrfs_sends_incremental_snapshots(agents, busybox_image):
     )
     assert "readonly" in show.stdout
     (rootfs(b, "c1") / "root/writable").write_text("yes")  # the rootfs is a writable subvolume
-    assert leftovers(a) == [] and leftovers(b) == []
+    assert leftovers(a, settle=5.0) == [] and leftovers(b) == []
     set_state(b, "c1", "start")
     assert exec_(b, "c1", "cat", "/root/small") == "three\n"
     set_state(b, "c1", "stop")

@@ -96,6 +96,9 @@ class SourceSession:
                     await ch.send("volume", index=index, snapshot=volume.snapshot)
                     await self._send_volume(ch, method, index, path, previous, common)
                     previous = path
+                if scratch is not None:  # every volume is sent: drop the temporary snapshots now
+                    await agent.blocking(agent.runtime.export_scratch_remove, scratch)
+                    scratch = None
                 await ch.recv("done")
                 log.info(
                     "migration %s: sent %s (%d volumes) by %s, %d bytes out, %d in",
