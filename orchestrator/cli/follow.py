@@ -6,16 +6,9 @@ import sys
 import time
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from orchapi.errors import OrchError
+from orchestrator.cli.progress import transfer_progress
 from orchestrator.jobs import SUCCEEDED, Job, JobStore
 
 POLL = 0.05  # a Redis HGETALL: cheap enough to notice the end of short jobs at once
@@ -32,15 +25,7 @@ def follow(store: JobStore, job_id: str) -> Job:
     started = time.monotonic()
     hinted = False
     if sys.stderr.isatty():
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, transient=True) as progress:
+        with transfer_progress() as progress:
             bar = progress.add_task("queued", total=None)
             while True:
                 job = store.get(job_id)
@@ -77,13 +62,7 @@ def follow_many(store: JobStore, jobs: dict[str, str], on_done=None) -> dict[str
     from orchestrator.cli.output import human_size
 
     final: dict[str, Job] = {}
-    overall = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
+    overall = transfer_progress(percent=False)
     bar = overall.add_task("", total=None)
     tty = sys.stderr.isatty()
 

@@ -23,12 +23,8 @@ class ProgressReader:
         return self._size
 
 
-@contextmanager
-def byte_progress(description: str, total: int | None) -> Iterator:  # type: ignore[type-arg]
-    """Yields ``advance(nbytes)``; shows bytes, rate, % and ETA on stderr when it is a terminal."""
-    if not sys.stderr.isatty():
-        yield lambda n: None
-        return
+def transfer_progress(percent: bool = True):  # type: ignore[no-untyped-def]
+    """A rich ``Progress`` with the columns of every orch transfer bar: bytes, rate, %, ETA."""
     from rich.progress import (  # imported here: most commands never draw a bar
         BarColumn,
         DownloadColumn,
@@ -38,14 +34,24 @@ def byte_progress(description: str, total: int | None) -> Iterator:  # type: ign
         TransferSpeedColumn,
     )
 
-    columns = (
+    columns = [
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True) as progress:
+    ]
+    if percent:
+        columns.append(TextColumn("{task.percentage:>3.0f}%"))
+    columns.append(TimeRemainingColumn())
+    return Progress(*columns, transient=True)
+
+
+@contextmanager
+def byte_progress(description: str, total: int | None) -> Iterator:  # type: ignore[type-arg]
+    """Yields ``advance(nbytes)``; shows bytes, rate, % and ETA on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with transfer_progress() as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
