@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostagent.migration.protocol import CHUNK, Channel
+from hostagent.migration.protocol import CHUNK, Channel, pump
 from hostagent.runtimes.idmap import IdMap
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError
 
@@ -265,6 +265,26 @@ class Child:
         if NO_SPACE in text.lower() or f"errno {errno.ENOSPC}" in text.lower():
             return InsufficientStorage(f"no space left on the target while receiving {where}")
         return InternalError(f"{self.what} failed: {detail}")
+
+
+async def relay_child_stdout(ch: Channel, child: Child, what: str, peer_failed: str) -> None:
+    """Stream a sending child's stdout to the peer, then check the child's and the peer's exit status.
+
+    The pump and the child are awaited together: if the websocket fails the pump stops, and the child
+    would otherwise block forever on a full pipe.
+    """
+    assert child.proc.stdout is not None
+    pumping = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
+    try:
+        _, rc = await asyncio.gather(pumping, child.wait())
+        if rc != 0:
+            raise InternalError(f"{what} failed: {child.last_error_line() or f'exit status {rc}'}")
+        done = await ch.recv("exit")
+        if done.get("code") != 0:
+            raise InternalError(f"{peer_failed}: {done.get('message') or done.get('code')}")
+    finally:
+        if not pumping.done():
+            pumping.cancel()
 
 
 class WriterSink:

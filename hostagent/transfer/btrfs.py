@@ -19,9 +19,15 @@ import contextlib
 import os
 from pathlib import Path
 
-from hostagent.migration.protocol import pump
 from hostagent.storage.btrfs import is_subvolume
-from hostagent.transfer.base import Child, ReceiveContext, SendContext, TransferMethod, WriterSink
+from hostagent.transfer.base import (
+    Child,
+    ReceiveContext,
+    SendContext,
+    TransferMethod,
+    WriterSink,
+    relay_child_stdout,
+)
 from orchapi.errors import InternalError, Unavailable
 
 
@@ -36,24 +42,11 @@ class BtrfsMethod(TransferMethod):
             argv += ["-p", str(ctx.parent)]
         argv.append(str(ctx.path))
         child = await Child.spawn(argv, "btrfs send", stdout=asyncio.subprocess.PIPE)
-        pumping: asyncio.Task[int] | None = None
         try:
             await ch.send("btrfs", incremental=ctx.parent is not None)
             await ch.recv("ready")
-            assert child.proc.stdout is not None
-            pumping = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
-            # together: if the websocket fails, the pump stops and btrfs send would block on a full pipe
-            _, rc = await asyncio.gather(pumping, child.wait())
-            if rc != 0:
-                raise InternalError(f"btrfs send failed: {child.last_error_line() or f'exit status {rc}'}")
-            done = await ch.recv("exit")
-            if done.get("code") != 0:
-                raise InternalError(
-                    f"btrfs receive on the target failed: {done.get('message') or done.get('code')}"
-                )
+            await relay_child_stdout(ch, child, "btrfs send", "btrfs receive on the target failed")
         finally:
-            if pumping is not None and not pumping.done():
-                pumping.cancel()
             await child.kill()
 
     async def receive(self, ctx: ReceiveContext) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hostagent.images.tarball import _open_dir, _set_mtime, _split, _unlink_quietly
-from hostagent.migration.protocol import CHUNK, pump
+from hostagent.migration.protocol import CHUNK
 from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer.base import (
     Child,
@@ -32,6 +32,7 @@ from hostagent.transfer.base import (
     WriterSink,
     fd_writer,
     grow_pipe,
+    relay_child_stdout,
 )
 from orchapi.errors import BadRequest, InsufficientStorage, InternalError, Unavailable
 
@@ -250,24 +251,11 @@ class TarMethod(TransferMethod):
     async def send(self, ctx: SendContext) -> None:
         ch = ctx.channel
         child = await Child.spawn(tar_argv(ctx.path), "tar (source)", stdout=asyncio.subprocess.PIPE)
-        pumping: asyncio.Task[int] | None = None
         try:
             await ch.send("tar")
             await ch.recv("ready")
-            assert child.proc.stdout is not None
-            pumping = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
-            # together: if the websocket fails, the pump stops and tar would block on a full pipe
-            _, rc = await asyncio.gather(pumping, child.wait())
-            if rc != 0:
-                raise InternalError(f"tar (source) failed: {child.last_error_line() or f'exit status {rc}'}")
-            done = await ch.recv("exit")
-            if done.get("code") != 0:
-                raise InternalError(
-                    f"extracting on the target failed: {done.get('message') or done.get('code')}"
-                )
+            await relay_child_stdout(ch, child, "tar (source)", "extracting on the target failed")
         finally:
-            if pumping is not None and not pumping.done():
-                pumping.cancel()
             await child.kill()
 
     async def receive(self, ctx: ReceiveContext) -> Path:
