@@ -17,12 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hostagent.images.store import ImageStore
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
-from hostagent.runtimes import make_runtime
+from hostagent.runtimes import RuntimeOptions, make_runtime
 from hostagent.runtimes.base import Runtime
-from hostagent.storage import detect
 from hostagent.transfer.base import available_methods
 from hostagent.trust import TrustStore
 from orchapi import certs, tlsconfig
@@ -35,7 +33,13 @@ VERSION = "0.1.0"
 class Agent:
     """Everything one ``orch-agent`` process serves."""
 
-    def __init__(self, data_dir: Path, runtime: str = "native", name: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        runtime: str = "native",
+        name: str | None = None,
+        options: RuntimeOptions | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.name = name or socket.gethostname()
         self.cert_path = data_dir / "server.crt"
@@ -46,9 +50,10 @@ class Agent:
         #: HTTPS addresses the agent listens on (host:port), reported to trusted callers
         self.addresses: list[str] = []
         self.trust = TrustStore(data_dir, on_added=self._trust_in_tls)
-        self.storage = detect(data_dir)
-        self.images = ImageStore(data_dir / "images", self.storage)
-        self.runtime: Runtime = make_runtime(runtime, data_dir, self.storage, self.images)
+        self.runtime: Runtime = make_runtime(runtime, data_dir, options)
+        #: where container volumes live (the data dir, or LXD's pool) and the runtime's images
+        self.storage = self.runtime.storage
+        self.images = self.runtime.images
         self.operations = OperationRegistry()
         #: migrations this agent issued as a source (in memory: a restart invalidates their tokens)
         self.migrations = MigrationRegistry()

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from hostagent.agent import Agent
 from hostagent.api import build_app
+from hostagent.runtimes import RuntimeOptions
+from orchapi.errors import OrchError
 
 log = logging.getLogger("orch-agent")
 
@@ -52,7 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=Path(os.environ.get("ORCH_AGENT_DIR", DEFAULT_DATA_DIR))
     )
     parser.add_argument("--listen", type=parse_listen, help="HTTPS address, e.g. [::]:8443 or 127.0.0.1:0")
-    parser.add_argument("--runtime", default="native", help="runtime driver (default: native)")
+    parser.add_argument(
+        "--runtime",
+        default=os.environ.get("ORCH_AGENT_RUNTIME", "native"),
+        choices=("native", "lxd"),
+        help="runtime driver: native (rootfs + runc) or lxd (a local LXD daemon); default native",
+    )
+    parser.add_argument(
+        "--lxd-socket",
+        default=os.environ.get("ORCH_AGENT_LXD_SOCKET"),
+        help="LXD's unix socket (default: $LXD_DIR/unix.socket, /var/lib/lxd/unix.socket, the snap's)",
+    )
+    parser.add_argument(
+        "--lxd-dir",
+        type=Path,
+        default=os.environ.get("ORCH_AGENT_LXD_DIR"),
+        help="LXD's state dir, holding storage-pools/ (default: the socket's directory)",
+    )
+    parser.add_argument(
+        "--lxd-pool",
+        default=os.environ.get("ORCH_AGENT_LXD_POOL"),
+        help="the LXD storage pool containers are received into (default: the default profile's root pool)",
+    )
     parser.add_argument("--name", help="server name reported to clients (default: hostname)")
     parser.add_argument("--log-level", default=os.environ.get("ORCH_AGENT_LOG_LEVEL", "INFO"))
     return parser
@@ -110,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o711)  # unprivileged containers' mapped root must traverse it to their rootfs
-        agent = Agent(data_dir, runtime=args.runtime, name=args.name)
+        options = RuntimeOptions(args.lxd_socket, args.lxd_dir, args.lxd_pool)
+        agent = Agent(data_dir, runtime=args.runtime, name=args.name, options=options)
         agent.runtime.recover()
         asyncio.run(serve(agent, args.listen))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, OrchError) as exc:
         print(f"orch-agent: error: {exc}", file=sys.stderr)
         return 1
     return 0

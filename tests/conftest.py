@@ -47,8 +47,10 @@ def make_agent(tmpdir755: Path) -> Iterator:
     """Factory: ``make_agent("foo")`` starts a real agent; all are stopped (and their containers killed)."""
     agents: list[AgentProcess] = []
 
-    def factory(name: str, password: str | None = PASSWORD, listen: bool = True) -> AgentProcess:
-        agent = AgentProcess(tmpdir755 / name, name, listen=listen).start()
+    def factory(
+        name: str, password: str | None = PASSWORD, listen: bool = True, args: tuple[str, ...] = ()
+    ) -> AgentProcess:
+        agent = AgentProcess(tmpdir755 / name, name, listen=listen, args=args).start()
         agents.append(agent)
         if password:
             agent.set_trust_password(password, tmpdir755 / f"admin-{name}")

@@ -13,7 +13,7 @@ from aiohttp import web
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import async_op, json_body, recursion, sync
 from hostagent.operations import Operation
-from hostagent.runtimes.base import RUNNING, validate_config
+from hostagent.runtimes.base import RUNNING
 from orchapi.errors import BadRequest, Conflict
 from orchapi.names import check_container_name
 
@@ -53,7 +53,7 @@ async def create_container(request: web.Request) -> web.Response:
     ref = source.get("fingerprint") or source.get("alias")
     if not isinstance(ref, str) or not ref:
         raise BadRequest("source needs an image 'fingerprint' or 'alias'")
-    config = validate_config(body.get("config") or {})
+    config = agent.runtime.validate_config(body.get("config") or {})
     image = agent.images.get(ref)  # 404 now rather than inside the operation
     if name in {r.name for r in await agent.blocking(agent.runtime.list)}:
         raise Conflict(f"container {name} already exists")
@@ -107,7 +107,7 @@ async def _update(request: web.Request, merge: bool) -> web.Response:
     current = await agent.blocking(agent.runtime.get, name)
     if "restore" in body:
         return _restore(request, name, body["restore"])
-    new = validate_config(body.get("config") or {})
+    new = agent.runtime.validate_config(body.get("config") or {})
     config = {**current.config, **new} if merge else new
 
     async def work(op: Operation) -> dict[str, Any]:

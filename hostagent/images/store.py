@@ -119,7 +119,7 @@ class ImageStore:
         try:
             for name in aliases:
                 check_alias_name(name)
-            fingerprint = _sha256(path)
+            fingerprint = sha256_file(path)
             self._claim(fingerprint)
             claimed = fingerprint
             return self._import(path, fingerprint, aliases)
@@ -383,7 +383,7 @@ def _alias_api(name: str, alias: dict[str, str]) -> dict[str, str]:
     return {"name": name, "description": alias.get("description", ""), "target": alias["target"]}
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):

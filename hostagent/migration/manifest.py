@@ -266,11 +266,13 @@ def differences(source: list[list[Any]], target: list[list[Any]], limit: int = 5
     return out
 
 
-def check_ownership(manifest: Manifest, idmap: IdMap | None) -> None:
+def check_ownership(manifest: Manifest, idmap: IdMap | None, root: str | None = None) -> None:
     """Refuse a received volume an unprivileged container could not own, or with device nodes.
 
     ``idmap`` is the id map the volume was sent with (the source's); None for a privileged container,
-    whose volumes may hold anything.
+    whose volumes may hold anything. ``root`` names the container's tree inside the volume when the
+    volume holds more (an LXD volume: ``rootfs/`` beside metadata owned by the host's root, which may
+    only be plain files and directories).
     """
     if idmap is None:
         return
@@ -278,6 +280,10 @@ def check_ownership(manifest: Manifest, idmap: IdMap | None) -> None:
     gids = range(idmap.gid_host_base, idmap.gid_host_base + idmap.size)
     for line in manifest.lines:
         path, kind, _mode, uid, gid = json.loads(line)[:5]
+        if root is not None and path != root and not path.startswith(root + "/"):
+            if kind not in ("f", "d"):
+                raise BadRequest(f"received volume holds {path!r} of type {kind!r} outside its rootfs")
+            continue
         if kind in ("c", "b"):
             raise BadRequest(f"received volume holds a device node {path!r}: the container is unprivileged")
         if uid not in uids or gid not in gids:

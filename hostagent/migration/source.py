@@ -63,6 +63,8 @@ class SourceSession:
                     storage=agent.runtime.storage_name,
                     base_image=plan.base_image,
                     idmap=plan.idmap,
+                    layout=plan.layout,
+                    instance=plan.instance,
                     size=sum(sizes),
                     features=sorted(features),
                 )
@@ -86,13 +88,16 @@ class SourceSession:
                     if name == "btrfs":
                         from hostagent.transfer.btrfs import readonly_subvolume
 
-                        if not await agent.blocking(readonly_subvolume, path):
+                        path = volume.subvolume or volume.path
+                        if path.name != "rootfs" or not await agent.blocking(readonly_subvolume, path):
                             # a temporary read-only snapshot, named like every volume ("rootfs"): the
                             # target receives subvolumes under the name they were sent with
                             assert scratch is not None
                             path = scratch / str(index) / "rootfs"
                             path.parent.mkdir(mode=0o700)
-                            await agent.blocking(agent.storage.snapshot_volume, volume.path, path)
+                            await agent.blocking(
+                                agent.storage.snapshot_volume, volume.subvolume or volume.path, path
+                            )
                     await ch.send("volume", index=index, snapshot=volume.snapshot)
                     await self._send_volume(ch, method, index, path, previous, common)
                     previous = path

@@ -46,7 +46,7 @@ from hostagent.migration.protocol import (
     require,
 )
 from hostagent.operations import Operation
-from hostagent.runtimes.base import ImportStaging, validate_config
+from hostagent.runtimes.base import LAYOUT_ROOTFS, ImportStaging
 from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer.base import ReceiveContext, get_method, negotiate, probe_features
 from orchapi import certs, tlsconfig
@@ -338,6 +338,10 @@ class Header:
     idmap: dict[str, int] | None
     size: int
     features: frozenset[str]
+    #: what a btrfs stream of a volume holds (a bare rootfs, or LXD's volume)
+    layout: str
+    #: the source runtime's description of the instance (LXD's profiles, devices ...), or None
+    instance: dict[str, Any] | None
 
 
 def parse_header(msg: dict[str, Any]) -> Header:
@@ -362,7 +366,7 @@ def parse_header(msg: dict[str, Any]) -> Header:
         "architecture": c["architecture"],
         "init": init,
         "base_image": base_image,
-        "config": validate_config(c.get("config") or {}),
+        "config": _string_map(c.get("config") or {}),
     }
     snapshots = []
     for s in require(msg, "snapshots", list):
@@ -393,9 +397,33 @@ def parse_header(msg: dict[str, Any]) -> Header:
             raise BadRequest("migration header: invalid idmap")
         idmap = parsed.to_json()
     features = frozenset(f for f in msg.get("features") or [] if isinstance(f, str))
+    layout = msg.get("layout") or LAYOUT_ROOTFS
+    if not isinstance(layout, str):
+        raise BadRequest("migration header: invalid layout")
+    instance = msg.get("instance")
+    if instance is not None and not isinstance(instance, dict):
+        raise BadRequest("migration header: invalid instance description")
     return Header(
-        container, snapshots, volumes, methods, base_image, idmap, sum(v[1] for v in volumes), features
+        container,
+        snapshots,
+        volumes,
+        methods,
+        base_image,
+        idmap,
+        sum(v[1] for v in volumes),
+        features,
+        layout,
+        instance,
     )
+
+
+def _string_map(config: Any) -> dict[str, str]:
+    if not isinstance(config, dict) or len(config) > 4096:
+        raise BadRequest("migration header: the container config must be a mapping of strings")
+    for key, value in config.items():
+        if not isinstance(key, str) or not isinstance(value, str) or len(key) > 256 or len(value) > 1 << 20:
+            raise BadRequest(f"migration header: invalid container config entry {str(key)[:64]!r}")
+    return dict(config)
 
 
 async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -> dict[str, Any]:
@@ -457,8 +485,11 @@ class TargetSession:
     async def _run(self) -> dict[str, Any]:
         agent, ch = self.agent, self.ch
         header = parse_header(await ch.recv("header"))
+        config = await agent.blocking(agent.runtime.import_config, header.container, header.instance)
         existing = await agent.blocking(agent.runtime.import_check, self.name, self.spec.refresh)
-        method_name = negotiate(header.methods, agent.transfer_methods, refresh=existing is not None)
+        # btrfs streams carry whole volumes: only between runtimes that lay volumes out alike
+        usable = [m for m in agent.transfer_methods if m != "btrfs" or header.layout == agent.runtime.layout]
+        method_name = negotiate(header.methods, usable, refresh=existing is not None)
         method = get_method(method_name)
         have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
@@ -480,7 +511,12 @@ class TargetSession:
             await ch.send("accept", method=method_name, skip=skip, features=sorted(features))
             files = await self._receive_all(header, staging, method, method_name, skip, todo, features)
             self.stage("commit")
-            data = {**header.container, "snapshots": header.snapshots}
+            data = {
+                **header.container,
+                "config": config,
+                "snapshots": header.snapshots,
+                "instance": header.instance,
+            }
             record = await agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
             committed = True
             with contextlib.suppress(Exception):
@@ -530,6 +566,7 @@ class TargetSession:
         agent, ch = self.agent, self.ch
         existing = staging.existing
         existing_map = existing.get("idmap") if existing else None
+        lxd_layout = header.layout != LAYOUT_ROOTFS
         image = self.spec.base_image or header.base_image or None
         base: tuple[Path, dict[str, int] | None] | None = None  # the closest volume the target has
         files = 0
@@ -577,7 +614,7 @@ class TargetSession:
                 ours = await self._verify(index, what, received, method, final=True)
                 self.repaired.append(what)
             assert ours is not None
-            manifest.check_ownership(ours, idmap)
+            manifest.check_ownership(ours, idmap, "rootfs" if method_name == "btrfs" and lxd_layout else None)
             await agent.blocking(agent.runtime.import_place, staging, snapshot, received)
             await ch.send("verified", index=index)
             if snapshot is None:

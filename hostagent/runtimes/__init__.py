@@ -1,20 +1,42 @@
 """Runtime drivers: what runs containers on this host.
 
-``base.py`` defines the interface the API endpoints use; ``native.py`` is the default driver (a rootfs per
-container, started through runc). An LXD driver is planned beside it.
+``base.py`` defines the interface the API endpoints use; ``native.py`` runs containers itself (a rootfs
+per container, started through runc), ``lxd.py`` fronts a local LXD daemon. Each driver brings its
+storage driver and image store: the native one on the agent's data dir, LXD's in its storage pool.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from hostagent.runtimes.base import Runtime
 
+RUNTIMES = ("native", "lxd")
 
-def make_runtime(name: str, data_dir: Path, storage: StorageDriver, images: ImageStore) -> Runtime:  # noqa: F821
+
+@dataclass
+class RuntimeOptions:
+    """Settings only some runtimes use (``orch-agent --lxd-*``)."""
+
+    lxd_socket: str | None = None
+    lxd_dir: Path | None = None
+    lxd_pool: str | None = None
+
+
+def make_runtime(name: str, data_dir: Path, options: RuntimeOptions | None = None) -> Runtime:
     """Build the runtime driver called ``name`` for an agent whose data dir is ``data_dir``."""
+    options = options or RuntimeOptions()
     if name == "native":
+        from hostagent.images.store import ImageStore
         from hostagent.runtimes.native import NativeRuntime
+        from hostagent.storage import detect
 
-        return NativeRuntime(data_dir, storage, images)
-    raise ValueError(f"unknown runtime {name!r} (available: native)")
+        storage = detect(data_dir)
+        return NativeRuntime(data_dir, storage, ImageStore(data_dir / "images", storage))
+    if name == "lxd":
+        from hostagent.lxd.client import find_socket
+        from hostagent.runtimes.lxd import LxdRuntime
+
+        return LxdRuntime(data_dir, find_socket(options.lxd_socket), options.lxd_dir, options.lxd_pool)
+    raise ValueError(f"unknown runtime {name!r} (available: {', '.join(RUNTIMES)})")

@@ -10,13 +10,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from orchapi.errors import BadRequest
+
+if TYPE_CHECKING:
+    from hostagent.storage.base import StorageDriver
 
 RUNNING = "Running"
 STOPPED = "Stopped"
 
 #: LXD's numeric status codes, kept so API consumers used to LXD read them the same way
-STATUS_CODES = {RUNNING: 103, STOPPED: 102}
+STATUS_CODES = {RUNNING: 103, STOPPED: 102, "Frozen": 110, "Error": 112}
 
 #: container config keys the agent accepts (``user.*`` keys are free-form, as in LXD)
 KNOWN_CONFIG_KEYS = {
@@ -49,6 +54,8 @@ class ContainerRecord:
     config: dict[str, str] = field(default_factory=dict)
     snapshots: list[SnapshotRecord] = field(default_factory=list)
     pid: int = 0
+    #: further LXD-shaped fields the runtime knows (LXD: profiles, devices, description, ephemeral)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_api(self) -> dict[str, Any]:
         """The LXD-shaped JSON form (``GET /1.0/containers/<name>``)."""
@@ -63,6 +70,7 @@ class ContainerRecord:
             "snapshots": [s.name for s in self.snapshots],
             "ephemeral": False,
             "stateful": False,
+            **self.extra,
         }
 
 
@@ -77,8 +85,6 @@ class ExecResult:
 
 def validate_config(config: dict[str, Any]) -> dict[str, str]:
     """Check container config keys and values; returns the config with string values."""
-    from orchapi.errors import BadRequest
-
     if not isinstance(config, dict):
         raise BadRequest("container config must be a mapping of keys to strings")
     out: dict[str, str] = {}
@@ -102,6 +108,31 @@ def validate_config(config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+#: LXD keys a native container does without: image description and LXD's own bookkeeping
+_LXD_ONLY_PREFIXES = ("image.", "volatile.")
+
+
+def import_config_native(config: dict[str, Any]) -> dict[str, str]:
+    """A received config for a native container: LXD's bookkeeping dropped, its evacuate policy kept,
+    anything else native containers cannot honour refused (so nothing is silently lost)."""
+    if not isinstance(config, dict):
+        raise BadRequest("migration header: container config must be a mapping")
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if not isinstance(key, str) or key.startswith(_LXD_ONLY_PREFIXES):
+            continue
+        out["evacuate" if key == "cluster.evacuate" else key] = value
+    if out.get("evacuate") == "live-migrate":
+        out["evacuate"] = "migrate"
+    unsupported = sorted(k for k in out if k not in KNOWN_CONFIG_KEYS and not k.startswith("user."))
+    if unsupported:
+        raise BadRequest(
+            f"the native runtime cannot honour config key(s) {', '.join(unsupported)}",
+            "unset them on the source first, or move the container to an LXD host",
+        )
+    return validate_config(out)
+
+
 # ------------------------------------------------------------------------------------------ migration
 
 
@@ -111,6 +142,13 @@ class ExportVolume:
 
     snapshot: str | None
     path: Path
+    #: what ``btrfs send`` sends when it is not ``path`` itself (LXD: the volume holding ``rootfs/``)
+    subvolume: Path | None = None
+
+
+#: volume layouts: a bare root filesystem (native), or LXD's volume with ``rootfs/`` and metadata files
+LAYOUT_ROOTFS = "rootfs"
+LAYOUT_LXD = "lxd"
 
 
 @dataclass
@@ -128,6 +166,10 @@ class ExportPlan:
     #: the snapshots the target will record (none when copying from a snapshot, or instance only)
     snapshots: list[SnapshotRecord]
     volumes: list[ExportVolume]
+    #: what a btrfs stream of a volume holds (see LAYOUT_*)
+    layout: str = LAYOUT_ROOTFS
+    #: runtime-specific description of the instance (LXD: profiles, devices, snapshots' config ...)
+    instance: dict[str, Any] | None = None
 
 
 @dataclass
@@ -168,8 +210,6 @@ class MigrationHooks:
     """
 
     def _unsupported(self) -> Exception:
-        from orchapi.errors import BadRequest
-
         return BadRequest(f"runtime {getattr(self, 'name', '?')} does not support migrations")
 
     def export_plan(self, name: str, snapshot: str | None, instance_only: bool) -> ExportPlan:
@@ -182,6 +222,14 @@ class MigrationHooks:
 
     def export_scratch_remove(self, path: Path) -> None:
         raise self._unsupported()
+
+    def import_config(self, container: dict[str, Any], instance: dict[str, Any] | None) -> dict[str, str]:
+        """The config a received container gets here, checked before any byte moves.
+
+        ``container`` is the header's (``config``, ``architecture`` ...), ``instance`` the source
+        runtime's own description (None from native sources). Refuses what this runtime cannot honour.
+        """
+        return import_config_native(container.get("config") or {})
 
     def import_check(self, name: str, refresh: bool) -> dict[str, Any] | None:
         """Conflict unless the name is free (refresh: or names a stopped container, returned)."""
@@ -232,6 +280,16 @@ class Runtime(MigrationHooks, ABC):
 
     #: short name reported by ``GET /1.0``
     name: str = ""
+    #: what this runtime's volumes hold, hence what a btrfs stream must hold (see LAYOUT_*)
+    layout: str = LAYOUT_ROOTFS
+    #: where container volumes live (free space, clones, temporary snapshots for btrfs sends)
+    storage: StorageDriver
+    #: the images containers are created from (an :class:`ImageStore` or a store of the same shape)
+    images: Any
+
+    def validate_config(self, config: dict[str, Any]) -> dict[str, str]:
+        """Check user-given container config (API create/update); returns it with string values."""
+        return validate_config(config)
 
     @property
     @abstractmethod

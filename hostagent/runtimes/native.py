@@ -51,6 +51,7 @@ from hostagent.runtimes.base import (
 from hostagent.runtimes.idmap import IdMap, default_idmap, shift_into, shift_out_of
 from hostagent.runtimes.oci import make_spec
 from hostagent.runtimes.runc import Runc, reap_children, tail_lines
+from hostagent.runtimes.staging import place_received, prefill_volume, receive_dir
 from hostagent.storage.base import StorageDriver
 from orchapi.errors import BadRequest, Conflict, InternalError, NotFound, OrchError
 from orchapi.names import check_container_name, check_snapshot_name
@@ -766,56 +767,13 @@ class NativeRuntime(Runtime):
         image: str | None,
         idmap: dict[str, int] | None,
     ) -> Path:
-        dest = staging.volume(snapshot)
-        if dest.parent != staging.path:
-            dest.parent.mkdir(mode=0o711, exist_ok=True)
-        want = IdMap.from_json(idmap) if idmap else None
-        try:
-            if base is not None:
-                self.storage.clone_volume(base, dest)
-                have = IdMap.from_json(base_idmap) if base_idmap else None
-                if have != want:
-                    if have is not None:
-                        shift_out_of(dest, have)
-                    if want is not None:
-                        shift_into(dest, want)
-            elif image and self._has_image(image):
-                self.storage.clone_volume(self.images.rootfs(image), dest)
-                if want is not None:
-                    shift_into(dest, want)
-            else:
-                self.storage.create_volume(dest)
-        except BaseException:
-            self.storage.delete_volume(dest)
-            raise
-        return dest
-
-    def _has_image(self, fingerprint: str) -> bool:
-        try:
-            return self.images.get(fingerprint).fingerprint == fingerprint
-        except OrchError:
-            return False
+        return prefill_volume(self.storage, self.images, staging, snapshot, base, base_idmap, image, idmap)
 
     def import_receive_dir(self, staging: ImportStaging, snapshot: str | None) -> Path:
-        # a received subvolume keeps the name it was sent with ("rootfs") and, read-only, cannot be moved
-        # to another directory: snapshots are received right where they belong, the rootfs beside
-        if snapshot is None:
-            path = staging.path / "recv-rootfs"
-            path.mkdir(mode=0o700)
-        else:
-            path = staging.volume(snapshot).parent
-            path.mkdir(mode=0o711)
-        return path
+        return receive_dir(staging, snapshot)
 
     def import_place(self, staging: ImportStaging, snapshot: str | None, received: Path) -> None:
-        dest = staging.volume(snapshot)
-        if received == dest:
-            if snapshot is not None:
-                self.storage.seal_volume(dest)
-            return
-        if snapshot is not None:
-            raise InternalError(f"received snapshot {snapshot} is named {received.name!r}, not {ROOTFS!r}")
-        self.storage.clone_volume(received, dest)  # the rootfs must be writable: a snapshot of it
+        place_received(self.storage, staging, snapshot, received)
 
     def import_commit(
         self, staging: ImportStaging, data: dict[str, Any], source_idmap: dict[str, int] | None

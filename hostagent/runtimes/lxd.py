@@ -1,0 +1,637 @@
+"""The LXD runtime driver: the agent fronts a real LXD daemon through its REST API on the unix socket.
+
+Containers, snapshots, config, start/stop and exec are LXD's own (``orch list`` and ``lxc list`` show
+the same thing). Migrations use orch's transfer engine on LXD's storage directly:
+
+- as a source, the volumes sent are the instance's ``rootfs`` directories in the pool (rsync, tar) or,
+  between btrfs pools, the instance's subvolumes (``btrfs send -p`` from snapshot to snapshot);
+- as a target, the volumes are filled in a staging dir inside the pool (pre-filled from the base image
+  or the previous snapshot, then the delta), laid out exactly as LXD lays out a container
+  (``containers/<name>/rootfs`` + ``metadata.yaml`` + ``backup.yaml``, ``containers-snapshots/<name>/
+  <snap>/``), moved into the pool in one rename per directory and adopted by LXD's recovery API, which
+  creates the instance and its snapshots (with their creation dates) from ``backup.yaml``.
+
+Owners are kept numeric as on disk; the map they are in travels with them and is recorded as
+``volatile.last_state.idmap``, so LXD re-shifts on the next start if its own map differs.
+
+Only the ``default`` project and ``dir``/``btrfs`` pools are supported by the orch transfer; other pools
+can still move with the ``lxd-migration`` method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hostagent.images.lxd import LxdImageStore
+from hostagent.images.store import ImageStore
+from hostagent.lxd import exec as lxd_exec
+from hostagent.lxd import idmap as lxd_idmap
+from hostagent.lxd import recover
+from hostagent.lxd.client import LxdClient, path_of
+from hostagent.runtimes.base import (
+    LAYOUT_LXD,
+    RUNNING,
+    STATUS_CODES,
+    STOPPED,
+    ContainerRecord,
+    ExecResult,
+    ExportPlan,
+    ExportVolume,
+    ImportStaging,
+    Runtime,
+    SnapshotRecord,
+)
+from hostagent.runtimes.idmap import IdMap
+from hostagent.runtimes.staging import prefill_volume
+from hostagent.storage.base import StorageDriver
+from hostagent.storage.btrfs import BtrfsDriver, is_subvolume
+from hostagent.storage.dir import DirDriver, run_tool
+from orchapi.errors import BadRequest, Conflict, InternalError, NotFound, OrchError
+
+log = logging.getLogger(__name__)
+
+ROOTFS = "rootfs"
+CONTAINERS = "containers"
+SNAPSHOTS = "containers-snapshots"
+#: the agent's own corner of the pool (same filesystem, so staged volumes move in by rename)
+WORK_DIR = ".orch-agent"
+#: keys of a received LXD instance kept as they are; devices are checked against the target's pool
+_INSTANCE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful", "description")
+
+
+class LxdStaging(ImportStaging):
+    """A container being received, already in LXD's layout inside the staging dir."""
+
+    def volume(self, snapshot: str | None) -> Path:
+        return self.volume_dir(snapshot) / ROOTFS
+
+    def volume_dir(self, snapshot: str | None) -> Path:
+        if snapshot is None:
+            return self.path / CONTAINERS / self.name
+        return self.path / SNAPSHOTS / self.name / snapshot
+
+    def existing_volume(self, snapshot: str | None) -> Path:
+        assert self.existing_dir is not None  # the pool dir
+        if snapshot is None:
+            return self.existing_dir / CONTAINERS / self.name / ROOTFS
+        return self.existing_dir / SNAPSHOTS / self.name / snapshot / ROOTFS
+
+
+class LxdRuntime(Runtime):
+    """Containers of one LXD daemon, in one storage pool."""
+
+    name = "lxd"
+    layout = LAYOUT_LXD
+
+    def __init__(
+        self, data_dir: Path, socket_path: str, lxd_dir: Path | None = None, pool: str | None = None
+    ):
+        self.data_dir = Path(data_dir)
+        self.client = LxdClient(socket_path)
+        self.lxd_dir = Path(lxd_dir) if lxd_dir else Path(socket_path).parent
+        server = self.client.server()
+        if server.get("auth") != "trusted":
+            raise InternalError(f"LXD at {socket_path} does not trust this agent")
+        self.pool_name = pool or self._default_pool()
+        self.pool = self.client.get(path_of("storage-pools", self.pool_name))
+        driver = self.pool.get("driver")
+        if driver not in ("dir", "btrfs"):
+            raise InternalError(
+                f"LXD pool {self.pool_name} uses {driver}; orch's LXD driver supports dir and btrfs pools",
+                "give another pool with --lxd-pool",
+            )
+        self.pool_dir = self.lxd_dir / "storage-pools" / self.pool_name
+        if not (self.pool_dir / CONTAINERS).is_dir():
+            raise InternalError(f"LXD pool {self.pool_name} is not at {self.pool_dir}", "give --lxd-dir")
+        self.storage: StorageDriver = (
+            BtrfsDriver(self.pool_dir) if driver == "btrfs" else DirDriver(self.pool_dir)
+        )
+        #: rootfs trees are plain directories inside LXD's volumes, on either pool type
+        self.trees = DirDriver(self.pool_dir)
+        self.work = self.pool_dir / WORK_DIR
+        self.work.mkdir(mode=0o711, exist_ok=True)
+        for sub in ("staging", "exporting"):
+            (self.work / sub).mkdir(mode=0o711, exist_ok=True)
+        self.images = LxdImageStore(self.client, ImageStore(self.work / "images", self.storage))
+        #: LXD's recovery adopts every unknown volume of the pool: one adoption at a time
+        self._adopt = threading.Lock()
+
+    def _default_pool(self) -> str:
+        profile = self.client.get(path_of("profiles", "default"))
+        for device in (profile.get("devices") or {}).values():
+            if device.get("type") == "disk" and device.get("path") == "/" and device.get("pool"):
+                return str(device["pool"])
+        raise InternalError("LXD's default profile has no root disk", "give the pool with --lxd-pool")
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def storage_name(self) -> str:
+        return str(self.pool.get("driver"))
+
+    @property
+    def transfer_methods(self) -> tuple[str, ...]:
+        base = ("btrfs", "rsync", "tar") if self.storage_name == "btrfs" else ("rsync", "tar")
+        return (*base, "lxd-migration")
+
+    def validate_config(self, config: dict[str, Any]) -> dict[str, str]:
+        """LXD validates its own keys; orch's ``evacuate`` is LXD's ``cluster.evacuate``."""
+        if not isinstance(config, dict):
+            raise BadRequest("container config must be a mapping of keys to strings")
+        out: dict[str, str] = {}
+        for key, value in config.items():
+            if not isinstance(key, str) or not isinstance(value, (str, int, bool)):
+                raise BadRequest(f"invalid config entry {key!r}: keys and values must be strings")
+            value = str(value).lower() if isinstance(value, bool) else str(value)
+            out["cluster.evacuate" if key == "evacuate" else key] = value
+        return out
+
+    # ----------------------------------------------------------------- records
+
+    def _instance(self, name: str, recursion: int = 1) -> dict[str, Any]:
+        try:
+            inst = self.client.get(path_of("instances", name) + f"?recursion={recursion}")
+        except NotFound:
+            raise NotFound(f"container {name} not found") from None
+        if inst.get("type") != "container":
+            raise NotFound(f"container {name} not found", f"{name} is a virtual machine")
+        return inst
+
+    def _snapshots(self, name: str) -> list[dict[str, Any]]:
+        snaps = self.client.get(path_of("instances", name, "snapshots") + "?recursion=1") or []
+        for s in snaps:
+            s["name"] = s["name"].rsplit("/", 1)[-1]
+        return sorted(snaps, key=lambda s: s.get("created_at", ""))
+
+    @staticmethod
+    def _record(inst: dict[str, Any], snaps: list[dict[str, Any]] | None = None) -> ContainerRecord:
+        config = dict(inst.get("config") or {})
+        base_image = config.pop("volatile.base_image", "")
+        if snaps is None:
+            snaps = [
+                {"name": s["name"].rsplit("/", 1)[-1], "created_at": s.get("created_at", "")}
+                for s in inst.get("snapshots") or []
+            ]
+        state = inst.get("state") or {}
+        status = inst.get("status") or STOPPED
+        return ContainerRecord(
+            name=inst["name"],
+            status=status,
+            created_at=inst.get("created_at", ""),
+            base_image=base_image,
+            architecture=inst.get("architecture", ""),
+            config=config,
+            snapshots=[SnapshotRecord(s["name"], s.get("created_at", "")) for s in snaps],
+            pid=int(state.get("pid") or 0),
+            extra={k: inst[k] for k in ("profiles", "devices", "description", "ephemeral") if k in inst},
+        )
+
+    def list(self) -> list[ContainerRecord]:
+        instances = self.client.get("/1.0/instances?recursion=2") or []
+        records = [self._record(i) for i in instances if i.get("type") == "container"]
+        return sorted(records, key=lambda r: r.name)
+
+    def get(self, name: str) -> ContainerRecord:
+        return self._record(self._instance(name, 2))
+
+    def state(self, name: str) -> dict[str, Any]:
+        self._instance(name)
+        st = dict(self.client.get(path_of("instances", name, "state")) or {})
+        st.setdefault("status_code", STATUS_CODES.get(st.get("status", ""), 0))
+        return st
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def create(self, name: str, image_fingerprint: str, config: dict[str, str]) -> ContainerRecord:
+        fingerprint = self.images.get(image_fingerprint).fingerprint
+        body = {
+            "name": name,
+            "type": "container",
+            "source": {"type": "image", "fingerprint": fingerprint},
+            "config": config,
+        }
+        try:
+            self.client.call("POST", "/1.0/instances", body, timeout=600)
+        except Conflict as exc:
+            raise Conflict(f"container {name} already exists") if "exists" in str(exc) else exc from None
+        return self.get(name)
+
+    def delete(self, name: str) -> None:
+        if self._instance(name).get("status") == RUNNING:
+            raise Conflict(f"container {name} is running; stop it first or use --force")
+        self.client.call("DELETE", path_of("instances", name), timeout=600)
+
+    def start(self, name: str) -> None:
+        if self._instance(name).get("status") == RUNNING:
+            raise Conflict(f"container {name} is already running")
+        self.client.call("PUT", path_of("instances", name, "state"), {"action": "start"}, timeout=120)
+
+    def stop(self, name: str, force: bool = False, timeout: float = 30.0) -> None:
+        if self._instance(name).get("status") != RUNNING:
+            raise Conflict(f"container {name} is not running")
+        url = path_of("instances", name, "state")
+        if not force:
+            try:
+                self.client.call(
+                    "PUT", url, {"action": "stop", "timeout": int(timeout)}, timeout=timeout + 60
+                )
+                return
+            except OrchError as exc:
+                log.info("clean stop of %s failed (%s); killing it", name, exc)
+        self.client.call("PUT", url, {"action": "stop", "force": True}, timeout=120)
+
+    def exec(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdin: bytes | None,
+        timeout: float | None,
+    ) -> ExecResult:
+        return lxd_exec.run(self.client, name, command, env, cwd, stdin, timeout)
+
+    def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
+        inst = self._instance(name)
+        current = inst.get("config") or {}
+        new = {k: v for k, v in config.items() if not k.startswith("volatile.")}
+        new.update({k: v for k, v in current.items() if k.startswith("volatile.")})
+        body = {k: inst[k] for k in _INSTANCE_KEYS if k in inst}
+        body["config"] = new
+        self.client.call("PUT", path_of("instances", name), body)
+        return self.get(name)
+
+    def snapshot_create(self, name: str, snapshot: str) -> SnapshotRecord:
+        self._instance(name)
+        if any(s["name"] == snapshot for s in self._snapshots(name)):
+            raise Conflict(f"snapshot {name}/{snapshot} already exists")
+        self.client.call("POST", path_of("instances", name, "snapshots"), {"name": snapshot}, timeout=600)
+        snap = self.client.get(path_of("instances", name, "snapshots", snapshot))
+        return SnapshotRecord(snapshot, snap.get("created_at", ""))
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        self._instance(name)
+        try:
+            self.client.call("DELETE", path_of("instances", name, "snapshots", snapshot), timeout=600)
+        except NotFound:
+            raise NotFound(f"snapshot {name}/{snapshot} not found") from None
+
+    def snapshot_restore(self, name: str, snapshot: str) -> None:
+        inst = self._instance(name)
+        if not any(s["name"] == snapshot for s in self._snapshots(name)):
+            raise NotFound(f"snapshot {name}/{snapshot} not found")
+        body = {k: inst[k] for k in _INSTANCE_KEYS if k in inst}
+        body["restore"] = snapshot
+        self.client.call("PUT", path_of("instances", name), body, timeout=600)
+
+    def rename(self, name: str, new_name: str) -> ContainerRecord:
+        if self._instance(name).get("status") == RUNNING:
+            raise Conflict(f"container {name} is running; stop it first")
+        self.client.call("POST", path_of("instances", name), {"name": new_name}, timeout=600)
+        return self.get(new_name)
+
+    def recover(self) -> None:
+        """Staging and export dirs left by a crash are removed (LXD never saw them)."""
+        for sub in ("staging", "exporting"):
+            for entry in (self.work / sub).iterdir():
+                self._remove(entry)
+
+    # ----------------------------------------------------------------- migration: source
+
+    def _volume_dir(self, name: str, snapshot: str | None) -> Path:
+        if snapshot is None:
+            return self.pool_dir / CONTAINERS / name
+        return self.pool_dir / SNAPSHOTS / name / snapshot
+
+    def export_plan(self, name: str, snapshot: str | None, instance_only: bool) -> ExportPlan:
+        inst = self._instance(name)
+        if inst.get("project", "default") != "default":
+            raise BadRequest(f"container {name} is in project {inst['project']}; orch moves the default only")
+        root = (inst.get("expanded_devices") or {}).get("root") or {}
+        if root.get("pool") != self.pool_name:
+            raise BadRequest(
+                f"container {name} is on LXD pool {root.get('pool')!r}, this agent serves {self.pool_name!r}",
+                "move it with --method lxd-migration",
+            )
+        snaps = self._snapshots(name)
+        config = dict(inst.get("config") or {})
+        if snapshot is not None:
+            if not any(s["name"] == snapshot for s in snaps):
+                raise NotFound(f"snapshot {name}/{snapshot} not found")
+            records: list[dict[str, Any]] = []
+            volumes = [self._export_volume(None, self._volume_dir(name, snapshot))]
+        else:
+            if inst.get("status") == RUNNING:
+                raise Conflict(f"container {name} is running; stop it first (or move with --stateless)")
+            records = [] if instance_only else snaps
+            volumes = [self._export_volume(s["name"], self._volume_dir(name, s["name"])) for s in records]
+            volumes.append(self._export_volume(None, self._volume_dir(name, None)))
+        privileged = config.get("security.privileged", "").lower() in ("true", "1")
+        idmap = None if privileged else lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
+        instance = {k: inst[k] for k in _INSTANCE_KEYS if k in inst}
+        instance["snapshots"] = [
+            {k: s[k] for k in (*_INSTANCE_KEYS, "name", "created_at", "expires_at") if k in s}
+            for s in records
+        ]
+        metadata = self._volume_dir(name, None) / "metadata.yaml"
+        with suppress(OSError):
+            instance["metadata_yaml"] = metadata.read_text()[:65536]
+        return ExportPlan(
+            name=name,
+            created_at=inst.get("created_at", ""),
+            base_image=config.get("volatile.base_image", ""),
+            architecture=inst.get("architecture", ""),
+            config=config,
+            init="/sbin/init",
+            idmap=idmap.to_json() if idmap else None,
+            snapshots=[SnapshotRecord(s["name"], s.get("created_at", "")) for s in records],
+            volumes=volumes,
+            layout=LAYOUT_LXD,
+            instance=instance,
+        )
+
+    @staticmethod
+    def _export_volume(snapshot: str | None, vdir: Path) -> ExportVolume:
+        return ExportVolume(snapshot, vdir / ROOTFS, subvolume=vdir)
+
+    def export_scratch(self, name: str) -> Path:
+        path = self.work / "exporting" / f"{name}-{secrets.token_hex(4)}"
+        path.mkdir(mode=0o700)
+        return path
+
+    def export_scratch_remove(self, path: Path) -> None:
+        if Path(path).parent == self.work / "exporting":
+            self._remove(Path(path))
+
+    # ----------------------------------------------------------------- migration: target
+
+    def import_config(self, container: dict[str, Any], instance: dict[str, Any] | None) -> dict[str, str]:
+        """LXD keeps the whole config (it validates it at adoption); profiles must exist here."""
+        config = self.validate_config(container.get("config") or {})
+        for profile in (instance or {}).get("profiles") or ["default"]:
+            if not isinstance(profile, str):
+                raise BadRequest("migration header: invalid profile name")
+            try:
+                self.client.get(path_of("profiles", profile))
+            except NotFound:
+                raise BadRequest(
+                    f"profile {profile!r} of the container does not exist on the target LXD",
+                    "create it there first (lxc profile copy)",
+                ) from None
+        return config
+
+    def import_check(self, name: str, refresh: bool) -> dict[str, Any] | None:
+        try:
+            inst = self._instance(name)
+        except NotFound:
+            if os.path.lexists(self._volume_dir(name, None)):
+                raise Conflict(f"LXD pool {self.pool_name} holds a volume named {name}") from None
+            return None
+        if not refresh:
+            raise Conflict(f"container {name} already exists")
+        if inst.get("status") == RUNNING:
+            raise Conflict(f"container {name} is running; stop it first to refresh it")
+        config = inst.get("config") or {}
+        privileged = config.get("security.privileged", "").lower() in ("true", "1")
+        idmap = None if privileged else lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
+        return {
+            "name": name,
+            "snapshots": [{"name": s["name"]} for s in self._snapshots(name)],
+            "idmap": idmap.to_json() if idmap else None,
+        }
+
+    def import_begin(self, name: str, refresh: bool) -> ImportStaging:
+        existing = self.import_check(name, refresh)
+        tmp = self.work / "staging" / f"{name}-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o711)
+        (tmp / CONTAINERS).mkdir(mode=0o711)
+        (tmp / SNAPSHOTS / name).mkdir(mode=0o711, parents=True)
+        return LxdStaging(name, tmp, existing, self.pool_dir if existing is not None else None)
+
+    def _make_volume_dir(self, path: Path) -> None:
+        """An LXD volume: a subvolume on btrfs pools, a directory on dir pools."""
+        if os.path.lexists(path):
+            return
+        if self.storage_name == "btrfs":
+            run_tool(["btrfs", "subvolume", "create", "--", str(path)], f"creating volume {path}")
+        else:
+            path.mkdir(mode=0o711)
+
+    def import_prefill(
+        self,
+        staging: ImportStaging,
+        snapshot: str | None,
+        base: Path | None,
+        base_idmap: dict[str, int] | None,
+        image: str | None,
+        idmap: dict[str, int] | None,
+    ) -> Path:
+        assert isinstance(staging, LxdStaging)
+        self._make_volume_dir(staging.volume_dir(snapshot))
+        return prefill_volume(self.trees, self.images, staging, snapshot, base, base_idmap, image, idmap)
+
+    def import_receive_dir(self, staging: ImportStaging, snapshot: str | None) -> Path:
+        path = staging.path / f"recv-{secrets.token_hex(4)}"
+        path.mkdir(mode=0o700)
+        return path
+
+    def import_place(self, staging: ImportStaging, snapshot: str | None, received: Path) -> None:
+        assert isinstance(staging, LxdStaging)
+        if received == staging.volume(snapshot):
+            return  # rsync/tar filled the volume in place
+        # btrfs: ``received`` is a read-only copy of the source's LXD volume; a snapshot of it takes its
+        # place (read-only for snapshots, writable for the container)
+        vdir = staging.volume_dir(snapshot)
+        argv = ["btrfs", "subvolume", "snapshot"]
+        if snapshot is not None:
+            argv.append("-r")
+        run_tool([*argv, "--", str(received), str(vdir)], f"placing volume {vdir.name}")
+
+    def import_commit(
+        self, staging: ImportStaging, data: dict[str, Any], source_idmap: dict[str, int] | None
+    ) -> ContainerRecord:
+        assert isinstance(staging, LxdStaging)
+        name = staging.name
+        instance = dict(data.get("instance") or {})
+        config = dict(data.get("config") or {})
+        for key in ("volatile.idmap.current", "volatile.idmap.next", "volatile.last_state.power"):
+            config.pop(key, None)
+        config["volatile.last_state.idmap"] = lxd_idmap.dump(
+            IdMap.from_json(source_idmap) if source_idmap else None
+        )
+        if data.get("base_image"):
+            config["volatile.base_image"] = data["base_image"]
+        snapshots = self._snapshot_docs(staging, data, instance, config)
+        inst = {
+            "name": name,
+            "architecture": data.get("architecture") or "x86_64",
+            "config": config,
+            "devices": self._devices(instance.get("devices") or {}),
+            "ephemeral": bool(instance.get("ephemeral", False)),
+            "profiles": list(instance.get("profiles") or ["default"]),
+            "stateful": False,
+            "description": str(instance.get("description") or ""),
+            "created_at": data.get("created_at") or _now(),
+        }
+        profiles = [self.client.get(path_of("profiles", p)) for p in inst["profiles"]]
+        vdir = staging.volume_dir(None)
+        if not (vdir / ROOTFS).is_dir():
+            raise InternalError(f"the received container {name} has no rootfs")
+        self._write_metadata(vdir, instance, inst)
+        recover.write_backup(vdir, inst, snapshots, self.pool, profiles)
+        for path in (staging.path / SNAPSHOTS / name).iterdir():
+            os.chmod(path, 0o700)
+        os.chmod(vdir, 0o100)
+        for leftover in staging.path.glob("recv-*"):
+            self._remove(leftover)
+        with self._adopt:
+            if staging.existing is None:
+                self._adopt_new(staging)
+            else:
+                self._adopt_refresh(staging)
+        return self.get(name)
+
+    def _snapshot_docs(
+        self, staging: LxdStaging, data: dict[str, Any], instance: dict[str, Any], config: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """The snapshots LXD records, oldest first: the source's LXD description where it sent one."""
+        described = {s.get("name"): s for s in instance.get("snapshots") or [] if isinstance(s, dict)}
+        out = []
+        for snap in data.get("snapshots") or []:
+            doc = dict(described.get(snap["name"]) or {})
+            doc["config"] = {
+                **config,
+                **{k: v for k, v in (doc.get("config") or {}).items() if "idmap" not in k},
+            }
+            doc["devices"] = self._devices(doc.get("devices") or instance.get("devices") or {})
+            doc.update(name=snap["name"], created_at=snap["created_at"])
+            doc.setdefault("architecture", data.get("architecture") or "x86_64")
+            doc.setdefault("profiles", list(instance.get("profiles") or ["default"]))
+            out.append(doc)
+        return out
+
+    def _devices(self, devices: dict[str, Any]) -> dict[str, Any]:
+        """The instance's own devices, its root disk (if it has one of its own) pointed at our pool."""
+        out = {k: dict(v) for k, v in devices.items() if isinstance(v, dict)}
+        root = out.get("root")
+        if root and root.get("type") == "disk" and root.get("path") == "/":
+            root["pool"] = self.pool_name
+        elif self._profile_root_pool() != self.pool_name:
+            out["root"] = {"type": "disk", "path": "/", "pool": self.pool_name}
+        return out
+
+    def _profile_root_pool(self) -> str | None:
+        try:
+            return self._default_pool()
+        except OrchError:
+            return None
+
+    @staticmethod
+    def _write_metadata(vdir: Path, instance: dict[str, Any], inst: dict[str, Any]) -> None:
+        path = vdir / "metadata.yaml"
+        if path.exists():
+            return
+        text = instance.get("metadata_yaml")
+        if not isinstance(text, str) or not text:
+            text = json.dumps(
+                {"architecture": inst["architecture"], "creation_date": int(datetime.now(UTC).timestamp())}
+            )
+        path.write_text(text)
+
+    def _adopt_new(self, staging: LxdStaging) -> None:
+        name = staging.name
+        moves = [
+            (staging.volume_dir(None), self._volume_dir(name, None)),
+            (staging.path / SNAPSHOTS / name, self.pool_dir / SNAPSHOTS / name),
+        ]
+        if os.path.lexists(moves[0][1]) or os.path.lexists(moves[1][1]):
+            raise Conflict(f"container {name} already exists (its volume is in LXD pool {self.pool_name})")
+        done: list[tuple[Path, Path]] = []
+        try:
+            for src, dst in moves:
+                os.rename(src, dst)
+                done.append((src, dst))
+            recover.register(self.client, self.pool, name)
+        except BaseException:
+            for src, dst in reversed(done):  # back into staging, which the abort removes
+                with suppress(OSError):
+                    os.rename(dst, src)
+            raise
+
+    def _adopt_refresh(self, staging: LxdStaging) -> None:
+        """Swap the refreshed container in: the old one is renamed aside, the new one adopted, then the
+        old one deleted. Snapshots the target already had move from the old container to the new."""
+        name = staging.name
+        aside = f"{name[:40]}-orch-old-{secrets.token_hex(3)}"
+        self.client.call("POST", path_of("instances", name), {"name": aside}, timeout=600)
+        kept: list[tuple[Path, Path]] = []
+        try:
+            wanted = {p.name for p in (staging.path / SNAPSHOTS / name).iterdir()}
+            backup = json.loads((staging.volume_dir(None) / "backup.yaml").read_text())
+            for snap in backup["snapshots"]:
+                if snap["name"] in wanted:
+                    continue
+                src = self.pool_dir / SNAPSHOTS / aside / snap["name"]
+                dst = staging.path / SNAPSHOTS / name / snap["name"]
+                os.rename(src, dst)
+                kept.append((src, dst))
+            self._adopt_new(staging)
+        except BaseException:
+            for src, dst in reversed(kept):
+                with suppress(OSError):
+                    os.rename(dst, src)
+            with suppress(OrchError):
+                self.client.call("POST", path_of("instances", aside), {"name": name}, timeout=600)
+            raise
+        try:
+            # the moved-out snapshot dirs are missing from the old container: its delete must not mind
+            for src, _dst in kept:
+                self._make_volume_dir(src)
+            self.client.call("DELETE", path_of("instances", aside), timeout=600)
+        except OrchError as exc:
+            log.warning("refresh of %s: the previous copy %s could not be deleted: %s", name, aside, exc)
+
+    def import_abort(self, staging: ImportStaging) -> None:
+        if staging.path.parent == self.work / "staging":
+            self._remove(staging.path)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _remove(self, path: Path) -> None:
+        """Remove a tree that may hold (read-only) btrfs subvolumes."""
+        if not os.path.lexists(path):
+            return
+        if self.storage_name == "btrfs":
+            for sub in sorted(_subvolumes(path), key=lambda p: len(p.parts), reverse=True):
+                subprocess.run(
+                    ["btrfs", "property", "set", "-ts", str(sub), "ro", "false"], capture_output=True
+                )
+                subprocess.run(["btrfs", "subvolume", "delete", str(sub)], capture_output=True)
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
+            if os.path.lexists(path):
+                run_tool(["rm", "-rf", "--one-file-system", "--", str(path)], f"removing {path}")
+
+
+def _subvolumes(path: Path) -> list[Path]:
+    found = [path] if is_subvolume(path) else []
+    for root, dirs, _files in os.walk(path):
+        for d in dirs:
+            p = Path(root, d)
+            if os.lstat(p).st_ino == 256:
+                found.append(p)
+    return found
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
