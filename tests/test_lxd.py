@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.lxd import BTRFS_POOL, LxdLab
+from bench.lxd import LxdLab
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("lxd"), reason="lxd is not installed (scripts/test installs it)"
