@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.lxd import LxdLab
+from bench.lxd import BTRFS_POOL, LxdLab
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("lxd"), reason="lxd is not installed (scripts/test installs it)"
@@ -138,3 +139,135 @@ def test_move_between_lxd_hosts_with_snapshots(lxd_cluster, orch_env):
     check_snapshot_content(lab, "b", "c1")
     info = lab.lxc("info", "b:c1")
     assert "s1" in info and "s2" in info
+
+
+def last_job(orch) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(orch.run("jobs", "--format", "json").stdout)[0]
+
+
+def test_copy_prefills_from_the_image_and_refresh_sends_the_change(lxd_cluster, orch_env):
+    lab = lxd_cluster
+    lab.lxc("launch", "a:bb", "a:c1", "-q")
+    in_container(lab, "a", "c1", "dd if=/dev/urandom of=/root/blob bs=1024 count=1024 2>/dev/null")
+    lab.lxc("snapshot", "a:c1", "s1")
+    lab.lxc("stop", "a:c1")
+    fingerprint = instance(lab, "a", "c1")["config"]["volatile.base_image"]
+    orch_env.run("copy", "la:c1", "lb:")
+    first = last_job(orch_env)
+    assert first["method"] == "rsync" and first["status"] == "succeeded"
+    # the blob twice (snapshot and rootfs) at most, not the busybox image under it
+    assert 1 << 20 <= first["bytes_done"] < (2 << 20) + (512 << 10), first["bytes_done"]
+    assert fingerprint in lab.lxc("image", "list", "b:", "--format", "csv", "-c", "F")  # pulled into LXD b
+    same = "md5sum /root/blob | cut -d' ' -f1"
+    lab.lxc("start", "a:c1")
+    in_container(lab, "a", "c1", "echo changed > /root/new")
+    lab.lxc("stop", "a:c1")
+    orch_env.run("copy", "la:c1", "lb:", "--refresh")
+    second = last_job(orch_env)
+    assert second["bytes_done"] < 256 << 10, second["bytes_done"]
+    assert snapshot_names(lab, "b", "c1") == ["s1"]
+    lab.lxc("start", "a:c1")
+    lab.lxc("start", "b:c1")
+    assert in_container(lab, "b", "c1", "cat /root/new") == "changed\n"
+    assert in_container(lab, "b", "c1", same) == in_container(lab, "a", "c1", same)
+    assert [i["name"] for i in lxc_json(lab, "list", "b:")] == ["c1"]  # the refreshed copy replaced it
+
+
+def test_stateless_move_of_a_running_lxd_container(lxd_cluster, orch_env):
+    lab = lxd_cluster
+    lab.lxc("launch", "a:bb", "a:c1", "-q")
+    in_container(lab, "a", "c1", "echo alive > /root/state")
+    err = orch_env.fails("move", "la:c1", "lb:")
+    assert "is running" in err and "--stateless" in err
+    orch_env.run("move", "la:c1", "lb:", "--stateless")
+    assert lxc_json(lab, "list", "a:") == []
+    assert instance(lab, "b", "c1")["status"] == "Running"
+    assert in_container(lab, "b", "c1", "cat /root/state") == "alive\n"
+
+
+def test_moves_between_native_and_lxd_hosts_both_ways(lxd_cluster, make_agent, orch_env, busybox_image):
+    lab = lxd_cluster
+    foo = make_agent("foo")
+    orch_env.add_remote("foo", foo)
+    orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    orch_env.run("launch", "foo:bb", "foo:c1")
+    orch_env.run("exec", "foo:c1", "--", "sh", "-c", "echo native > /root/origin")
+    orch_env.run("snapshot", "foo:c1", "s1")
+    orch_env.run("exec", "foo:c1", "--", "sh", "-c", "echo later > /root/later")
+    orch_env.run("stop", "foo:c1")
+    orch_env.run("move", "foo:c1", "lb:")
+    assert not (foo.data_dir / "containers" / "c1").exists()
+    assert snapshot_names(lab, "b", "c1") == ["s1"]
+    lab.lxc("start", "b:c1")  # LXD re-shifts the native id map into its own on this first start
+    assert in_container(lab, "b", "c1", "cat /root/origin /root/later") == "native\nlater\n"
+    assert in_container(lab, "b", "c1", "stat -c %u:%g /root/origin") == "0:0\n"
+    in_container(lab, "b", "c1", "echo lxd > /root/back")
+    lab.lxc("stop", "b:c1")
+    orch_env.run("move", "lb:c1", "foo:")
+    assert lxc_json(lab, "list", "b:") == []
+    shown = json.loads(orch_env.run("list", "foo:", "--format", "json").stdout)
+    assert [(c["name"], c["snapshots"]) for c in shown] == [("c1", ["s1"])]
+    orch_env.run("start", "foo:c1")
+    assert orch_env.run("exec", "foo:c1", "--", "cat", "/root/back").stdout == "lxd\n"
+    assert orch_env.run("exec", "foo:c1", "--", "stat", "-c", "%u:%g", "/root/back").stdout == "0:0\n"
+
+
+def test_lxd_migration_method_on_request(lxd_cluster, orch_env):
+    lab = lxd_cluster
+    make_with_snapshots(lab)
+    orch_env.run("move", "la:c1", "lb:", "--method", "lxd-migration")
+    record = last_job(orch_env)
+    assert record["method"] == "lxd-migration" and record["status"] == "succeeded"
+    assert lxc_json(lab, "list", "a:") == []
+    assert snapshot_names(lab, "b", "c1") == ["s1", "s2"]
+    lab.lxc("start", "b:c1")
+    assert in_container(lab, "b", "c1", "ls /root") == "b\nc\n"
+    check_snapshot_content(lab, "b", "c1")
+
+
+def test_a_profile_missing_on_the_target_is_refused_before_anything_moves(lxd_cluster, orch_env):
+    lab = lxd_cluster
+    lab.lxc("profile", "create", "a:extra")
+    try:
+        lab.lxc("init", "a:bb", "a:c1", "-p", "default", "-p", "extra", "-q")
+        err = orch_env.fails("move", "la:c1", "lb:")
+        assert "profile 'extra'" in err and "does not exist on the target" in err
+        assert [i["name"] for i in lxc_json(lab, "list", "a:")] == ["c1"]
+        assert lxc_json(lab, "list", "b:") == []
+        assert not list(
+            (lab.daemons["b"].dir / "storage-pools" / "dir" / ".orch-agent" / "staging").iterdir()
+        )
+    finally:
+        lab.lxc("delete", "--force", "a:c1")
+        lab.lxc("profile", "delete", "a:extra")
+
+
+@pytest.fixture
+def btrfs_cluster(clean_lab: LxdLab, make_agent, orch_env, start_worker):  # type: ignore[no-untyped-def]
+    """Agents on the daemons' btrfs pools."""
+    orch_env.add_remote("la", lxd_agent(make_agent, clean_lab, "a", "la", BTRFS_POOL))
+    orch_env.add_remote("lb", lxd_agent(make_agent, clean_lab, "b", "lb", BTRFS_POOL))
+    start_worker("w1")
+    return clean_lab
+
+
+def test_move_between_btrfs_pools_sends_subvolumes(btrfs_cluster, orch_env):
+    lab = btrfs_cluster
+    orch_env.run("launch", "la:bb", "la:c1")  # on the agent's pool, not the default profile's
+    assert instance(lab, "a", "c1")["expanded_devices"]["root"]["pool"] == BTRFS_POOL
+    orch_env.run("exec", "la:c1", "--", "sh", "-c", "echo one > /root/a")
+    orch_env.run("snapshot", "la:c1", "s1")
+    orch_env.run("exec", "la:c1", "--", "sh", "-c", "echo two > /root/b; rm /root/a")
+    orch_env.run("snapshot", "la:c1", "s2")
+    orch_env.run("stop", "la:c1")
+    orch_env.run("move", "la:c1", "lb:")
+    assert last_job(orch_env)["method"] == "btrfs"
+    moved = instance(lab, "b", "c1")
+    assert moved["expanded_devices"]["root"]["pool"] == BTRFS_POOL
+    assert snapshot_names(lab, "b", "c1") == ["s1", "s2"]
+    volume = lab.daemons["b"].dir / "storage-pools" / BTRFS_POOL / "containers" / "c1"
+    show = subprocess.run(["btrfs", "subvolume", "show", str(volume)], capture_output=True, text=True)
+    assert show.returncode == 0, show.stderr
+    lab.lxc("start", "b:c1")
+    assert in_container(lab, "b", "c1", "ls /root") == "b\n"
+    check_snapshot_content(lab, "b", "c1")

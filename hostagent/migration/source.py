@@ -16,6 +16,7 @@ from typing import Any
 from hostagent.migration import manifest
 from hostagent.migration.protocol import MANIFEST_CHUNK, PROTOCOL_VERSION, Channel, ProtocolError, require
 from hostagent.migration.tokens import Migration
+from hostagent.transfer import lxd_migration
 from hostagent.transfer.base import SendContext, TransferMethod, get_method, probe_features
 from orchapi.errors import BadRequest, Conflict, OrchError
 
@@ -77,6 +78,10 @@ class SourceSession:
                 skip = accept.get("skip") or []
                 if not isinstance(skip, list) or not set(skip) <= set(m.snapshots):
                     raise ProtocolError("migration protocol error: the target skips unknown snapshots")
+                if name == lxd_migration.NAME:
+                    await lxd_migration.send(agent, ch, m, plan)
+                    log.info("migration %s: %s handed to LXD's own migration", m.id, m.container)
+                    return
                 common = features & frozenset(x for x in accept.get("features") or [] if isinstance(x, str))
                 method = get_method(name)
                 volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]

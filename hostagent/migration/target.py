@@ -48,7 +48,8 @@ from hostagent.migration.protocol import (
 from hostagent.operations import Operation
 from hostagent.runtimes.base import LAYOUT_ROOTFS, ImportStaging
 from hostagent.runtimes.idmap import IdMap
-from hostagent.transfer.base import ReceiveContext, get_method, negotiate, probe_features
+from hostagent.transfer import lxd_migration
+from hostagent.transfer.base import PREFERENCE, ReceiveContext, get_method, negotiate, probe_features
 from orchapi import certs, tlsconfig
 from orchapi.errors import (
     BadRequest,
@@ -121,6 +122,8 @@ class PullSpec:
     source: SourceRef
     base_image: str
     refresh: bool
+    #: the transfer method the user asked for (None: negotiate)
+    method: str | None = None
 
 
 def parse_pull(source: dict[str, Any]) -> PullSpec:
@@ -137,7 +140,10 @@ def parse_pull(source: dict[str, Any]) -> PullSpec:
     refresh = source.get("refresh", False)
     if not isinstance(refresh, bool):
         raise BadRequest("source.refresh must be true or false")
-    return PullSpec(_source_ref(source, secrets.get("fs")), base_image, refresh)
+    method = source.get("method") or None
+    if method is not None and (not isinstance(method, str) or method not in PREFERENCE):
+        raise BadRequest(f"unknown transfer method {method!r}", "use one of " + ", ".join(PREFERENCE))
+    return PullSpec(_source_ref(source, secrets.get("fs")), base_image, refresh, method)
 
 
 def parse_image_pull(source: dict[str, Any]) -> tuple[SourceRef, str]:
@@ -489,7 +495,15 @@ class TargetSession:
         existing = await agent.blocking(agent.runtime.import_check, self.name, self.spec.refresh)
         # btrfs streams carry whole volumes: only between runtimes that lay volumes out alike
         usable = [m for m in agent.transfer_methods if m != "btrfs" or header.layout == agent.runtime.layout]
-        method_name = negotiate(header.methods, usable, refresh=existing is not None)
+        method_name = negotiate(header.methods, usable, existing is not None, self.spec.method)
+        data = {
+            **header.container,
+            "config": config,
+            "snapshots": header.snapshots,
+            "instance": header.instance,
+        }
+        if method_name == lxd_migration.NAME:
+            return await self._lxd_migration(header, data)
         method = get_method(method_name)
         have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
@@ -511,12 +525,6 @@ class TargetSession:
             await ch.send("accept", method=method_name, skip=skip, features=sorted(features))
             files = await self._receive_all(header, staging, method, method_name, skip, todo, features)
             self.stage("commit")
-            data = {
-                **header.container,
-                "config": config,
-                "snapshots": header.snapshots,
-                "instance": header.instance,
-            }
             record = await agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
             committed = True
             with contextlib.suppress(Exception):
@@ -552,6 +560,25 @@ class TargetSession:
         if self.repaired:
             result["repaired"] = self.repaired
         return result
+
+    async def _lxd_migration(self, header: Header, data: dict[str, Any]) -> dict[str, Any]:
+        """The target's LXD pulls from the source's LXD (see hostagent/transfer/lxd_migration.py)."""
+        self.op.progress(method=lxd_migration.NAME, total_bytes=header.size, volume=0, volumes=1)
+        await self.ch.send("accept", method=lxd_migration.NAME, skip=[], features=[])
+        self.stage("lxd-migration")
+        record = await lxd_migration.receive(self.agent, self.ch, self.name, data, self.spec.refresh)
+        log.info("received container %s from %s by LXD's migration", self.name, self.spec.source.where)
+        return {
+            "stage": "done",
+            "method": lxd_migration.NAME,
+            "container": record.to_api(),
+            "verified": True,
+            "bytes_received": self.ch.bytes_received,
+            "bytes_sent": self.ch.bytes_sent,
+            "total_bytes": header.size,
+            "volume": 1,
+            "volumes": 1,
+        }
 
     async def _receive_all(
         self,

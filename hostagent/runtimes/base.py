@@ -274,6 +274,25 @@ class MigrationHooks:
         """Rename a stopped container (same-host moves). :class:`Conflict` if ``new_name`` exists."""
         raise self._unsupported()
 
+    # the lxd-migration method (hostagent/transfer/lxd_migration.py): only LXD runtimes offer it
+
+    def lxd_migration_offer(self, name: str, snapshot: str | None, instance_only: bool) -> dict[str, Any]:
+        """Source: start the runtime's own migration; ``{id, operation, secrets, certificate}``."""
+        raise self._unsupported()
+
+    def lxd_migration_cancel(self, operation_id: str) -> None:
+        raise self._unsupported()
+
+    def volume_paths(self, name: str, snapshots: list[str]) -> list[tuple[str | None, Path]]:
+        """The rootfs of each named snapshot, oldest first, then the container's (for verification)."""
+        raise self._unsupported()
+
+    def lxd_migration_pull(
+        self, name: str, data: dict[str, Any], offer: dict[str, Any], refresh: bool
+    ) -> ContainerRecord:
+        """Target: create (or refresh) ``name`` from the source runtime's migration ``offer``."""
+        raise self._unsupported()
+
 
 class Runtime(MigrationHooks, ABC):
     """A container runtime driver. All names passed in are already validated by the API layer."""

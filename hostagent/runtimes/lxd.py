@@ -219,6 +219,7 @@ class LxdRuntime(Runtime):
             "type": "container",
             "source": {"type": "image", "fingerprint": fingerprint},
             "config": config,
+            "devices": self._devices({}),
         }
         try:
             self.client.call("POST", "/1.0/instances", body, timeout=600)
@@ -489,8 +490,9 @@ class LxdRuntime(Runtime):
             raise InternalError(f"the received container {name} has no rootfs")
         self._write_metadata(vdir, instance, inst)
         recover.write_backup(vdir, inst, snapshots, self.pool, profiles)
-        for path in (staging.path / SNAPSHOTS / name).iterdir():
-            os.chmod(path, 0o700)
+        if self.storage_name == "dir":  # btrfs snapshots are read-only, with the source's modes
+            for path in (staging.path / SNAPSHOTS / name).iterdir():
+                os.chmod(path, 0o700)
         os.chmod(vdir, 0o100)
         for leftover in staging.path.glob("recv-*"):
             self._remove(leftover)
@@ -604,6 +606,79 @@ class LxdRuntime(Runtime):
     def import_abort(self, staging: ImportStaging) -> None:
         if staging.path.parent == self.work / "staging":
             self._remove(staging.path)
+
+    # ----------------------------------------------------------------- migration: LXD's own
+
+    def lxd_migration_offer(self, name: str, snapshot: str | None, instance_only: bool) -> dict[str, Any]:
+        inst = self._instance(name)
+        if snapshot is None and inst.get("status") == RUNNING:
+            raise Conflict(f"container {name} is running; stop it first (or move with --stateless)")
+        server = self.client.server()
+        addresses = (server.get("environment") or {}).get("addresses") or []
+        if not addresses:
+            raise Conflict(
+                "the source LXD does not listen on the network, so the target LXD cannot pull from it",
+                "set core.https_address on it, or use another --method",
+            )
+        if snapshot is None:
+            path, body = path_of("instances", name), {"migration": True, "live": False}
+            body["instance_only"] = instance_only
+        else:
+            path, body = path_of("instances", name, "snapshots", snapshot), {"migration": True}
+        doc = self.client.request("POST", path, json=body)
+        op = doc.get("metadata") or {}
+        secrets_ = op.get("metadata") or {}
+        if doc.get("type") != "async" or not op.get("id") or not secrets_:
+            raise InternalError("LXD did not start a migration operation")
+        return {
+            "id": op["id"],
+            "operation": f"https://{addresses[0]}/1.0/operations/{op['id']}",
+            "secrets": {str(k): str(v) for k, v in secrets_.items()},
+            "certificate": server["environment"]["certificate"],
+        }
+
+    def lxd_migration_cancel(self, operation_id: str) -> None:
+        with suppress(OrchError):
+            self.client.request("DELETE", path_of("operations", operation_id))
+
+    def volume_paths(self, name: str, snapshots: list[str]) -> list[tuple[str | None, Path]]:
+        paths: list[tuple[str | None, Path]] = [(s, self._volume_dir(name, s) / ROOTFS) for s in snapshots]
+        return [*paths, (None, self._volume_dir(name, None) / ROOTFS)]
+
+    def lxd_migration_pull(
+        self, name: str, data: dict[str, Any], offer: dict[str, Any], refresh: bool
+    ) -> ContainerRecord:
+        instance = dict(data.get("instance") or {})
+        config = {
+            k: v
+            for k, v in (data.get("config") or {}).items()
+            if not k.startswith("volatile.") or k in ("volatile.base_image", "volatile.last_state.idmap")
+        }
+        if data.get("base_image"):
+            config["volatile.base_image"] = data["base_image"]
+        body = {
+            "name": name,
+            "type": "container",
+            "architecture": data.get("architecture") or "x86_64",
+            "config": config,
+            "devices": self._devices(instance.get("devices") or {}),
+            "profiles": list(instance.get("profiles") or ["default"]),
+            "ephemeral": bool(instance.get("ephemeral", False)),
+            "description": str(instance.get("description") or ""),
+            "source": {
+                "type": "migration",
+                "mode": "pull",
+                "operation": offer["operation"],
+                "secrets": offer["secrets"],
+                "certificate": offer["certificate"],
+                "base-image": data.get("base_image") or "",
+                "live": False,
+                "instance_only": not data.get("snapshots"),
+                "refresh": refresh,
+            },
+        }
+        self.client.call("POST", "/1.0/instances", body, timeout=24 * 3600)
+        return self.get(name)
 
     # ----------------------------------------------------------------- helpers
 

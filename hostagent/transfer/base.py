@@ -40,9 +40,10 @@ from hostagent.runtimes.idmap import IdMap
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError
 
 METHODS_ENV = "ORCH_AGENT_TRANSFER_METHODS"
-#: every method, best first
-PREFERENCE = ("btrfs", "rsync", "tar")
-#: the tool each method needs on both agents
+#: every method, best first; ``lxd-migration`` (LXD moving the data itself, see lxd_migration.py) last:
+#: orch's own methods pre-fill from the image and verify every file, so they are the default
+PREFERENCE = ("btrfs", "rsync", "tar", "lxd-migration")
+#: the tool each streaming method needs on both agents
 TOOLS = {"btrfs": "btrfs", "rsync": "rsync", "tar": "tar"}
 #: how much of a child's stderr is kept for error messages
 STDERR_TAIL = 8192
@@ -54,7 +55,7 @@ NO_SPACE = "no space left on device"
 def available_methods(storage_methods: Sequence[str], env: dict[str, str] | None = None) -> tuple[str, ...]:
     """The methods this agent offers: its storage's, whose tools are installed, restricted by the env."""
     env = os.environ if env is None else env
-    methods = [m for m in storage_methods if m in PREFERENCE and shutil.which(TOOLS[m])]
+    methods = [m for m in storage_methods if m in PREFERENCE and (m not in TOOLS or shutil.which(TOOLS[m]))]
     raw = env.get(METHODS_ENV, "").strip()
     if raw:
         wanted = [m.strip() for m in raw.split(",") if m.strip()]
@@ -70,8 +71,22 @@ def available_methods(storage_methods: Sequence[str], env: dict[str, str] | None
     return tuple(methods)
 
 
-def negotiate(source: Sequence[str], target: Sequence[str], refresh: bool = False) -> str:
-    """The method both sides support, btrfs > rsync > tar; refreshes never use btrfs (see target.py)."""
+def negotiate(
+    source: Sequence[str], target: Sequence[str], refresh: bool = False, wanted: str | None = None
+) -> str:
+    """The method both sides support, btrfs > rsync > tar > lxd-migration, or the ``wanted`` one (the
+    user's ``--method``) if both support it; refreshes never use btrfs (see btrfs.py)."""
+    if wanted:
+        if wanted not in PREFERENCE:
+            raise BadRequest(f"unknown transfer method {wanted!r}", "use one of " + ", ".join(PREFERENCE))
+        if refresh and wanted == "btrfs":
+            raise BadRequest("a refresh cannot use btrfs send", "use rsync")
+        if wanted not in source or wanted not in target:
+            raise Conflict(
+                f"transfer method {wanted} is not available between these agents",
+                f"source offers {', '.join(source) or 'none'}, target supports {', '.join(target) or 'none'}",
+            )
+        return wanted
     for method in PREFERENCE:
         if method in source and method in target and not (refresh and method == "btrfs"):
             return method

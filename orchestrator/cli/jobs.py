@@ -56,6 +56,11 @@ def _submit_and_follow(
 
 
 wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+method_option = click.option(
+    "--method",
+    type=click.Choice(["btrfs", "rsync", "tar", "lxd-migration"]),
+    help="Transfer method (default: the best both agents support; lxd-migration lets LXD move the data).",
+)
 
 
 @click.command()
@@ -63,13 +68,21 @@ wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and
 @click.argument("target")
 @click.option("--refresh", is_flag=True, help="Update an existing copy with only what changed.")
 @click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
+@method_option
 @wait_option
 @pass_ctx
-def copy(ctx: Context, source: str, target: str, refresh: bool, instance_only: bool, no_wait: bool) -> None:
+def copy(
+    ctx: Context,
+    source: str,
+    target: str,
+    refresh: bool,
+    instance_only: bool,
+    method: str | None,
+    no_wait: bool,
+) -> None:
     """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
-    _submit_and_follow(
-        ctx, "copy", source, target, {"refresh": refresh, "instance_only": instance_only}, not no_wait
-    )
+    options = {"refresh": refresh, "instance_only": instance_only, "method": method}
+    _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
 
 
 @click.command()
@@ -79,13 +92,21 @@ def copy(ctx: Context, source: str, target: str, refresh: bool, instance_only: b
 @click.option(
     "--instance-only", is_flag=True, help="Move without snapshots (they are deleted with the source)."
 )
+@method_option
 @wait_option
 @pass_ctx
-def move(ctx: Context, source: str, target: str, stateless: bool, instance_only: bool, no_wait: bool) -> None:
+def move(
+    ctx: Context,
+    source: str,
+    target: str,
+    stateless: bool,
+    instance_only: bool,
+    method: str | None,
+    no_wait: bool,
+) -> None:
     """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
-    _submit_and_follow(
-        ctx, "move", source, target, {"stateless": stateless, "instance_only": instance_only}, not no_wait
-    )
+    options = {"stateless": stateless, "instance_only": instance_only, "method": method}
+    _submit_and_follow(ctx, "move", source, target, options, not no_wait)
 
 
 def _age(iso: str) -> str:

@@ -39,6 +39,7 @@ def start_transfer(ctx: StepContext, job: Job) -> str:
             "certificate": s["source_certificate"],
             "base-image": s.get("base_image", ""),
             "refresh": bool(job.options.get("refresh")),
+            "method": job.options.get("method") or None,
         },
     }
     response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()

@@ -1,0 +1,119 @@
+"""``lxd-migration``: LXD moves the data itself, from the source LXD straight to the target LXD.
+
+Negotiated like any method (only LXD-backed agents offer it; it comes last, so ``--method lxd-migration``
+or an agent restricted to it picks it). The orch agents keep their roles — the token, the pinned
+certificates and the container lock are the same — but instead of volumes the source sends an *offer*:
+
+- the source agent asks its LXD for a migration operation (``POST /1.0/instances/<name>`` with
+  ``migration: true``), and passes on, over the authenticated websocket, the operation's URL on the
+  source LXD's HTTPS address, its one-time secrets and the source LXD's certificate;
+- the target agent asks its LXD to create the instance from that operation (``source.type: migration``,
+  ``mode: pull``, the certificate pinned), with the container's config, profiles and devices;
+- when its LXD is done, the target computes the manifest of every volume it now has (snapshots and
+  rootfs, in LXD's pool) and compares it with the source's, computed meanwhile: LXD checks nothing file
+  by file, orch does, so a move deletes the source only after the same verification as with rsync. A
+  copy that fails it is deleted on the target;
+- the target answers ``done`` (or the error), and the source cancels its LXD operation if anything failed.
+
+The source LXD must listen on the network (``core.https_address``) where the target LXD can reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from hostagent.migration import manifest
+from hostagent.migration.protocol import Channel, ProtocolError, require
+from hostagent.migration.tokens import Migration
+from hostagent.runtimes.base import ExportPlan
+from orchapi import certs
+from orchapi.errors import BadRequest, InternalError
+
+log = logging.getLogger(__name__)
+
+NAME = "lxd-migration"
+
+
+async def send(agent: Any, ch: Channel, migration: Migration, plan: ExportPlan) -> None:
+    """Source side: offer an LXD migration operation, hold it until the target is done, and send the
+    manifests of the volumes it moves for the target's verification."""
+    offer = await agent.blocking(
+        agent.runtime.lxd_migration_offer, migration.container, migration.snapshot, migration.instance_only
+    )
+    ok = False
+    computing = asyncio.ensure_future(
+        asyncio.gather(*(agent.blocking(manifest.compute, v.path, 1) for v in plan.volumes))
+    )
+    try:
+        await ch.send(
+            NAME, operation=offer["operation"], secrets=offer["secrets"], certificate=offer["certificate"]
+        )
+        await ch.recv("lxd-pulled")
+        ours = await computing
+        await ch.send(
+            "lxd-digests",
+            volumes=[
+                {"snapshot": v.snapshot, "digest": m.digest, "count": m.count}
+                for v, m in zip(plan.volumes, ours, strict=True)
+            ],
+        )
+        await ch.recv("done")
+        ok = True
+    finally:
+        if not computing.done():
+            computing.cancel()
+        if not ok:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(agent.blocking(agent.runtime.lxd_migration_cancel, offer["id"]))
+
+
+def parse_offer(msg: dict[str, Any]) -> dict[str, Any]:
+    """The source's offer, checked (the peer is authenticated, not trusted to send sane values)."""
+    url = require(msg, "operation", str)
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or not parts.path.startswith("/1.0/operations/"):
+        raise BadRequest(f"lxd-migration: invalid source operation {url[:120]!r}")
+    secrets = require(msg, "secrets", dict)
+    if not secrets or not all(isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()):
+        raise BadRequest("lxd-migration: invalid secrets")
+    pem = require(msg, "certificate", str)
+    certs.fingerprint_pem(pem)  # a parseable certificate, or BadRequest
+    return {"operation": url, "secrets": secrets, "certificate": pem}
+
+
+async def receive(agent: Any, ch: Channel, name: str, data: dict[str, Any], refresh: bool) -> Any:
+    """Target side: have the local LXD pull the container from the source LXD, verify what it wrote
+    against the source's manifests; returns the container's record."""
+    offer = parse_offer(await ch.recv(NAME))
+    record = await agent.blocking(agent.runtime.lxd_migration_pull, name, data, offer, refresh)
+    try:
+        await ch.send("lxd-pulled")
+        theirs = require(await ch.recv("lxd-digests"), "volumes", list)
+        snapshots = [s["name"] for s in data.get("snapshots") or []]
+        if [v.get("snapshot") if isinstance(v, dict) else 0 for v in theirs] != [*snapshots, None]:
+            raise ProtocolError("lxd-migration: the source's digests do not list the volumes sent")
+        volumes = await agent.blocking(agent.runtime.volume_paths, name, snapshots)
+        for (snapshot, path), want in zip(volumes, theirs, strict=True):
+            got = await agent.blocking(manifest.compute, path)
+            if got.digest != want.get("digest"):
+                what = "rootfs" if snapshot is None else f"snapshot {snapshot}"
+                raise VerificationError(
+                    f"verification of {what} failed after LXD's migration ({got.count} entries here, "
+                    f"{want.get('count')} on the source); the copy was discarded"
+                )
+    except BaseException:
+        if not refresh:  # a copy LXD made but orch cannot vouch for must not look like a good one
+            with contextlib.suppress(Exception):
+                await asyncio.shield(agent.blocking(agent.runtime.delete, name))
+        raise
+    with contextlib.suppress(Exception):
+        await ch.send("done")
+    return record
+
+
+class VerificationError(InternalError):
+    """What LXD wrote is not what the source has."""
