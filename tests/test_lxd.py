@@ -271,3 +271,33 @@ def test_move_between_btrfs_pools_sends_subvolumes(btrfs_cluster, orch_env):
     lab.lxc("start", "b:c1")
     assert in_container(lab, "b", "c1", "ls /root") == "b\n"
     check_snapshot_content(lab, "b", "c1")
+
+
+def test_evacuate_and_restore_an_lxd_host(lxd_cluster, orch_env):
+    lab = lxd_cluster
+    o = orch_env
+    lab.lxc("launch", "a:bb", "a:run1", "-q")
+    in_container(lab, "a", "run1", "echo kept > /root/data")
+    lab.lxc("snapshot", "a:run1", "s1")
+    lab.lxc("init", "a:bb", "a:off1", "-q")
+    lab.lxc("launch", "a:bb", "a:pinned", "-q")
+    o.run("config", "set", "la:pinned", "evacuate", "skip")
+    assert instance(lab, "a", "pinned")["config"]["user.orch.evacuate"] == "skip"
+    plan = {p["container"]: p for p in json.loads(o.run("evacuate", "la:", "--plan", "--format", "json").stdout)}
+    assert plan["pinned"]["action"] == "skip"
+    assert plan["run1"]["target"] == "lb" and plan["off1"]["target"] == "lb"
+
+    o.run("evacuate", "la:", "--yes", timeout=600)
+    assert [i["name"] for i in lxc_json(lab, "list", "a:")] == ["pinned"]
+    on_b = {i["name"]: i for i in lxc_json(lab, "list", "b:")}
+    assert on_b["run1"]["status"] == "Running" and on_b["off1"]["status"] == "Stopped"
+    assert snapshot_names(lab, "b", "run1") == ["s1"]
+    assert in_container(lab, "b", "run1", "cat /root/data") == "kept\n"
+    assert "EVACUATED" in o.run("hosts").stdout.split("la")[1].splitlines()[0]
+
+    o.run("restore", "la:", timeout=600)
+    on_a = {i["name"]: i for i in lxc_json(lab, "list", "a:")}
+    assert set(on_a) == {"run1", "off1", "pinned"} and lxc_json(lab, "list", "b:") == []
+    assert on_a["run1"]["status"] == "Running" and on_a["off1"]["status"] == "Stopped"
+    assert in_container(lab, "a", "run1", "cat /root/data") == "kept\n"
+    assert snapshot_names(lab, "a", "run1") == ["s1"]

@@ -121,7 +121,7 @@ def import_config_native(config: dict[str, Any]) -> dict[str, str]:
     for key, value in config.items():
         if not isinstance(key, str) or key.startswith(_LXD_ONLY_PREFIXES):
             continue
-        out["evacuate" if key == "cluster.evacuate" else key] = value
+        out["evacuate" if key in ("cluster.evacuate", "user.orch.evacuate") else key] = value
     if out.get("evacuate") == "live-migrate":
         out["evacuate"] = "migrate"
     unsupported = sorted(k for k in out if k not in KNOWN_CONFIG_KEYS and not k.startswith("user."))

@@ -65,6 +65,9 @@ CONTAINERS = "containers"
 SNAPSHOTS = "containers-snapshots"
 #: the agent's own corner of the pool (same filesystem, so staged volumes move in by rename)
 WORK_DIR = ".orch-agent"
+#: orch's per-container evacuation policy, as an LXD user key (see orchestrator/evacuation/runner.py)
+EVACUATE_KEY = "user.orch.evacuate"
+EVACUATE_POLICIES = ("auto", "migrate", "stop", "skip")
 #: keys of a received LXD instance kept as they are; devices are checked against the target's pool
 _INSTANCE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful", "description")
 
@@ -145,7 +148,8 @@ class LxdRuntime(Runtime):
         return (*base, "lxd-migration")
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, str]:
-        """LXD validates its own keys; orch's ``evacuate`` is LXD's ``cluster.evacuate``."""
+        """LXD validates its own keys when they are applied; orch's ``evacuate`` policy (which LXD does not
+        know, and whose ``skip`` LXD's ``cluster.evacuate`` lacks) is kept as ``user.orch.evacuate``."""
         if not isinstance(config, dict):
             raise BadRequest("container config must be a mapping of keys to strings")
         out: dict[str, str] = {}
@@ -153,7 +157,14 @@ class LxdRuntime(Runtime):
             if not isinstance(key, str) or not isinstance(value, (str, int, bool)):
                 raise BadRequest(f"invalid config entry {key!r}: keys and values must be strings")
             value = str(value).lower() if isinstance(value, bool) else str(value)
-            out["cluster.evacuate" if key == "evacuate" else key] = value
+            if key == "evacuate":
+                if value not in EVACUATE_POLICIES:
+                    raise BadRequest(
+                        f"invalid value {value!r} for evacuate",
+                        "expected one of: " + ", ".join(EVACUATE_POLICIES),
+                    )
+                key = EVACUATE_KEY
+            out[key] = value
         return out
 
     # ----------------------------------------------------------------- records
@@ -208,6 +219,11 @@ class LxdRuntime(Runtime):
         self._instance(name)
         st = dict(self.client.get(path_of("instances", name, "state")) or {})
         st.setdefault("status_code", STATUS_CODES.get(st.get("status", ""), 0))
+        disk = st.get("disk") or {}
+        if not (disk.get("root") or {}).get("usage"):  # dir pools without quotas report none
+            with suppress(OSError):
+                disk["root"] = {"usage": self.storage.used_bytes(self._volume_dir(name, None) / ROOTFS)}
+            st["disk"] = disk
         return st
 
     # ----------------------------------------------------------------- lifecycle

@@ -72,6 +72,17 @@ def host_info(config: ClientConfig, states: HostStates, store: JobStore, remote:
     return info
 
 
+def evacuate_policy(config: dict[str, str]) -> str:
+    """A container's policy: orch's ``evacuate`` key (on LXD hosts stored as ``user.orch.evacuate``),
+    else LXD's own ``cluster.evacuate`` (whose live-migrate is a migrate here: CRIU is out), else auto."""
+    policy = config.get("evacuate") or config.get(LXD_POLICY_KEY) or config.get("cluster.evacuate") or "auto"
+    return "migrate" if policy == "live-migrate" else policy
+
+
+#: where an LXD-backed agent keeps orch's evacuate policy (LXD's cluster.evacuate has no "skip")
+LXD_POLICY_KEY = "user.orch.evacuate"
+
+
 def gather_candidates(config: ClientConfig, remote: str) -> tuple[list[Candidate], tuple[str, ...]]:
     """The containers of ``remote`` with their sizes, states and policies, and its transfer methods."""
     client = connect(config, remote)
@@ -80,7 +91,7 @@ def gather_candidates(config: ClientConfig, remote: str) -> tuple[list[Candidate
     for c in client.get("/1.0/containers", params={"recursion": 1}):
         state = client.get(f"/1.0/containers/{c['name']}/state")
         size = int(state.get("disk", {}).get("root", {}).get("usage", 0))
-        policy = c.get("config", {}).get("evacuate", "auto")
+        policy = evacuate_policy(c.get("config") or {})
         out.append(Candidate(c["name"], size, c["status"] == "Running", policy, len(c.get("snapshots", []))))
     return out, methods
 
