@@ -122,6 +122,49 @@ def test_lxd_agent_lists_and_drives_lxd_containers(clean_lab, make_agent, orch):
     assert [a["name"] for i in images for a in i["aliases"]] == ["bb"]
 
 
+def test_images_imported_through_orch_are_lxd_images(clean_lab, make_agent, orch, busybox_image, tmpdir755):
+    lb = lxd_agent(make_agent, clean_lab, "b", "lb")
+    orch.add_remote("lb", lb)
+    bad = tmpdir755 / "hostile.tar"
+    subprocess.run(["tar", "-cf", str(bad), "-P", "/etc/hostname"], check=True)  # an absolute member
+    err = orch.fails("image", "import", str(bad), "lb:", "--alias", "evil")
+    assert "absolute" in err or "metadata.yaml" in err
+    assert clean_lab.lxc("image", "list", "b:", "--format", "csv") == ""
+    try:
+        orch.run("image", "import", str(busybox_image), "lb:", "--alias", "bb2")
+        assert "bb2" in clean_lab.lxc("image", "alias", "list", "b:", "--format", "csv")
+        orch.run("launch", "lb:bb2", "lb:c1")
+        assert instance(clean_lab, "b", "c1")["status"] == "Running"
+        assert "already exists" in orch.fails("image", "import", str(busybox_image), "lb:")
+    finally:
+        clean_lab.lxc("delete", "--force", "b:c1")
+        clean_lab.lxc("image", "delete", "b:bb2")
+
+
+def test_agent_without_a_reachable_lxd_fails_with_one_line(tmpdir755):
+    from tests.procs import ORCH_AGENT
+
+    proc = subprocess.run(
+        [
+            ORCH_AGENT,
+            "--data-dir",
+            str(tmpdir755 / "agent"),
+            "--runtime",
+            "lxd",
+            "--lxd-socket",
+            "/nonexistent/unix.socket",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "orch-agent: error: cannot reach LXD at /nonexistent/unix.socket: no such file or directory "
+        "(is lxd running? start it, or give its socket with --lxd-socket)"
+    ]
+
+
 def test_move_between_lxd_hosts_with_snapshots(lxd_cluster, orch_env):
     lab = lxd_cluster
     make_with_snapshots(lab)
@@ -283,7 +326,9 @@ def test_evacuate_and_restore_an_lxd_host(lxd_cluster, orch_env):
     lab.lxc("launch", "a:bb", "a:pinned", "-q")
     o.run("config", "set", "la:pinned", "evacuate", "skip")
     assert instance(lab, "a", "pinned")["config"]["user.orch.evacuate"] == "skip"
-    plan = {p["container"]: p for p in json.loads(o.run("evacuate", "la:", "--plan", "--format", "json").stdout)}
+    plan = {
+        p["container"]: p for p in json.loads(o.run("evacuate", "la:", "--plan", "--format", "json").stdout)
+    }
     assert plan["pinned"]["action"] == "skip"
     assert plan["run1"]["target"] == "lb" and plan["off1"]["target"] == "lb"
 
