@@ -294,7 +294,7 @@ def btrfs_cluster(clean_lab: LxdLab, make_agent, orch_env, start_worker):  # typ
     return clean_lab
 
 
-def test_move_between_btrfs_pools_sends_subvolumes(btrfs_cluster, orch_env):
+def test_copy_between_btrfs_pools_sends_subvolumes_then_refreshes(btrfs_cluster, orch_env):
     lab = btrfs_cluster
     orch_env.run("launch", "la:bb", "la:c1")  # on the agent's pool, not the default profile's
     assert instance(lab, "a", "c1")["expanded_devices"]["root"]["pool"] == BTRFS_POOL
@@ -303,8 +303,15 @@ def test_move_between_btrfs_pools_sends_subvolumes(btrfs_cluster, orch_env):
     orch_env.run("exec", "la:c1", "--", "sh", "-c", "echo two > /root/b; rm /root/a")
     orch_env.run("snapshot", "la:c1", "s2")
     orch_env.run("stop", "la:c1")
-    orch_env.run("move", "la:c1", "lb:")
+    orch_env.run("copy", "la:c1", "lb:")
     assert last_job(orch_env)["method"] == "btrfs"
+    # a refresh after a change (rsync: an incremental send needs a parent the target got from this source)
+    orch_env.run("start", "la:c1")
+    orch_env.run("exec", "la:c1", "--", "sh", "-c", "echo three > /root/c")
+    orch_env.run("stop", "la:c1")
+    orch_env.run("copy", "la:c1", "lb:", "--refresh")
+    assert last_job(orch_env)["method"] == "rsync" and last_job(orch_env)["bytes_done"] < 256 << 10
+    lab.lxc("delete", "a:c1")
     moved = instance(lab, "b", "c1")
     assert moved["expanded_devices"]["root"]["pool"] == BTRFS_POOL
     assert snapshot_names(lab, "b", "c1") == ["s1", "s2"]
@@ -312,7 +319,7 @@ def test_move_between_btrfs_pools_sends_subvolumes(btrfs_cluster, orch_env):
     show = subprocess.run(["btrfs", "subvolume", "show", str(volume)], capture_output=True, text=True)
     assert show.returncode == 0, show.stderr
     lab.lxc("start", "b:c1")
-    assert in_container(lab, "b", "c1", "ls /root") == "b\n"
+    assert in_container(lab, "b", "c1", "ls /root") == "b\nc\n"
     check_snapshot_content(lab, "b", "c1")
 
 
@@ -346,3 +353,24 @@ def test_evacuate_and_restore_an_lxd_host(lxd_cluster, orch_env):
     assert on_a["run1"]["status"] == "Running" and on_a["off1"]["status"] == "Stopped"
     assert in_container(lab, "a", "run1", "cat /root/data") == "kept\n"
     assert snapshot_names(lab, "a", "run1") == ["s1"]
+
+
+def test_what_a_native_host_cannot_honour_is_refused_not_dropped(lxd_cluster, make_agent, orch_env):
+    lab = lxd_cluster
+    orch_env.add_remote("foo", make_agent("foo"))
+    lab.lxc("init", "a:bb", "a:c1", "-q")
+    lab.lxc("config", "device", "add", "a:c1", "extra", "none")
+    err = orch_env.fails("move", "la:c1", "foo:")
+    assert "cannot honour the container's device(s) extra" in err
+    lab.lxc("config", "device", "remove", "a:c1", "extra")
+    lab.lxc("config", "set", "a:c1", "limits.memory", "64MB")
+    err = orch_env.fails("move", "la:c1", "foo:")
+    assert "cannot honour config key(s) limits.memory" in err
+    assert [i["name"] for i in lxc_json(lab, "list", "a:")] == ["c1"]
+    assert json.loads(orch_env.run("list", "foo:", "--format", "json").stdout) == []
+    lab.lxc("config", "unset", "a:c1", "limits.memory")
+    orch_env.run("move", "la:c1", "foo:")  # LXD's image.* and volatile.* keys are its own bookkeeping
+    moved = json.loads(orch_env.run("list", "foo:", "--format", "json").stdout)[0]
+    assert not [
+        k for k in moved["config"] if k.startswith(("image.", "volatile.")) and k != "volatile.base_image"
+    ]

@@ -229,6 +229,17 @@ class MigrationHooks:
         ``container`` is the header's (``config``, ``architecture`` ...), ``instance`` the source
         runtime's own description (None from native sources). Refuses what this runtime cannot honour.
         """
+        devices = (instance or {}).get("devices") or {}
+        extra = sorted(
+            name
+            for name, d in devices.items()
+            if not (isinstance(d, dict) and d.get("type") == "disk" and d.get("path") == "/")
+        )
+        if extra:
+            raise BadRequest(
+                f"the native runtime cannot honour the container's device(s) {', '.join(extra)}",
+                "remove them on the source first, or move the container to an LXD host",
+            )
         return import_config_native(container.get("config") or {})
 
     def import_check(self, name: str, refresh: bool) -> dict[str, Any] | None:

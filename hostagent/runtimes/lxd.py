@@ -592,7 +592,7 @@ class LxdRuntime(Runtime):
         name = staging.name
         aside = f"{name[:40]}-orch-old-{secrets.token_hex(3)}"
         self.client.call("POST", path_of("instances", name), {"name": aside}, timeout=600)
-        kept: list[tuple[Path, Path]] = []
+        moved: list[tuple[Path, Path]] = []  # dir pools: snapshot dirs moved over (moved back on failure)
         try:
             wanted = {p.name for p in (staging.path / SNAPSHOTS / name).iterdir()}
             backup = json.loads((staging.volume_dir(None) / "backup.yaml").read_text())
@@ -601,11 +601,17 @@ class LxdRuntime(Runtime):
                     continue
                 src = self.pool_dir / SNAPSHOTS / aside / snap["name"]
                 dst = staging.path / SNAPSHOTS / name / snap["name"]
-                os.rename(src, dst)
-                kept.append((src, dst))
+                if self.storage_name == "btrfs":  # a read-only subvolume cannot change directory
+                    run_tool(
+                        ["btrfs", "subvolume", "snapshot", "-r", "--", str(src), str(dst)],
+                        "keeping a snapshot",
+                    )
+                else:
+                    os.rename(src, dst)
+                    moved.append((src, dst))
             self._adopt_new(staging)
         except BaseException:
-            for src, dst in reversed(kept):
+            for src, dst in reversed(moved):
                 with suppress(OSError):
                     os.rename(dst, src)
             with suppress(OrchError):
@@ -613,7 +619,7 @@ class LxdRuntime(Runtime):
             raise
         try:
             # the moved-out snapshot dirs are missing from the old container: its delete must not mind
-            for src, _dst in kept:
+            for src, _dst in moved:
                 self._make_volume_dir(src)
             self.client.call("DELETE", path_of("instances", aside), timeout=600)
         except OrchError as exc:
