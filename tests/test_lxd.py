@@ -374,3 +374,16 @@ def test_what_a_native_host_cannot_honour_is_refused_not_dropped(lxd_cluster, ma
     assert not [
         k for k in moved["config"] if k.startswith(("image.", "volatile.")) and k != "volatile.base_image"
     ]
+
+
+def test_a_container_on_another_pool_falls_back_to_lxd_migration(lxd_cluster, make_agent, orch_env):
+    lab = lxd_cluster
+    orch_env.add_remote("foo", make_agent("foo"))
+    lab.lxc("init", "a:bb", "a:c1", "-s", BTRFS_POOL, "-q")  # the agent la serves the dir pool
+    err = orch_env.fails("move", "la:c1", "foo:")
+    assert "no transfer method in common" in err and "is on LXD pool 'btrfs'" in err
+    orch_env.run("move", "la:c1", "lb:")
+    assert last_job(orch_env)["method"] == "lxd-migration"
+    assert lxc_json(lab, "list", "a:") == []
+    lab.lxc("start", "b:c1")
+    assert instance(lab, "b", "c1")["status"] == "Running"

@@ -76,7 +76,7 @@ async def create_migration(request: web.Request) -> web.Response:
             "snapshots": [s.name for s in plan.snapshots],
             "base_image": plan.base_image,
             "base_image_available": image_available,
-            "methods": list(agent.transfer_methods),
+            "methods": plan.methods(agent.transfer_methods),
             "size": size,
         },
         status=201,

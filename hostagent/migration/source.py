@@ -60,7 +60,8 @@ class SourceSession:
                     volumes=[
                         {"snapshot": v.snapshot, "size": n} for v, n in zip(plan.volumes, sizes, strict=True)
                     ],
-                    methods=list(agent.transfer_methods),
+                    methods=plan.methods(agent.transfer_methods),
+                    methods_reason=plan.only_reason,
                     storage=agent.runtime.storage_name,
                     base_image=plan.base_image,
                     idmap=plan.idmap,
@@ -71,7 +72,7 @@ class SourceSession:
                 )
                 accept = await ch.recv("accept")
                 name = require(accept, "method", str)
-                if name not in agent.transfer_methods:
+                if name not in plan.methods(agent.transfer_methods):
                     raise BadRequest(
                         f"the target chose transfer method {name!r}, which this agent does not offer"
                     )

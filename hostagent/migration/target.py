@@ -348,6 +348,8 @@ class Header:
     layout: str
     #: the source runtime's description of the instance (LXD's profiles, devices ...), or None
     instance: dict[str, Any] | None
+    #: why the source offers only some of its methods for this container ("" if it offers all)
+    methods_reason: str = ""
 
 
 def parse_header(msg: dict[str, Any]) -> Header:
@@ -420,6 +422,7 @@ def parse_header(msg: dict[str, Any]) -> Header:
         features,
         layout,
         instance,
+        str(msg.get("methods_reason") or "")[:500],
     )
 
 
@@ -495,7 +498,12 @@ class TargetSession:
         existing = await agent.blocking(agent.runtime.import_check, self.name, self.spec.refresh)
         # btrfs streams carry whole volumes: only between runtimes that lay volumes out alike
         usable = [m for m in agent.transfer_methods if m != "btrfs" or header.layout == agent.runtime.layout]
-        method_name = negotiate(header.methods, usable, existing is not None, self.spec.method)
+        try:
+            method_name = negotiate(header.methods, usable, existing is not None, self.spec.method)
+        except Conflict as exc:
+            if header.methods_reason:  # the source said why it offers so few: that is the real cause
+                raise Conflict(f"{exc.message}: {header.methods_reason}", exc.hint) from None
+            raise
         data = {
             **header.container,
             "config": config,

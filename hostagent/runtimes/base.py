@@ -170,6 +170,15 @@ class ExportPlan:
     layout: str = LAYOUT_ROOTFS
     #: runtime-specific description of the instance (LXD: profiles, devices, snapshots' config ...)
     instance: dict[str, Any] | None = None
+    #: when only some of the agent's methods can send this container (LXD: one on another pool, or with
+    #: a custom id map, can only go by lxd-migration); None: all of them
+    only_methods: tuple[str, ...] | None = None
+    #: why ``only_methods`` is set, for the error when the target supports none of them
+    only_reason: str = ""
+
+    def methods(self, offered: tuple[str, ...]) -> list[str]:
+        """The agent's methods that can send this container."""
+        return [m for m in offered if self.only_methods is None or m in self.only_methods]
 
 
 @dataclass

@@ -325,42 +325,51 @@ class LxdRuntime(Runtime):
 
     # ----------------------------------------------------------------- migration: source
 
-    def _volume_dir(self, name: str, snapshot: str | None) -> Path:
+    def _volume_dir(self, name: str, snapshot: str | None, pool: str | None = None) -> Path:
+        """Where LXD keeps a container's (or snapshot's) volume, in our pool or the one named."""
+        base = self.pool_dir if pool is None else self.lxd_dir / "storage-pools" / pool
         if snapshot is None:
-            return self.pool_dir / CONTAINERS / name
-        return self.pool_dir / SNAPSHOTS / name / snapshot
+            return base / CONTAINERS / name
+        return base / SNAPSHOTS / name / snapshot
 
     def export_plan(self, name: str, snapshot: str | None, instance_only: bool) -> ExportPlan:
         inst = self._instance(name)
         if inst.get("project", "default") != "default":
             raise BadRequest(f"container {name} is in project {inst['project']}; orch moves the default only")
-        root = (inst.get("expanded_devices") or {}).get("root") or {}
-        if root.get("pool") != self.pool_name:
-            raise BadRequest(
-                f"container {name} is on LXD pool {root.get('pool')!r}, this agent serves {self.pool_name!r}",
-                "move it with --method lxd-migration",
-            )
+        pool = str(((inst.get("expanded_devices") or {}).get("root") or {}).get("pool") or self.pool_name)
+        only_reason = ""
+        if pool != self.pool_name:
+            only_reason = f"container {name} is on LXD pool {pool!r}, not {self.pool_name!r}"
         snaps = self._snapshots(name)
         config = dict(inst.get("config") or {})
         if snapshot is not None:
             if not any(s["name"] == snapshot for s in snaps):
                 raise NotFound(f"snapshot {name}/{snapshot} not found")
             records: list[dict[str, Any]] = []
-            volumes = [self._export_volume(None, self._volume_dir(name, snapshot))]
+            volumes = [self._export_volume(None, self._volume_dir(name, snapshot, pool))]
         else:
             if inst.get("status") == RUNNING:
                 raise Conflict(f"container {name} is running; stop it first (or move with --stateless)")
+            if inst.get("status") != STOPPED:
+                raise Conflict(f"container {name} is {str(inst.get('status')).lower()}; stop it first")
             records = [] if instance_only else snaps
-            volumes = [self._export_volume(s["name"], self._volume_dir(name, s["name"])) for s in records]
-            volumes.append(self._export_volume(None, self._volume_dir(name, None)))
+            volumes = [
+                self._export_volume(s["name"], self._volume_dir(name, s["name"], pool)) for s in records
+            ]
+            volumes.append(self._export_volume(None, self._volume_dir(name, None, pool)))
         privileged = config.get("security.privileged", "").lower() in ("true", "1")
-        idmap = None if privileged else lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
+        idmap = None
+        if not privileged:
+            try:
+                idmap = lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
+            except BadRequest as exc:
+                only_reason = only_reason or exc.message
         instance = {k: inst[k] for k in _INSTANCE_KEYS if k in inst}
         instance["snapshots"] = [
             {k: s[k] for k in (*_INSTANCE_KEYS, "name", "created_at", "expires_at") if k in s}
             for s in records
         ]
-        metadata = self._volume_dir(name, None) / "metadata.yaml"
+        metadata = self._volume_dir(name, None, pool) / "metadata.yaml"
         with suppress(OSError):
             instance["metadata_yaml"] = metadata.read_text()[:65536]
         return ExportPlan(
@@ -375,6 +384,8 @@ class LxdRuntime(Runtime):
             volumes=volumes,
             layout=LAYOUT_LXD,
             instance=instance,
+            only_methods=("lxd-migration",) if only_reason else None,
+            only_reason=only_reason,
         )
 
     @staticmethod
