@@ -188,6 +188,8 @@ class LxdRuntime(Runtime):
     def _record(inst: dict[str, Any], snaps: list[dict[str, Any]] | None = None) -> ContainerRecord:
         config = dict(inst.get("config") or {})
         base_image = config.pop("volatile.base_image", "")
+        if EVACUATE_KEY in config:  # shown (and set, see validate_config) under orch's name
+            config["evacuate"] = config.pop(EVACUATE_KEY)
         if snaps is None:
             snaps = [
                 {"name": s["name"].rsplit("/", 1)[-1], "created_at": s.get("created_at", "")}
@@ -216,15 +218,21 @@ class LxdRuntime(Runtime):
         return self._record(self._instance(name, 2))
 
     def state(self, name: str) -> dict[str, Any]:
-        self._instance(name)
+        pool = self._pool_of(self._instance(name))
         st = dict(self.client.get(path_of("instances", name, "state")) or {})
         st.setdefault("status_code", STATUS_CODES.get(st.get("status", ""), 0))
         disk = st.get("disk") or {}
         if not (disk.get("root") or {}).get("usage"):  # dir pools without quotas report none
             with suppress(OSError):
-                disk["root"] = {"usage": self.storage.used_bytes(self._volume_dir(name, None) / ROOTFS)}
+                rootfs = self._volume_dir(name, None, pool) / ROOTFS
+                disk["root"] = {"usage": self.storage.used_bytes(rootfs)}
             st["disk"] = disk
         return st
+
+    def _pool_of(self, inst: dict[str, Any]) -> str:
+        """The pool holding an instance's root disk."""
+        root = (inst.get("expanded_devices") or {}).get("root") or {}
+        return str(root.get("pool") or self.pool_name)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -336,7 +344,7 @@ class LxdRuntime(Runtime):
         inst = self._instance(name)
         if inst.get("project", "default") != "default":
             raise BadRequest(f"container {name} is in project {inst['project']}; orch moves the default only")
-        pool = str(((inst.get("expanded_devices") or {}).get("root") or {}).get("pool") or self.pool_name)
+        pool = self._pool_of(inst)
         only_reason = ""
         if pool != self.pool_name:
             only_reason = f"container {name} is on LXD pool {pool!r}, not {self.pool_name!r}"
