@@ -54,7 +54,7 @@ def measure_move(lab: LxdLab, case: str, pool: str, runs: int, with_content: boo
                     raise RuntimeError(f"lxc move {name} on {pool}: target tree differs from the source")
             lab.lxc("move", f"b:{name}", f"a:{name}", "-s", pool, "-q")
     finally:
-        _delete_everywhere(lab, name)
+        delete_everywhere(lab, name)
     return result
 
 
@@ -71,7 +71,7 @@ def measure_refresh(lab: LxdLab, pool: str, runs: int) -> Result:
         if content.tree_digest(lab.rootfs("b", pool, name) / CONTENT_DIR) != content.tree_digest(source):
             raise RuntimeError(f"lxc copy --refresh {name} on {pool}: target differs from the source")
     finally:
-        _delete_everywhere(lab, name)
+        delete_everywhere(lab, name)
     return result
 
 
@@ -84,7 +84,7 @@ def measure_pool(lab: LxdLab, pool: str, runs: int) -> list[Result]:
     ]
 
 
-def _delete_everywhere(lab: LxdLab, name: str) -> None:
+def delete_everywhere(lab: LxdLab, name: str) -> None:
     for remote in lab.daemons:
         try:
             lab.delete(remote, name)

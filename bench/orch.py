@@ -14,6 +14,7 @@ The agents, Redis and the worker are real processes, started with the test suite
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -41,6 +42,53 @@ class OrchContext:
     gib: bool = True  # also the 1 GiB case (dir pool)
 
 
+class Controller:
+    """What drives agents: a Redis, an ``orch`` client config that knows them, and a worker.
+
+    Shared by the native half (``OrchLab``) and the LXD-backed one (``bench.orch_lxd``). Every process is
+    stopped through ``cleanup``. The worker re-reads the client config, so agents may join after it started.
+    """
+
+    def __init__(self, workdir: Path, cleanup: ExitStack) -> None:
+        self.dir, self.cleanup = workdir, cleanup
+        self.orch = Orch(workdir / "client")
+
+    def start_redis(self) -> None:
+        redis = RedisServer(self.dir).start()
+        self.cleanup.callback(redis.stop)
+        self.orch.env.update({"ORCH_REDIS_URL": redis.url, "ORCH_STATE_DIR": str(self.dir / "state")})
+
+    def add_agent(self, remote: str, agent: AgentProcess) -> None:
+        """Set the agent's trust password (as its admin would) and add it as ``remote``."""
+        agent.set_trust_password(PASSWORD, self.dir / f"admin-{remote}")
+        self.orch.add_remote(remote, agent, PASSWORD)
+
+    def start_worker(self) -> None:
+        worker = WorkerProcess(dict(self.orch.env), self.dir / "worker.log").start()
+        self.cleanup.callback(worker.stop)
+
+    def timed(self, *args: str) -> float:
+        started = time.perf_counter()
+        self.orch.run(*args, timeout=1800)
+        return time.perf_counter() - started
+
+    def timed_job(self, *args: str) -> tuple[float, dict]:
+        """Wall time of ``orch ARGS`` (a copy or move that waits) and the record of the job it ran."""
+        started = time.perf_counter()
+        out = self.orch.run(*args, timeout=1800).stdout
+        wall = time.perf_counter() - started
+        found = re.match(r"Job (\S+):", out)
+        if not found:
+            raise RuntimeError(f"orch {' '.join(args)}: no job id in its output: {out!r}")
+        return wall, self.job(found.group(1))
+
+    def job(self, job_id: str) -> dict:
+        return json.loads(self.orch.run("jobs", "show", job_id, "--format", "json").stdout)
+
+    def last_job(self) -> dict:
+        return json.loads(self.orch.run("jobs", "--format", "json", "--limit", "1").stdout)[0]
+
+
 class OrchLab:
     """Two agents on one pool kind, a Redis, a worker, and a client config that knows both agents."""
 
@@ -48,7 +96,8 @@ class OrchLab:
         self.ctx, self.pool = ctx, pool
         self.dir = ctx.workdir / pool
         self.dir.mkdir(mode=0o755)
-        self.orch = Orch(self.dir / "client")
+        self.ctl = Controller(self.dir, ctx.cleanup)
+        self.orch = self.ctl.orch
         self.agents: dict[str, AgentProcess] = {}
 
     def start(self) -> None:
@@ -61,27 +110,21 @@ class OrchLab:
             agent = AgentProcess(data, name).start()
             ctx.cleanup.callback(agent.stop, kill_containers=True)
             self.agents[name] = agent
-        redis = RedisServer(self.dir).start()
-        ctx.cleanup.callback(redis.stop)
-        self.orch.env.update({"ORCH_REDIS_URL": redis.url, "ORCH_STATE_DIR": str(self.dir / "state")})
+        self.ctl.start_redis()
         for name, agent in self.agents.items():
-            agent.set_trust_password(PASSWORD, self.dir / f"admin-{name}")
-            self.orch.add_remote(name, agent, PASSWORD)
+            self.ctl.add_agent(name, agent)
         self.orch.run("image", "import", str(ctx.image), "a:", "--alias", "bb")
         self.orch.run("image", "import", str(ctx.image), "b:", "--alias", "bb")
-        worker = WorkerProcess(dict(self.orch.env), self.dir / "worker.log").start()
-        ctx.cleanup.callback(worker.stop)
+        self.ctl.start_worker()
 
     def rootfs(self, agent: str, name: str) -> Path:
         return self.agents[agent].data_dir / "containers" / name / "rootfs"
 
     def timed(self, *args: str) -> float:
-        started = time.perf_counter()
-        self.orch.run(*args, timeout=1800)
-        return time.perf_counter() - started
+        return self.ctl.timed(*args)
 
     def last_job(self) -> dict:
-        return json.loads(self.orch.run("jobs", "--format", "json", "--limit", "1").stdout)[0]
+        return self.ctl.last_job()
 
 
 def _mount_btrfs(mountpoint: Path, image: Path, cleanup: ExitStack) -> None:

@@ -19,6 +19,7 @@ RSYNC = "rsync"
 RSYNC_LXD_FLAGS = "rsync-lxdflags"  # rsync with the flags LXD's migration uses (compression included)
 LXD = "lxd"
 ORCH = "orch"
+ORCH_LXD = "orch-lxd"  # orch between LXD-backed agents; one tool per transfer method: "orch-lxd/rsync"...
 
 # Case names shared by every tool; a container case compares with the rsync case of the same suffix.
 MOVE_FULL = "move 52MB"  # stopped container: busybox base + 50 x 1 MiB + 500 x 4 KiB
@@ -31,13 +32,23 @@ MOVE_GIB = "move 1GiB"  # stopped container: busybox base + 4 x 256 MiB (orch vs
 CHAIN_EMPTY = "chain empty"  # orch only: submit -> job finished for the empty container (no CLI start-up)
 
 
+def orch_lxd_tool(method: str) -> str:
+    """The tool name of orch moving between LXD hosts with ``method``, e.g. ``orch-lxd/btrfs``."""
+    return f"{ORCH_LXD}/{method}"
+
+
+def compares_with_lxd(tool: str) -> bool:
+    """Whether a tool's rows get a "vs LXD" ratio (``lxc move`` of the same case and pool)."""
+    return tool == ORCH or tool.startswith(ORCH_LXD + "/")
+
+
 @dataclass
 class Result:
     """One measured case: its samples in seconds (one per run) and what it was."""
 
     case: str  # e.g. "move 52MB", "move empty", "refresh 1%", "copy 1GiB"
     pool: str  # "dir", "btrfs", or "-" for rsync
-    tool: str  # RSYNC, LXD or ORCH
+    tool: str  # RSYNC, RSYNC_LXD_FLAGS, LXD, ORCH or orch_lxd_tool(method)
     samples: list[float] = field(default_factory=list)
     command: str = ""  # what was timed, for the reader
     bytes: int = 0  # payload, for a throughput column
@@ -90,7 +101,7 @@ def rows(results: list[Result], tools: tuple[str, ...] | None = None) -> list[li
         if not r.samples or (tools is not None and r.tool not in tools):
             continue
         base = _rsync_base(results, r.case) if r.tool != RSYNC else None
-        lxd = _find(results, r.case, r.pool, LXD) if r.tool == ORCH else None
+        lxd = _find(results, r.case, r.pool, LXD) if compares_with_lxd(r.tool) else None
         out.append(
             [
                 r.case,
@@ -110,16 +121,25 @@ def rows(results: list[Result], tools: tuple[str, ...] | None = None) -> list[li
 
 def format_table(results: list[Result], tools: tuple[str, ...] | None = None) -> str:
     """A plain-text table for the terminal."""
-    table = [HEADERS] + rows(results, tools)
-    widths = [max(len(row[i]) for row in table) for i in range(len(HEADERS))]
+    return text_table(HEADERS, rows(results, tools))
+
+
+def markdown_table(results: list[Result], tools: tuple[str, ...] | None = None) -> str:
+    return md_table(HEADERS, rows(results, tools))
+
+
+def text_table(headers: list[str], body: list[list[str]]) -> str:
+    """Rows of cells as aligned plain text, a rule under the headers."""
+    table = [headers] + body
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def markdown_table(results: list[Result], tools: tuple[str, ...] | None = None) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(results, tools)]
+def md_table(headers: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
 
 
@@ -147,7 +167,9 @@ def write_markdown_section(path: Path, section: str, body: str, heading: str | N
     tmp.replace(path)
 
 
-def dump_json(path: Path, results: list[Result], environment: dict[str, str]) -> None:
-    """Raw samples, for whoever wants to recompute or plot."""
-    data = {"environment": environment, "results": [asdict(r) for r in results]}
+def dump_json(
+    path: Path, results: list[Result], environment: dict[str, str], extra: dict[str, object] | None = None
+) -> None:
+    """Raw samples, for whoever wants to recompute or plot (``extra``: further top-level keys)."""
+    data = {"environment": environment, "results": [asdict(r) for r in results], **(extra or {})}
     path.write_text(json.dumps(data, indent=2) + "\n")
