@@ -261,6 +261,7 @@ def test_lxd_migration_method_on_request(lxd_cluster, orch_env):
     orch_env.run("move", "la:c1", "lb:", "--method", "lxd-migration")
     record = last_job(orch_env)
     assert record["method"] == "lxd-migration" and record["status"] == "succeeded"
+    assert record["bytes_done"] > 1 << 20  # what LXD moved (three volumes of the busybox rootfs at least)
     assert lxc_json(lab, "list", "a:") == []
     assert snapshot_names(lab, "b", "c1") == ["s1", "s2"]
     lab.lxc("start", "b:c1")

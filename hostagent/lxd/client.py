@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -149,16 +149,24 @@ class LxdClient:
             return self.wait(doc, timeout)
         return doc.get("metadata")
 
-    def wait(self, doc: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Wait for an operation to end; a failed one raises with LXD's message."""
+    def wait(
+        self,
+        doc: dict[str, Any],
+        timeout: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for an operation to end; a failed one raises with LXD's message. ``on_progress`` gets the
+        operation's metadata about every second while it runs."""
         op = doc.get("metadata") or {}
         op_path = str(doc.get("operation") or f"/1.0/operations/{op.get('id')}")
         limit = timeout if timeout is not None else 3600.0
         waited = 0.0
         while True:
-            step = min(30.0, max(limit - waited, 1.0))
+            step = min(1.0 if on_progress else 30.0, max(limit - waited, 1.0))  # LXD takes whole seconds
             result = self.get(f"{op_path}/wait?timeout={int(step)}", timeout=step + 30)
             status = result.get("status")
+            if on_progress is not None and result.get("metadata"):
+                on_progress(result["metadata"])
             if status == "Success":
                 return result.get("metadata") or {}
             if status in ("Failure", "Cancelled"):

@@ -470,9 +470,13 @@ class TargetSession:
     def __init__(self, agent: Any, op: Operation, name: str, spec: PullSpec, ch: Channel) -> None:
         self.agent, self.op, self.name, self.spec, self.ch = agent, op, name, spec, ch
         self.repaired: list[str] = []
+        #: bytes LXD itself moved (the lxd-migration method), counted with the websocket's
+        self.lxd_bytes = 0
 
     def _bytes(self) -> None:
-        self.op.progress(bytes_received=self.ch.bytes_received, bytes_sent=self.ch.bytes_sent)
+        self.op.progress(
+            bytes_received=self.ch.bytes_received + self.lxd_bytes, bytes_sent=self.ch.bytes_sent
+        )
 
     def stage(self, stage: str, **fields: Any) -> None:
         self.op.progress(stage=stage, **fields)
@@ -574,14 +578,24 @@ class TargetSession:
         self.op.progress(method=lxd_migration.NAME, total_bytes=header.size, volume=0, volumes=1)
         await self.ch.send("accept", method=lxd_migration.NAME, skip=[], features=[])
         self.stage("lxd-migration")
-        record = await lxd_migration.receive(self.agent, self.ch, self.name, data, self.spec.refresh)
+        moved = [0]
+
+        def progress(n: int) -> None:  # from the worker thread following LXD's operation
+            moved[0] = max(moved[0], n)
+            self.lxd_bytes = moved[0]
+
+        record = await lxd_migration.receive(
+            self.agent, self.ch, self.name, data, self.spec.refresh, progress
+        )
+        # LXD's last report may predate its last bytes; what it had to move is at least the volumes' size
+        self.lxd_bytes = max(moved[0], header.size)
         log.info("received container %s from %s by LXD's migration", self.name, self.spec.source.where)
         return {
             "stage": "done",
             "method": lxd_migration.NAME,
             "container": record.to_api(),
             "verified": True,
-            "bytes_received": self.ch.bytes_received,
+            "bytes_received": self.ch.bytes_received + self.lxd_bytes,
             "bytes_sent": self.ch.bytes_sent,
             "total_bytes": header.size,
             "volume": 1,

@@ -8,6 +8,7 @@ failure a user can cause (unknown name, wrong state, no space), so the API can a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,9 +309,15 @@ class MigrationHooks:
         raise self._unsupported()
 
     def lxd_migration_pull(
-        self, name: str, data: dict[str, Any], offer: dict[str, Any], refresh: bool
+        self,
+        name: str,
+        data: dict[str, Any],
+        offer: dict[str, Any],
+        refresh: bool,
+        progress: Callable[[int], None] | None = None,
     ) -> ContainerRecord:
-        """Target: create (or refresh) ``name`` from the source runtime's migration ``offer``."""
+        """Target: create (or refresh) ``name`` from the source runtime's migration ``offer``;
+        ``progress`` gets the bytes moved so far."""
         raise self._unsupported()
 
 

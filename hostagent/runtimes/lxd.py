@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -687,7 +689,12 @@ class LxdRuntime(Runtime):
         return [*paths, (None, self._volume_dir(name, None) / ROOTFS)]
 
     def lxd_migration_pull(
-        self, name: str, data: dict[str, Any], offer: dict[str, Any], refresh: bool
+        self,
+        name: str,
+        data: dict[str, Any],
+        offer: dict[str, Any],
+        refresh: bool,
+        progress: Callable[[int], None] | None = None,
     ) -> ContainerRecord:
         instance = dict(data.get("instance") or {})
         config = {
@@ -718,7 +725,8 @@ class LxdRuntime(Runtime):
                 "refresh": refresh,
             },
         }
-        self.client.call("POST", "/1.0/instances", body, timeout=24 * 3600)
+        doc = self.client.request("POST", "/1.0/instances", json=body)
+        self.client.wait(doc, 24 * 3600, on_progress=_fs_progress(progress) if progress else None)
         return self.get(name)
 
     # ----------------------------------------------------------------- helpers
@@ -737,6 +745,23 @@ class LxdRuntime(Runtime):
             shutil.rmtree(path, ignore_errors=True)
             if os.path.lexists(path):
                 run_tool(["rm", "-rf", "--one-file-system", "--", str(path)], f"removing {path}")
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKMGTPE]?)(i?)B\b")
+_UNITS = {"": 0, "k": 1, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+
+
+def _fs_progress(report: Callable[[int], None]) -> Callable[[dict[str, Any]], None]:
+    """LXD's migration progress (``fs_progress: "c1: 35.65MB (12.1MB/s)"``) as a byte count."""
+
+    def on_metadata(metadata: dict[str, Any]) -> None:
+        text = str(metadata.get("fs_progress") or "")
+        found = _SIZE.search(text.split(":", 1)[-1])
+        if found:
+            number, unit, binary = found.groups()
+            report(int(float(number) * (1024 if binary else 1000) ** _UNITS[unit]))
+
+    return on_metadata
 
 
 def _subvolumes(path: Path) -> list[Path]:

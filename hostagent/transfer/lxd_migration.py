@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -85,11 +86,19 @@ def parse_offer(msg: dict[str, Any]) -> dict[str, Any]:
     return {"operation": url, "secrets": secrets, "certificate": pem}
 
 
-async def receive(agent: Any, ch: Channel, name: str, data: dict[str, Any], refresh: bool) -> Any:
+async def receive(
+    agent: Any,
+    ch: Channel,
+    name: str,
+    data: dict[str, Any],
+    refresh: bool,
+    progress: Callable[[int], None],
+) -> Any:
     """Target side: have the local LXD pull the container from the source LXD, verify what it wrote
-    against the source's manifests; returns the container's record."""
+    against the source's manifests; returns the container's record. ``progress`` gets the bytes LXD
+    reports having moved (called from a worker thread)."""
     offer = parse_offer(await ch.recv(NAME))
-    record = await agent.blocking(agent.runtime.lxd_migration_pull, name, data, offer, refresh)
+    record = await agent.blocking(agent.runtime.lxd_migration_pull, name, data, offer, refresh, progress)
     try:
         await ch.send("lxd-pulled")
         theirs = require(await ch.recv("lxd-digests"), "volumes", list)
@@ -97,8 +106,9 @@ async def receive(agent: Any, ch: Channel, name: str, data: dict[str, Any], refr
         if [v.get("snapshot") if isinstance(v, dict) else 0 for v in theirs] != [*snapshots, None]:
             raise ProtocolError("lxd-migration: the source's digests do not list the volumes sent")
         volumes = await agent.blocking(agent.runtime.volume_paths, name, snapshots)
-        for (snapshot, path), want in zip(volumes, theirs, strict=True):
-            got = await agent.blocking(manifest.compute, path)
+        # every volume at once: the source hashed its side while LXD moved the data, this is the wait left
+        ours = await asyncio.gather(*(agent.blocking(manifest.compute, path, 1) for _, path in volumes))
+        for (snapshot, _path), got, want in zip(volumes, ours, theirs, strict=True):
             if got.digest != want.get("digest"):
                 what = "rootfs" if snapshot is None else f"snapshot {snapshot}"
                 raise VerificationError(
