@@ -388,3 +388,20 @@ def test_a_container_on_another_pool_falls_back_to_lxd_migration(lxd_cluster, ma
     assert lxc_json(lab, "list", "a:") == []
     lab.lxc("start", "b:c1")
     assert instance(lab, "b", "c1")["status"] == "Running"
+
+
+def test_a_stray_volume_on_the_target_pool_is_refused_and_kept(lxd_cluster, orch_env):
+    lab = lxd_cluster
+    lab.lxc("init", "a:bb", "a:c1", "-q")
+    stray = lab.daemons["b"].dir / "storage-pools" / "dir" / "containers" / "c1"
+    stray.mkdir()
+    (stray / "precious").write_text("left by someone")
+    try:
+        err = orch_env.fails("copy", "la:c1", "lb:")
+        assert "holds a volume named c1" in err
+        assert (stray / "precious").read_text() == "left by someone"
+        assert lxc_json(lab, "list", "b:") == [] and [i["name"] for i in lxc_json(lab, "list", "a:")] == [
+            "c1"
+        ]
+    finally:
+        shutil.rmtree(stray)
