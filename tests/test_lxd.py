@@ -346,7 +346,8 @@ def test_evacuate_and_restore_an_lxd_host(lxd_cluster, orch_env):
     assert on_b["run1"]["status"] == "Running" and on_b["off1"]["status"] == "Stopped"
     assert snapshot_names(lab, "b", "run1") == ["s1"]
     assert in_container(lab, "b", "run1", "cat /root/data") == "kept\n"
-    assert "EVACUATED" in o.run("hosts").stdout.split("la")[1].splitlines()[0]
+    row = next(line for line in o.run("hosts").stdout.splitlines() if "| la " in line)
+    assert "EVACUATED" in row and "lxd/dir" in row
 
     o.run("restore", "la:", timeout=600)
     on_a = {i["name"]: i for i in lxc_json(lab, "list", "a:")}

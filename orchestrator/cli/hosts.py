@@ -32,12 +32,12 @@ def hosts(ctx: Context, fmt: str) -> None:
     _, states, store = _handles()
     infos = [host_info(ctx.config, states, store, name) for name in sorted(ctx.config.remotes)]
     rows = [
-        [i.remote, i.status.upper(), f"{i.containers} ({i.running} running)" if i.online else "",
+        [i.remote, i.status.upper(), i.runtime, f"{i.containers} ({i.running} running)" if i.online else "",
          human_size(i.used) if i.online else "", human_size(i.free) if i.online else "", i.jobs]
         for i in infos
     ]  # fmt: skip
     objects = [{**i.__dict__, "methods": list(i.methods)} for i in infos]
-    emit(fmt, ["REMOTE", "STATUS", "CONTAINERS", "USED", "FREE", "JOBS"], rows, objects)
+    emit(fmt, ["REMOTE", "STATUS", "RUNTIME", "CONTAINERS", "USED", "FREE", "JOBS"], rows, objects)
 
 
 def _set(ctx: Context, target: str, status: str) -> None:

@@ -37,6 +37,8 @@ class HostInfo:
     free: int = 0
     jobs: int = 0
     methods: tuple[str, ...] = ()
+    #: what runs the host's containers and stores them ("native/btrfs", "lxd/dir" ...)
+    runtime: str = ""
     error: str = ""
 
     @property
@@ -69,6 +71,7 @@ def host_info(config: ClientConfig, states: HostStates, store: JobStore, remote:
     info.free = int(env.get("storage_free", 0))
     info.used = int(env.get("storage_total", 0)) - info.free
     info.methods = tuple(env.get("transfer_methods", ()))
+    info.runtime = "/".join(x for x in (env.get("runtime", ""), env.get("storage", "")) if x)
     return info
 
 
