@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -406,3 +407,35 @@ def test_a_stray_volume_on_the_target_pool_is_refused_and_kept(lxd_cluster, orch
         ]
     finally:
         shutil.rmtree(stray)
+
+
+def test_cancelling_an_lxd_migration_leaves_the_source_and_no_target(lxd_cluster, orch_env):
+    from tests.test_copy_move import job
+
+    lab = lxd_cluster
+    rootfs = lab.create("a", "c1", "dir", image="bb")
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={rootfs / 'big'}", "bs=1M", "count=300", "status=none"], check=True
+    )
+    job_id = orch_env.run("move", "la:c1", "lb:", "--method", "lxd-migration", "--no-wait").stdout.strip()
+    deadline = time.time() + 60
+    while job(orch_env, job_id)["stage"] != "lxd-migration" and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # LXD is moving the 300 MB now (zlib-compressed rsync: ~20 MB/s here)
+    orch_env.run("jobs", "cancel", job_id, check=False)
+    while (
+        job(orch_env, job_id)["status"] not in ("cancelled", "failed", "succeeded") and time.time() < deadline
+    ):
+        time.sleep(0.2)
+    record = job(orch_env, job_id)
+    if record["status"] == "succeeded":  # LXD won the race: then the move is complete and verified
+        assert lxc_json(lab, "list", "a:") == [] and [i["name"] for i in lxc_json(lab, "list", "b:")] == [
+            "c1"
+        ]
+        return
+    assert record["status"] == "cancelled", record
+    assert [i["name"] for i in lxc_json(lab, "list", "a:")] == ["c1"]
+    while lxc_json(lab, "list", "b:") and time.time() < deadline + 60:  # LXD b gives up on its pull
+        time.sleep(0.5)
+    assert lxc_json(lab, "list", "b:") == []
+    assert (rootfs / "big").stat().st_size == 300 << 20

@@ -315,9 +315,11 @@ class MigrationHooks:
         offer: dict[str, Any],
         refresh: bool,
         progress: Callable[[int], None] | None = None,
+        on_operation: Callable[[str], None] | None = None,
     ) -> ContainerRecord:
         """Target: create (or refresh) ``name`` from the source runtime's migration ``offer``;
-        ``progress`` gets the bytes moved so far."""
+        ``progress`` gets the bytes moved so far, ``on_operation`` the id of the runtime's operation
+        (so that a cancelled job can cancel it)."""
         raise self._unsupported()
 
 

@@ -695,6 +695,7 @@ class LxdRuntime(Runtime):
         offer: dict[str, Any],
         refresh: bool,
         progress: Callable[[int], None] | None = None,
+        on_operation: Callable[[str], None] | None = None,
     ) -> ContainerRecord:
         instance = dict(data.get("instance") or {})
         config = {
@@ -726,6 +727,8 @@ class LxdRuntime(Runtime):
             },
         }
         doc = self.client.request("POST", "/1.0/instances", json=body)
+        if on_operation is not None and (doc.get("metadata") or {}).get("id"):
+            on_operation(doc["metadata"]["id"])
         self.client.wait(doc, 24 * 3600, on_progress=_fs_progress(progress) if progress else None)
         return self.get(name)
 

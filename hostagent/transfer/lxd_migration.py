@@ -98,7 +98,17 @@ async def receive(
     against the source's manifests; returns the container's record. ``progress`` gets the bytes LXD
     reports having moved (called from a worker thread)."""
     offer = parse_offer(await ch.recv(NAME))
-    record = await agent.blocking(agent.runtime.lxd_migration_pull, name, data, offer, refresh, progress)
+    operations: list[str] = []  # the target LXD's operation, once it started
+    pull = asyncio.ensure_future(
+        agent.blocking(
+            agent.runtime.lxd_migration_pull, name, data, offer, refresh, progress, operations.append
+        )
+    )
+    try:
+        record = await asyncio.shield(pull)
+    except asyncio.CancelledError:
+        await _stop_pull(agent, ch, name, refresh, pull, operations)
+        raise
     try:
         await ch.send("lxd-pulled")
         theirs = require(await ch.recv("lxd-digests"), "volumes", list)
@@ -123,6 +133,28 @@ async def receive(
     with contextlib.suppress(Exception):
         await ch.send("done")
     return record
+
+
+async def _stop_pull(
+    agent: Any, ch: Channel, name: str, refresh: bool, pull: asyncio.Future[Any], operations: list[str]
+) -> None:
+    """The job was cancelled while LXD moves the data: stop both LXDs, then remove what LXD made.
+
+    The worker thread following LXD's operation cannot be interrupted, so LXD is: the channel is dropped
+    (the source then cancels its LXD's operation, which fails the pull) and the target's operation is
+    cancelled too; if the pull still completed, the new container is deleted.
+    """
+    ch.abort()
+    for operation in operations:
+        with contextlib.suppress(Exception):
+            await agent.blocking(agent.runtime.lxd_migration_cancel, operation)
+    try:
+        await asyncio.wait_for(asyncio.shield(pull), 300)
+    except BaseException:  # noqa: BLE001 - failing is what is wanted here
+        return
+    if not refresh:
+        with contextlib.suppress(Exception):
+            await agent.blocking(agent.runtime.delete, name)
 
 
 class VerificationError(InternalError):
