@@ -183,6 +183,30 @@ def test_received_volumes_must_fit_the_container(tmp_path):
     manifest.check_ownership(manifest.compute(vol), IdMap(100000, 65536))
 
 
+def test_received_lxd_volumes_hold_metadata_files_and_a_real_rootfs(tmp_path):
+    """An LXD volume (btrfs streams between LXD hosts): host-owned metadata files beside ``rootfs/``,
+    whose owners must fit the container; nothing else outside it, and ``rootfs`` itself a directory."""
+    vol = tmp_path / "vol"
+    (vol / "rootfs" / "etc").mkdir(parents=True)
+    (vol / "backup.yaml").write_text("x")
+    for p in (vol / "rootfs", vol / "rootfs" / "etc"):
+        os.chown(p, 100000, 100000)
+    idmap = IdMap(100000, 65536)
+    manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+    os.symlink("/etc/shadow", vol / "metadata.yaml")
+    with pytest.raises(BadRequest, match="outside its rootfs"):
+        manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+    os.unlink(vol / "metadata.yaml")
+    os.chown(vol / "rootfs" / "etc", 0, 0)
+    with pytest.raises(BadRequest, match="outside the container's id range"):
+        manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+    os.chown(vol / "rootfs" / "etc", 100000, 100000)
+    os.rename(vol / "rootfs", vol / "real")
+    os.symlink("/", vol / "rootfs")
+    with pytest.raises(BadRequest, match="is not a directory"):
+        manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+
+
 # ------------------------------------------------------------------------------------------- tar
 
 

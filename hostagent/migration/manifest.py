@@ -280,6 +280,8 @@ def check_ownership(manifest: Manifest, idmap: IdMap | None, root: str | None = 
     gids = range(idmap.gid_host_base, idmap.gid_host_base + idmap.size)
     for line in manifest.lines:
         path, kind, _mode, uid, gid = json.loads(line)[:5]
+        if root is not None and path == root and kind != "d":
+            raise BadRequest(f"received volume's {root!r} is not a directory (type {kind!r})")
         if root is not None and path != root and not path.startswith(root + "/"):
             if kind not in ("f", "d"):
                 raise BadRequest(f"received volume holds {path!r} of type {kind!r} outside its rootfs")

@@ -537,7 +537,16 @@ class TargetSession:
             await ch.send("accept", method=method_name, skip=skip, features=sorted(features))
             files = await self._receive_all(header, staging, method, method_name, skip, todo, features)
             self.stage("commit")
-            record = await agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
+            commit = asyncio.ensure_future(
+                agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
+            )
+            try:
+                record = await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # past the point of no return: the commit (a thread) runs to its end and its outcome is
+                # reported, so a cancelled job's rollback sees the container it must delete; removing
+                # the staging dir under a running commit could leave half a container
+                record = await commit
             committed = True
             with contextlib.suppress(Exception):
                 await ch.send("done")

@@ -28,6 +28,7 @@ import secrets
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -523,8 +524,8 @@ class LxdRuntime(Runtime):
         }
         profiles = [self.client.get(path_of("profiles", p)) for p in inst["profiles"]]
         vdir = staging.volume_dir(None)
-        if not (vdir / ROOTFS).is_dir():
-            raise InternalError(f"the received container {name} has no rootfs")
+        if (vdir / ROOTFS).is_symlink() or not (vdir / ROOTFS).is_dir():
+            raise BadRequest(f"the received container {name} has no rootfs directory")
         self._write_metadata(vdir, instance, inst)
         recover.write_backup(vdir, inst, snapshots, self.pool, profiles)
         if self.storage_name == "dir":  # btrfs snapshots are read-only, with the source's modes
@@ -533,11 +534,13 @@ class LxdRuntime(Runtime):
         os.chmod(vdir, 0o100)
         for leftover in staging.path.glob("recv-*"):
             self._remove(leftover)
+        started = time.monotonic()
         with self._adopt:
             if staging.existing is None:
                 self._adopt_new(staging)
             else:
                 self._adopt_refresh(staging)
+        log.info("LXD adopted container %s in %.0f ms", name, (time.monotonic() - started) * 1000)
         return self.get(name)
 
     def _snapshot_docs(
