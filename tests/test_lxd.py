@@ -439,3 +439,22 @@ def test_cancelling_an_lxd_migration_leaves_the_source_and_no_target(lxd_cluster
         time.sleep(0.5)
     assert lxc_json(lab, "list", "b:") == []
     assert (rootfs / "big").stat().st_size == 300 << 20
+
+
+def test_an_adoption_cut_short_by_a_crash_is_undone_at_the_next_start(clean_lab, make_agent):
+    """The agent died after moving a received container's volumes into the pool and before LXD adopted
+    them: its next start takes them back out, so the pool holds nothing LXD does not know."""
+    pool = clean_lab.daemons["a"].dir / "storage-pools" / "dir"
+    staging = pool / ".orch-agent" / "staging" / "c9-deadbeef"
+    placed = [(staging / "containers" / "c9", pool / "containers" / "c9")]
+    placed.append((staging / "containers-snapshots" / "c9", pool / "containers-snapshots" / "c9"))
+    (placed[0][1] / "rootfs").mkdir(parents=True)
+    placed[1][1].mkdir(parents=True)
+    (placed[0][0].parent).mkdir(parents=True)
+    (placed[1][0].parent).mkdir(parents=True)
+    moves = [[str(a), str(b)] for a, b in placed]
+    (staging / "adopting.json").write_text(json.dumps({"name": "c9", "moves": moves}))
+    lxd_agent(make_agent, clean_lab, "a", "la")
+    assert not placed[0][1].exists() and not placed[1][1].exists()
+    assert not staging.exists()
+    assert lxc_json(clean_lab, "list", "a:") == []

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 ROOTFS = "rootfs"
 CONTAINERS = "containers"
 SNAPSHOTS = "containers-snapshots"
+#: in a staging dir: the volumes are being moved into the pool for LXD to adopt (see recover())
+ADOPTING = "adopting.json"
 #: the agent's own corner of the pool (same filesystem, so staged volumes move in by rename)
 WORK_DIR = ".orch-agent"
 #: orch's per-container evacuation policy, as an LXD user key (see orchestrator/evacuation/runner.py)
@@ -329,10 +331,29 @@ class LxdRuntime(Runtime):
         return self.get(new_name)
 
     def recover(self) -> None:
-        """Staging and export dirs left by a crash are removed (LXD never saw them)."""
-        for sub in ("staging", "exporting"):
-            for entry in (self.work / sub).iterdir():
-                self._remove(entry)
+        """Clean up after a crash: staging and export dirs are removed (LXD never saw them), and the
+        volumes of an adoption the crash interrupted are taken back out of the pool first, unless LXD
+        adopted them before the crash."""
+        for entry in (self.work / "staging").iterdir():
+            journal = entry / ADOPTING
+            if journal.exists():
+                self._undo_placement(json.loads(journal.read_text()))
+            self._remove(entry)
+        for entry in (self.work / "exporting").iterdir():
+            self._remove(entry)
+
+    def _undo_placement(self, record: dict[str, Any]) -> None:
+        name = record["name"]
+        try:
+            self._instance(name)
+            log.info("recovery: LXD had adopted container %s before the crash", name)
+            return
+        except NotFound:
+            pass
+        for src, dst in reversed(record["moves"]):
+            if os.path.lexists(dst) and not os.path.lexists(src):
+                os.rename(dst, src)
+        log.warning("recovery: took the unadopted volumes of container %s back out of the pool", name)
 
     # ----------------------------------------------------------------- migration: source
 
@@ -599,6 +620,10 @@ class LxdRuntime(Runtime):
         if os.path.lexists(moves[0][1]) or os.path.lexists(moves[1][1]):
             raise Conflict(f"container {name} already exists (its volume is in LXD pool {self.pool_name})")
         done: list[tuple[Path, Path]] = []
+        journal = staging.path / ADOPTING
+        # a crash from here to the adoption leaves volumes LXD does not know in its pool: the journal
+        # lets the next start put them back into staging (see recover())
+        journal.write_text(json.dumps({"name": name, "moves": [[str(a), str(b)] for a, b in moves]}))
         try:
             for src, dst in moves:
                 os.rename(src, dst)
@@ -609,6 +634,7 @@ class LxdRuntime(Runtime):
                 with suppress(OSError):
                     os.rename(dst, src)
             raise
+        journal.unlink()
 
     def _adopt_refresh(self, staging: LxdStaging) -> None:
         """Swap the refreshed container in: the old one is renamed aside, the new one adopted, then the
