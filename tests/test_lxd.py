@@ -458,3 +458,26 @@ def test_an_adoption_cut_short_by_a_crash_is_undone_at_the_next_start(clean_lab,
     assert not placed[0][1].exists() and not placed[1][1].exists()
     assert not staging.exists()
     assert lxc_json(clean_lab, "list", "a:") == []
+
+
+def test_a_refresh_cut_short_by_a_crash_gives_the_old_container_back(clean_lab, make_agent):
+    """The agent died during a refresh's swap, after renaming the old container aside and moving its kept
+    snapshot into staging: the next start puts the snapshot back and gives the container its name back."""
+    lab = clean_lab
+    lab.lxc("init", "a:bb", "a:c1", "-q")
+    lab.lxc("snapshot", "a:c1", "s1")
+    pool = lab.daemons["a"].dir / "storage-pools" / "dir"
+    (pool / "containers-snapshots" / "c1" / "s1" / "rootfs" / "kept").write_text("old snapshot")
+    aside = "c1-orch-old-abc123"
+    lab.lxc("move", "a:c1", f"a:{aside}")
+    staging = pool / ".orch-agent" / "staging" / "c1-feedf00d"
+    (staging / "containers-snapshots" / "c1").mkdir(parents=True)
+    kept = (pool / "containers-snapshots" / aside / "s1", staging / "containers-snapshots" / "c1" / "s1")
+    kept[0].rename(kept[1])
+    record = {"name": "c1", "aside": aside, "kept": [[str(kept[0]), str(kept[1])]], "moves": []}
+    (staging / "adopting.json").write_text(json.dumps(record))
+    lxd_agent(make_agent, lab, "a", "la")
+    assert [i["name"] for i in lxc_json(lab, "list", "a:")] == ["c1"]
+    assert snapshot_names(lab, "a", "c1") == ["s1"]
+    assert (pool / "containers-snapshots" / "c1" / "s1" / "rootfs" / "kept").read_text() == "old snapshot"
+    assert not staging.exists()

@@ -343,17 +343,28 @@ class LxdRuntime(Runtime):
             self._remove(entry)
 
     def _undo_placement(self, record: dict[str, Any]) -> None:
-        name = record["name"]
+        """Undo an adoption a crash cut short (the journal of _adopt_new/_adopt_refresh): unless LXD
+        knows the container, its volumes go back to staging, a refresh's kept snapshots back to the old
+        container, and the old container gets its name back."""
+        name, aside = record["name"], record.get("aside")
         try:
             self._instance(name)
-            log.info("recovery: LXD had adopted container %s before the crash", name)
+            if aside:
+                log.warning(
+                    "recovery: refresh of %s was adopted; the previous copy may remain as %s", name, aside
+                )
             return
         except NotFound:
             pass
-        for src, dst in reversed(record["moves"]):
+        # every pair went src -> dst: the volumes from staging into the pool, then (first undone) the kept
+        # snapshots from the old container into staging
+        for src, dst in [*reversed(record.get("moves") or []), *reversed(record.get("kept") or [])]:
             if os.path.lexists(dst) and not os.path.lexists(src):
                 os.rename(dst, src)
-        log.warning("recovery: took the unadopted volumes of container %s back out of the pool", name)
+        if aside:
+            with suppress(NotFound):
+                self.client.call("POST", path_of("instances", aside), {"name": name}, timeout=600)
+        log.warning("recovery: undid the interrupted adoption of container %s", name)
 
     # ----------------------------------------------------------------- migration: source
 
@@ -562,6 +573,8 @@ class LxdRuntime(Runtime):
             else:
                 self._adopt_refresh(staging)
         log.info("LXD adopted container %s in %.0f ms", name, (time.monotonic() - started) * 1000)
+        (staging.path / ADOPTING).unlink(missing_ok=True)
+        self._remove(staging.path)  # what is left: the emptied staging dirs
         return self.get(name)
 
     def _snapshot_docs(
@@ -611,7 +624,7 @@ class LxdRuntime(Runtime):
             )
         path.write_text(text)
 
-    def _adopt_new(self, staging: LxdStaging) -> None:
+    def _adopt_new(self, staging: LxdStaging, journal_extra: dict[str, Any] | None = None) -> None:
         name = staging.name
         moves = [
             (staging.volume_dir(None), self._volume_dir(name, None)),
@@ -619,11 +632,10 @@ class LxdRuntime(Runtime):
         ]
         if os.path.lexists(moves[0][1]) or os.path.lexists(moves[1][1]):
             raise Conflict(f"container {name} already exists (its volume is in LXD pool {self.pool_name})")
-        done: list[tuple[Path, Path]] = []
-        journal = staging.path / ADOPTING
         # a crash from here to the adoption leaves volumes LXD does not know in its pool: the journal
-        # lets the next start put them back into staging (see recover())
-        journal.write_text(json.dumps({"name": name, "moves": [[str(a), str(b)] for a, b in moves]}))
+        # lets the next start put them back (see recover())
+        self._journal(staging, {**(journal_extra or {}), "name": name, "moves": _pairs(moves)})
+        done: list[tuple[Path, Path]] = []
         try:
             for src, dst in moves:
                 os.rename(src, dst)
@@ -634,32 +646,40 @@ class LxdRuntime(Runtime):
                 with suppress(OSError):
                     os.rename(dst, src)
             raise
-        journal.unlink()
+
+    @staticmethod
+    def _journal(staging: LxdStaging, record: dict[str, Any]) -> None:
+        tmp = staging.path / (ADOPTING + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, staging.path / ADOPTING)
 
     def _adopt_refresh(self, staging: LxdStaging) -> None:
         """Swap the refreshed container in: the old one is renamed aside, the new one adopted, then the
-        old one deleted. Snapshots the target already had move from the old container to the new."""
+        old one deleted. Snapshots the target already had go from the old container to the new (moved on
+        dir pools, snapshotted on btrfs); a crash midway is undone by recover() from the journal."""
         name = staging.name
         aside = f"{name[:40]}-orch-old-{secrets.token_hex(3)}"
+        wanted = {p.name for p in (staging.path / SNAPSHOTS / name).iterdir()}
+        backup = json.loads((staging.volume_dir(None) / "backup.yaml").read_text())
+        keep = [
+            (self.pool_dir / SNAPSHOTS / aside / snap["name"], staging.path / SNAPSHOTS / name / snap["name"])
+            for snap in backup["snapshots"]
+            if snap["name"] not in wanted
+        ]
+        moving = self.storage_name != "btrfs"  # a read-only subvolume cannot change directory
+        extra = {"aside": aside, "kept": _pairs(keep) if moving else []}
+        self._journal(staging, {**extra, "name": name, "moves": []})
         self.client.call("POST", path_of("instances", name), {"name": aside}, timeout=600)
-        moved: list[tuple[Path, Path]] = []  # dir pools: snapshot dirs moved over (moved back on failure)
+        moved: list[tuple[Path, Path]] = []
         try:
-            wanted = {p.name for p in (staging.path / SNAPSHOTS / name).iterdir()}
-            backup = json.loads((staging.volume_dir(None) / "backup.yaml").read_text())
-            for snap in backup["snapshots"]:
-                if snap["name"] in wanted:
-                    continue
-                src = self.pool_dir / SNAPSHOTS / aside / snap["name"]
-                dst = staging.path / SNAPSHOTS / name / snap["name"]
-                if self.storage_name == "btrfs":  # a read-only subvolume cannot change directory
-                    run_tool(
-                        ["btrfs", "subvolume", "snapshot", "-r", "--", str(src), str(dst)],
-                        "keeping a snapshot",
-                    )
-                else:
+            for src, dst in keep:
+                if moving:
                     os.rename(src, dst)
                     moved.append((src, dst))
-            self._adopt_new(staging)
+                else:
+                    argv = ["btrfs", "subvolume", "snapshot", "-r", "--", str(src), str(dst)]
+                    run_tool(argv, "keeping a snapshot")
+            self._adopt_new(staging, extra)
         except BaseException:
             for src, dst in reversed(moved):
                 with suppress(OSError):
@@ -794,6 +814,10 @@ def _fs_progress(report: Callable[[int], None]) -> Callable[[dict[str, Any]], No
             report(int(float(number) * (1024 if binary else 1000) ** _UNITS[unit]))
 
     return on_metadata
+
+
+def _pairs(moves: list[tuple[Path, Path]]) -> list[list[str]]:
+    return [[str(a), str(b)] for a, b in moves]
 
 
 def _subvolumes(path: Path) -> list[Path]:
