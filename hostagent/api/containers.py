@@ -54,7 +54,7 @@ async def create_container(request: web.Request) -> web.Response:
     if not isinstance(ref, str) or not ref:
         raise BadRequest("source needs an image 'fingerprint' or 'alias'")
     config = agent.runtime.validate_config(body.get("config") or {})
-    image = agent.images.get(ref)  # 404 now rather than inside the operation
+    image = await agent.blocking(agent.images.get, ref)  # 404 now rather than inside the operation
     if name in {r.name for r in await agent.blocking(agent.runtime.list)}:
         raise Conflict(f"container {name} already exists")
     start = bool(body.get("start"))

@@ -53,7 +53,7 @@ async def import_image(request: web.Request) -> web.Response:
         return async_op(start_image_pull(agent, source))
     aliases = [check_alias_name(a) for a in request.query.getall("alias", [])]
     for alias in aliases:
-        _alias_must_be_free(agent, alias)
+        await agent.blocking(_alias_must_be_free, agent, alias)
     length = request.content_length
     if length is not None and length > agent.storage.free_bytes():
         raise InsufficientStorage(f"image of {length} bytes does not fit in the agent's free space")
@@ -105,7 +105,8 @@ def _alias_must_be_free(agent: Any, alias: str) -> None:
 
 @routes.get("/1.0/images/aliases")
 async def list_aliases(request: web.Request) -> web.Response:
-    aliases = request.app[AGENT_KEY].images.alias_list()
+    agent = request.app[AGENT_KEY]
+    aliases = await agent.blocking(agent.images.alias_list)
     if recursion(request):
         return sync(aliases)
     return sync([f"/1.0/images/aliases/{a['name']}" for a in aliases])
@@ -122,14 +123,15 @@ async def create_alias(request: web.Request) -> web.Response:
     description = body.get("description", "")
     if not isinstance(description, str):
         raise BadRequest("description must be a string")
-    fingerprint = agent.images.get(target).fingerprint
+    fingerprint = (await agent.blocking(agent.images.get, target)).fingerprint
     await agent.blocking(agent.images.alias_create, name, fingerprint, description)
-    return sync(agent.images.alias_get(name), status=201)
+    return sync(await agent.blocking(agent.images.alias_get, name), status=201)
 
 
 @routes.get("/1.0/images/aliases/{alias:.+}")
 async def get_alias(request: web.Request) -> web.Response:
-    return sync(request.app[AGENT_KEY].images.alias_get(check_alias_name(request.match_info["alias"])))
+    agent = request.app[AGENT_KEY]
+    return sync(await agent.blocking(agent.images.alias_get, check_alias_name(request.match_info["alias"])))
 
 
 @routes.delete("/1.0/images/aliases/{alias:.+}")
@@ -141,21 +143,23 @@ async def delete_alias(request: web.Request) -> web.Response:
 
 @routes.get("/1.0/images/{ref}")
 async def get_image(request: web.Request) -> web.Response:
-    return sync(request.app[AGENT_KEY].images.get(request.match_info["ref"]).to_api())
+    agent = request.app[AGENT_KEY]
+    return sync((await agent.blocking(agent.images.get, request.match_info["ref"])).to_api())
 
 
 @routes.get("/1.0/images/{ref}/export")
 async def export_image(request: web.Request) -> web.FileResponse:
     """The image tarball itself, byte for byte (its SHA-256 is the fingerprint)."""
     agent = request.app[AGENT_KEY]
-    record = agent.images.get(request.match_info["ref"])
-    return web.FileResponse(agent.images.tarball_path(record.fingerprint))
+    record = await agent.blocking(agent.images.get, request.match_info["ref"])
+    # an LXD-backed agent may first export the image from LXD into its cache: not in the event loop
+    return web.FileResponse(await agent.blocking(agent.images.tarball_path, record.fingerprint))
 
 
 @routes.delete("/1.0/images/{ref}")
 async def delete_image(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
-    fingerprint = agent.images.get(request.match_info["ref"]).fingerprint
+    fingerprint = (await agent.blocking(agent.images.get, request.match_info["ref"])).fingerprint
 
     async def work(op: Operation) -> None:
         await agent.blocking(agent.images.delete, fingerprint)

@@ -126,7 +126,7 @@ async def migration_image(request: web.Request) -> web.StreamResponse:
             from orchapi.errors import NotFound
 
             raise NotFound(f"container {migration.container} has no base image")
-        path = agent.images.tarball_path(migration.base_image)
+        path = await agent.blocking(agent.images.tarball_path, migration.base_image)
     except OrchError as exc:
         return _refuse(exc)
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
