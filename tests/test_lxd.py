@@ -481,3 +481,35 @@ def test_a_refresh_cut_short_by_a_crash_gives_the_old_container_back(clean_lab, 
     assert snapshot_names(lab, "a", "c1") == ["s1"]
     assert (pool / "containers-snapshots" / "c1" / "s1" / "rootfs" / "kept").read_text() == "old snapshot"
     assert not staging.exists()
+
+
+def test_btrfs_native_and_btrfs_lxd_hosts_use_rsync_between_them(
+    btrfs_cluster, orch_env, busybox_image, tmpdir755
+):
+    """Both store on btrfs, but a native volume is a bare rootfs and an LXD one holds rootfs/ and
+    metadata: btrfs streams cannot go from one to the other, so the agents agree on rsync."""
+    from tests.conftest import PASSWORD
+    from tests.procs import AgentProcess
+
+    lab = btrfs_cluster
+    data = lab.daemons["b"].btrfs_mount / "native-foo"  # a btrfs filesystem of its own for a native agent
+    foo = AgentProcess(data, "foo").start()
+    try:
+        foo.set_trust_password(PASSWORD, tmpdir755 / "admin-foo")
+        orch_env.add_remote("foo", foo)
+        assert "Transfer methods: btrfs, rsync, tar" in orch_env.run("info", "foo:").stdout
+        orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+        orch_env.run("init", "foo:bb", "foo:c1")
+        orch_env.run("move", "foo:c1", "la:")
+        assert last_job(orch_env)["method"] == "rsync"
+        assert instance(lab, "a", "c1")["expanded_devices"]["root"]["pool"] == BTRFS_POOL
+        lab.lxc("start", "a:c1")
+        in_container(lab, "a", "c1", "echo via-lxd > /root/f")
+        lab.lxc("stop", "a:c1")
+        orch_env.run("move", "la:c1", "foo:")
+        assert last_job(orch_env)["method"] == "rsync"
+        orch_env.run("start", "foo:c1")
+        assert orch_env.run("exec", "foo:c1", "--", "cat", "/root/f").stdout == "via-lxd\n"
+    finally:
+        foo.stop(kill_containers=True)
+        shutil.rmtree(data, ignore_errors=True)
