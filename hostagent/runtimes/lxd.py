@@ -25,9 +25,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
-import subprocess
-import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -40,7 +37,9 @@ from hostagent.images.store import ImageStore
 from hostagent.lxd import exec as lxd_exec
 from hostagent.lxd import idmap as lxd_idmap
 from hostagent.lxd import recover
+from hostagent.lxd.adoption import Adopter, LxdStaging
 from hostagent.lxd.client import LxdClient, path_of
+from hostagent.lxd.pool import CONTAINERS, ROOTFS, SNAPSHOTS, Pool
 from hostagent.runtimes.base import (
     LAYOUT_LXD,
     RUNNING,
@@ -57,17 +56,12 @@ from hostagent.runtimes.base import (
 from hostagent.runtimes.idmap import IdMap
 from hostagent.runtimes.staging import prefill_volume
 from hostagent.storage.base import StorageDriver
-from hostagent.storage.btrfs import BtrfsDriver, is_subvolume
-from hostagent.storage.dir import DirDriver, run_tool
+from hostagent.storage.btrfs import BtrfsDriver
+from hostagent.storage.dir import DirDriver
 from orchapi.errors import BadRequest, Conflict, InternalError, NotFound, OrchError
 
 log = logging.getLogger(__name__)
 
-ROOTFS = "rootfs"
-CONTAINERS = "containers"
-SNAPSHOTS = "containers-snapshots"
-#: in a staging dir: the volumes are being moved into the pool for LXD to adopt (see recover())
-ADOPTING = "adopting.json"
 #: the agent's own corner of the pool (same filesystem, so staged volumes move in by rename)
 WORK_DIR = ".orch-agent"
 #: orch's per-container evacuation policy, as an LXD user key (see orchestrator/evacuation/runner.py)
@@ -75,24 +69,6 @@ EVACUATE_KEY = "user.orch.evacuate"
 EVACUATE_POLICIES = ("auto", "migrate", "stop", "skip")
 #: keys of a received LXD instance kept as they are; devices are checked against the target's pool
 _INSTANCE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful", "description")
-
-
-class LxdStaging(ImportStaging):
-    """A container being received, already in LXD's layout inside the staging dir."""
-
-    def volume(self, snapshot: str | None) -> Path:
-        return self.volume_dir(snapshot) / ROOTFS
-
-    def volume_dir(self, snapshot: str | None) -> Path:
-        if snapshot is None:
-            return self.path / CONTAINERS / self.name
-        return self.path / SNAPSHOTS / self.name / snapshot
-
-    def existing_volume(self, snapshot: str | None) -> Path:
-        assert self.existing_dir is not None  # the pool dir
-        if snapshot is None:
-            return self.existing_dir / CONTAINERS / self.name / ROOTFS
-        return self.existing_dir / SNAPSHOTS / self.name / snapshot / ROOTFS
 
 
 class LxdRuntime(Runtime):
@@ -111,14 +87,14 @@ class LxdRuntime(Runtime):
         if server.get("auth") != "trusted":
             raise InternalError(f"LXD at {socket_path} does not trust this agent")
         self.pool_name = pool or self._default_pool()
-        self.pool = self.client.get(path_of("storage-pools", self.pool_name))
-        driver = self.pool.get("driver")
+        self.pool = Pool(self.lxd_dir, self.client.get(path_of("storage-pools", self.pool_name)))
+        driver = self.pool.driver
         if driver not in ("dir", "btrfs"):
             raise InternalError(
                 f"LXD pool {self.pool_name} uses {driver}; orch's LXD driver supports dir and btrfs pools",
                 "give another pool with --lxd-pool",
             )
-        self.pool_dir = self.lxd_dir / "storage-pools" / self.pool_name
+        self.pool_dir = self.pool.dir
         if not (self.pool_dir / CONTAINERS).is_dir():
             raise InternalError(f"LXD pool {self.pool_name} is not at {self.pool_dir}", "give --lxd-dir")
         self.storage: StorageDriver = (
@@ -131,8 +107,7 @@ class LxdRuntime(Runtime):
         for sub in ("staging", "exporting"):
             (self.work / sub).mkdir(mode=0o711, exist_ok=True)
         self.images = LxdImageStore(self.client, ImageStore(self.work / "images", self.storage))
-        #: LXD's recovery adopts every unknown volume of the pool: one adoption at a time
-        self._adopt = threading.Lock()
+        self.adopter = Adopter(self.client, self.pool)
 
     def _default_pool(self) -> str:
         profile = self.client.get(path_of("profiles", "default"))
@@ -145,7 +120,7 @@ class LxdRuntime(Runtime):
 
     @property
     def storage_name(self) -> str:
-        return str(self.pool.get("driver"))
+        return self.pool.driver
 
     @property
     def transfer_methods(self) -> tuple[str, ...]:
@@ -331,49 +306,21 @@ class LxdRuntime(Runtime):
         return self.get(new_name)
 
     def recover(self) -> None:
-        """Clean up after a crash: staging and export dirs are removed (LXD never saw them), and the
-        volumes of an adoption the crash interrupted are taken back out of the pool first, unless LXD
-        adopted them before the crash."""
+        """Clean up after a crash: staging and export dirs are removed (LXD never saw them), once an
+        adoption the crash interrupted is undone (see hostagent/lxd/adoption.py)."""
         for entry in (self.work / "staging").iterdir():
-            journal = entry / ADOPTING
-            if journal.exists():
-                self._undo_placement(json.loads(journal.read_text()))
-            self._remove(entry)
+            self.adopter.undo(entry)
+            self.pool.remove(entry)
         for entry in (self.work / "exporting").iterdir():
-            self._remove(entry)
-
-    def _undo_placement(self, record: dict[str, Any]) -> None:
-        """Undo an adoption a crash cut short (the journal of _adopt_new/_adopt_refresh): unless LXD
-        knows the container, its volumes go back to staging, a refresh's kept snapshots back to the old
-        container, and the old container gets its name back."""
-        name, aside = record["name"], record.get("aside")
-        try:
-            self._instance(name)
-            if aside:
-                log.warning(
-                    "recovery: refresh of %s was adopted; the previous copy may remain as %s", name, aside
-                )
-            return
-        except NotFound:
-            pass
-        # every pair went src -> dst: the volumes from staging into the pool, then (first undone) the kept
-        # snapshots from the old container into staging
-        for src, dst in [*reversed(record.get("moves") or []), *reversed(record.get("kept") or [])]:
-            if os.path.lexists(dst) and not os.path.lexists(src):
-                os.rename(dst, src)
-        if aside:
-            with suppress(NotFound):
-                self.client.call("POST", path_of("instances", aside), {"name": name}, timeout=600)
-        log.warning("recovery: undid the interrupted adoption of container %s", name)
+            self.pool.remove(entry)
 
     # ----------------------------------------------------------------- migration: source
 
     def _volume_dir(self, name: str, snapshot: str | None, pool: str | None = None) -> Path:
         """Where LXD keeps a container's (or snapshot's) volume, in our pool or the one named."""
-        base = self.pool_dir if pool is None else self.lxd_dir / "storage-pools" / pool
-        if snapshot is None:
-            return base / CONTAINERS / name
-        return base / SNAPSHOTS / name / snapshot
+        if pool is None or pool == self.pool_name:
+            return self.pool.volume_dir(name, snapshot)
+        return Pool(self.lxd_dir, {"name": pool}).volume_dir(name, snapshot)
 
     def export_plan(self, name: str, snapshot: str | None, instance_only: bool) -> ExportPlan:
         inst = self._instance(name)
@@ -442,7 +389,7 @@ class LxdRuntime(Runtime):
 
     def export_scratch_remove(self, path: Path) -> None:
         if Path(path).parent == self.work / "exporting":
-            self._remove(Path(path))
+            self.pool.remove(Path(path))
 
     # ----------------------------------------------------------------- migration: target
 
@@ -489,15 +436,6 @@ class LxdRuntime(Runtime):
         (tmp / SNAPSHOTS / name).mkdir(mode=0o711, parents=True)
         return LxdStaging(name, tmp, existing, self.pool_dir if existing is not None else None)
 
-    def _make_volume_dir(self, path: Path) -> None:
-        """An LXD volume: a subvolume on btrfs pools, a directory on dir pools."""
-        if os.path.lexists(path):
-            return
-        if self.storage_name == "btrfs":
-            run_tool(["btrfs", "subvolume", "create", "--", str(path)], f"creating volume {path}")
-        else:
-            path.mkdir(mode=0o711)
-
     def import_prefill(
         self,
         staging: ImportStaging,
@@ -508,7 +446,7 @@ class LxdRuntime(Runtime):
         idmap: dict[str, int] | None,
     ) -> Path:
         assert isinstance(staging, LxdStaging)
-        self._make_volume_dir(staging.volume_dir(snapshot))
+        self.pool.make_volume(staging.volume_dir(snapshot))
         return prefill_volume(self.trees, self.images, staging, snapshot, base, base_idmap, image, idmap)
 
     def import_receive_dir(self, staging: ImportStaging, snapshot: str | None) -> Path:
@@ -522,11 +460,7 @@ class LxdRuntime(Runtime):
             return  # rsync/tar filled the volume in place
         # btrfs: ``received`` is a read-only copy of the source's LXD volume; a snapshot of it takes its
         # place (read-only for snapshots, writable for the container)
-        vdir = staging.volume_dir(snapshot)
-        argv = ["btrfs", "subvolume", "snapshot"]
-        if snapshot is not None:
-            argv.append("-r")
-        run_tool([*argv, "--", str(received), str(vdir)], f"placing volume {vdir.name}")
+        self.pool.snapshot(received, staging.volume_dir(snapshot), readonly=snapshot is not None)
 
     def import_commit(
         self, staging: ImportStaging, data: dict[str, Any], source_idmap: dict[str, int] | None
@@ -559,22 +493,17 @@ class LxdRuntime(Runtime):
         if (vdir / ROOTFS).is_symlink() or not (vdir / ROOTFS).is_dir():
             raise BadRequest(f"the received container {name} has no rootfs directory")
         self._write_metadata(vdir, instance, inst)
-        recover.write_backup(vdir, inst, snapshots, self.pool, profiles)
+        recover.write_backup(vdir, inst, snapshots, self.pool.info, profiles)
         if self.storage_name == "dir":  # btrfs snapshots are read-only, with the source's modes
-            for path in (staging.path / SNAPSHOTS / name).iterdir():
+            for path in staging.snapshots_dir.iterdir():
                 os.chmod(path, 0o700)
         os.chmod(vdir, 0o100)
         for leftover in staging.path.glob("recv-*"):
-            self._remove(leftover)
+            self.pool.remove(leftover)
         started = time.monotonic()
-        with self._adopt:
-            if staging.existing is None:
-                self._adopt_new(staging)
-            else:
-                self._adopt_refresh(staging)
+        self.adopter.adopt(staging)
         log.info("LXD adopted container %s in %.0f ms", name, (time.monotonic() - started) * 1000)
-        (staging.path / ADOPTING).unlink(missing_ok=True)
-        self._remove(staging.path)  # what is left: the emptied staging dirs
+        self.pool.remove(staging.path)  # what is left: the emptied staging dirs
         return self.get(name)
 
     def _snapshot_docs(
@@ -624,80 +553,9 @@ class LxdRuntime(Runtime):
             )
         path.write_text(text)
 
-    def _adopt_new(self, staging: LxdStaging, journal_extra: dict[str, Any] | None = None) -> None:
-        name = staging.name
-        moves = [
-            (staging.volume_dir(None), self._volume_dir(name, None)),
-            (staging.path / SNAPSHOTS / name, self.pool_dir / SNAPSHOTS / name),
-        ]
-        if os.path.lexists(moves[0][1]) or os.path.lexists(moves[1][1]):
-            raise Conflict(f"container {name} already exists (its volume is in LXD pool {self.pool_name})")
-        # a crash from here to the adoption leaves volumes LXD does not know in its pool: the journal
-        # lets the next start put them back (see recover())
-        self._journal(staging, {**(journal_extra or {}), "name": name, "moves": _pairs(moves)})
-        done: list[tuple[Path, Path]] = []
-        try:
-            for src, dst in moves:
-                os.rename(src, dst)
-                done.append((src, dst))
-            recover.register(self.client, self.pool, name)
-        except BaseException:
-            for src, dst in reversed(done):  # back into staging, which the abort removes
-                with suppress(OSError):
-                    os.rename(dst, src)
-            raise
-
-    @staticmethod
-    def _journal(staging: LxdStaging, record: dict[str, Any]) -> None:
-        tmp = staging.path / (ADOPTING + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, staging.path / ADOPTING)
-
-    def _adopt_refresh(self, staging: LxdStaging) -> None:
-        """Swap the refreshed container in: the old one is renamed aside, the new one adopted, then the
-        old one deleted. Snapshots the target already had go from the old container to the new (moved on
-        dir pools, snapshotted on btrfs); a crash midway is undone by recover() from the journal."""
-        name = staging.name
-        aside = f"{name[:40]}-orch-old-{secrets.token_hex(3)}"
-        wanted = {p.name for p in (staging.path / SNAPSHOTS / name).iterdir()}
-        backup = json.loads((staging.volume_dir(None) / "backup.yaml").read_text())
-        keep = [
-            (self.pool_dir / SNAPSHOTS / aside / snap["name"], staging.path / SNAPSHOTS / name / snap["name"])
-            for snap in backup["snapshots"]
-            if snap["name"] not in wanted
-        ]
-        moving = self.storage_name != "btrfs"  # a read-only subvolume cannot change directory
-        extra = {"aside": aside, "kept": _pairs(keep) if moving else []}
-        self._journal(staging, {**extra, "name": name, "moves": []})
-        self.client.call("POST", path_of("instances", name), {"name": aside}, timeout=600)
-        moved: list[tuple[Path, Path]] = []
-        try:
-            for src, dst in keep:
-                if moving:
-                    os.rename(src, dst)
-                    moved.append((src, dst))
-                else:
-                    argv = ["btrfs", "subvolume", "snapshot", "-r", "--", str(src), str(dst)]
-                    run_tool(argv, "keeping a snapshot")
-            self._adopt_new(staging, extra)
-        except BaseException:
-            for src, dst in reversed(moved):
-                with suppress(OSError):
-                    os.rename(dst, src)
-            with suppress(OrchError):
-                self.client.call("POST", path_of("instances", aside), {"name": name}, timeout=600)
-            raise
-        try:
-            # the moved-out snapshot dirs are missing from the old container: its delete must not mind
-            for src, _dst in moved:
-                self._make_volume_dir(src)
-            self.client.call("DELETE", path_of("instances", aside), timeout=600)
-        except OrchError as exc:
-            log.warning("refresh of %s: the previous copy %s could not be deleted: %s", name, aside, exc)
-
     def import_abort(self, staging: ImportStaging) -> None:
         if staging.path.parent == self.work / "staging":
-            self._remove(staging.path)
+            self.pool.remove(staging.path)
 
     # ----------------------------------------------------------------- migration: LXD's own
 
@@ -781,23 +639,6 @@ class LxdRuntime(Runtime):
         self.client.wait(doc, 24 * 3600, on_progress=_fs_progress(progress) if progress else None)
         return self.get(name)
 
-    # ----------------------------------------------------------------- helpers
-
-    def _remove(self, path: Path) -> None:
-        """Remove a tree that may hold (read-only) btrfs subvolumes."""
-        if not os.path.lexists(path):
-            return
-        if self.storage_name == "btrfs":
-            for sub in sorted(_subvolumes(path), key=lambda p: len(p.parts), reverse=True):
-                subprocess.run(
-                    ["btrfs", "property", "set", "-ts", str(sub), "ro", "false"], capture_output=True
-                )
-                subprocess.run(["btrfs", "subvolume", "delete", str(sub)], capture_output=True)
-        if os.path.lexists(path):
-            shutil.rmtree(path, ignore_errors=True)
-            if os.path.lexists(path):
-                run_tool(["rm", "-rf", "--one-file-system", "--", str(path)], f"removing {path}")
-
 
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKMGTPE]?)(i?)B\b")
 _UNITS = {"": 0, "k": 1, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
@@ -814,20 +655,6 @@ def _fs_progress(report: Callable[[int], None]) -> Callable[[dict[str, Any]], No
             report(int(float(number) * (1024 if binary else 1000) ** _UNITS[unit]))
 
     return on_metadata
-
-
-def _pairs(moves: list[tuple[Path, Path]]) -> list[list[str]]:
-    return [[str(a), str(b)] for a, b in moves]
-
-
-def _subvolumes(path: Path) -> list[Path]:
-    found = [path] if is_subvolume(path) else []
-    for root, dirs, _files in os.walk(path):
-        for d in dirs:
-            p = Path(root, d)
-            if os.lstat(p).st_ino == 256:
-                found.append(p)
-    return found
 
 
 def _now() -> str:
