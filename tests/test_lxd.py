@@ -347,6 +347,9 @@ def test_evacuate_and_restore_an_lxd_host(lxd_cluster, orch_env):
     assert on_b["run1"]["status"] == "Running" and on_b["off1"]["status"] == "Stopped"
     assert snapshot_names(lab, "b", "run1") == ["s1"]
     assert in_container(lab, "b", "run1", "cat /root/data") == "kept\n"
+    lab.lxc("start", "b:off1")  # the stopped one is stopped, not broken
+    assert instance(lab, "b", "off1")["status"] == "Running"
+    lab.lxc("stop", "b:off1", "--force")
     row = next(line for line in o.run("hosts").stdout.splitlines() if "| la " in line)
     assert "EVACUATED" in row and "lxd/dir" in row
 
