@@ -84,28 +84,38 @@ class ExecResult:
     stderr: bytes
 
 
-def validate_config(config: dict[str, Any]) -> dict[str, str]:
-    """Check container config keys and values; returns the config with string values."""
+def string_config(config: Any) -> dict[str, str]:
+    """Config with string values (booleans as true/false), the form every runtime checks further."""
     if not isinstance(config, dict):
         raise BadRequest("container config must be a mapping of keys to strings")
     out: dict[str, str] = {}
     for key, value in config.items():
         if not isinstance(key, str) or not isinstance(value, (str, int, bool)):
             raise BadRequest(f"invalid config entry {key!r}: keys and values must be strings")
-        value = str(value).lower() if isinstance(value, bool) else str(value)
+        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def check_known_value(key: str, value: str) -> None:
+    """Refuse a value a key of :data:`KNOWN_CONFIG_KEYS` does not take."""
+    allowed = KNOWN_CONFIG_KEYS[key]
+    if allowed is not None and value not in allowed:
+        raise BadRequest(f"invalid value {value!r} for {key}", "expected one of: " + ", ".join(allowed))
+    if key == "boot.stop_timeout" and not value.isdigit():
+        raise BadRequest(f"invalid value {value!r} for {key}", "expected a number of seconds")
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, str]:
+    """Check container config keys and values; returns the config with string values."""
+    out = string_config(config)
+    for key, value in out.items():
         if key.startswith("user."):
-            out[key] = value
             continue
         if key not in KNOWN_CONFIG_KEYS:
             raise BadRequest(
                 f"unknown config key {key!r}", "known keys: " + ", ".join(sorted(KNOWN_CONFIG_KEYS))
             )
-        allowed = KNOWN_CONFIG_KEYS[key]
-        if allowed is not None and value not in allowed:
-            raise BadRequest(f"invalid value {value!r} for {key}", "expected one of: " + ", ".join(allowed))
-        if key == "boot.stop_timeout" and not value.isdigit():
-            raise BadRequest(f"invalid value {value!r} for {key}", "expected a number of seconds")
-        out[key] = value
+        check_known_value(key, value)
     return out
 
 

@@ -52,6 +52,8 @@ from hostagent.runtimes.base import (
     ImportStaging,
     Runtime,
     SnapshotRecord,
+    check_known_value,
+    string_config,
 )
 from hostagent.runtimes.idmap import IdMap
 from hostagent.runtimes.staging import prefill_volume
@@ -66,7 +68,6 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".orch-agent"
 #: orch's per-container evacuation policy, as an LXD user key (see orchestrator/evacuation/runner.py)
 EVACUATE_KEY = "user.orch.evacuate"
-EVACUATE_POLICIES = ("auto", "migrate", "stop", "skip")
 #: keys of a received LXD instance kept as they are; devices are checked against the target's pool
 _INSTANCE_KEYS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful", "description")
 
@@ -86,35 +87,29 @@ class LxdRuntime(Runtime):
         server = self.client.server()
         if server.get("auth") != "trusted":
             raise InternalError(f"LXD at {socket_path} does not trust this agent")
-        self.pool_name = pool or self._default_pool()
-        self.pool = Pool(self.lxd_dir, self.client.get(path_of("storage-pools", self.pool_name)))
-        driver = self.pool.driver
-        if driver not in ("dir", "btrfs"):
+        if pool is None:
+            pool = _root_pool([self.client.get(path_of("profiles", "default"))])
+            if pool is None:
+                raise InternalError("LXD's default profile has no root disk", "give the pool with --lxd-pool")
+        self.pool = Pool(self.lxd_dir, self.client.get(path_of("storage-pools", pool)))
+        if self.pool.driver not in ("dir", "btrfs"):
             raise InternalError(
-                f"LXD pool {self.pool_name} uses {driver}; orch's LXD driver supports dir and btrfs pools",
+                f"LXD pool {pool} uses {self.pool.driver}; orch's LXD driver supports dir and btrfs pools",
                 "give another pool with --lxd-pool",
             )
-        self.pool_dir = self.pool.dir
-        if not (self.pool_dir / CONTAINERS).is_dir():
-            raise InternalError(f"LXD pool {self.pool_name} is not at {self.pool_dir}", "give --lxd-dir")
+        if not (self.pool.dir / CONTAINERS).is_dir():
+            raise InternalError(f"LXD pool {pool} is not at {self.pool.dir}", "give --lxd-dir")
         self.storage: StorageDriver = (
-            BtrfsDriver(self.pool_dir) if driver == "btrfs" else DirDriver(self.pool_dir)
+            BtrfsDriver(self.pool.dir) if self.pool.driver == "btrfs" else DirDriver(self.pool.dir)
         )
         #: rootfs trees are plain directories inside LXD's volumes, on either pool type
-        self.trees = DirDriver(self.pool_dir)
-        self.work = self.pool_dir / WORK_DIR
+        self.trees = DirDriver(self.pool.dir)
+        self.work = self.pool.dir / WORK_DIR
         self.work.mkdir(mode=0o711, exist_ok=True)
         for sub in ("staging", "exporting"):
             (self.work / sub).mkdir(mode=0o711, exist_ok=True)
         self.images = LxdImageStore(self.client, ImageStore(self.work / "images", self.storage))
         self.adopter = Adopter(self.client, self.pool)
-
-    def _default_pool(self) -> str:
-        profile = self.client.get(path_of("profiles", "default"))
-        for device in (profile.get("devices") or {}).values():
-            if device.get("type") == "disk" and device.get("path") == "/" and device.get("pool"):
-                return str(device["pool"])
-        raise InternalError("LXD's default profile has no root disk", "give the pool with --lxd-pool")
 
     # ----------------------------------------------------------------- properties
 
@@ -124,25 +119,15 @@ class LxdRuntime(Runtime):
 
     @property
     def transfer_methods(self) -> tuple[str, ...]:
-        base = ("btrfs", "rsync", "tar") if self.storage_name == "btrfs" else ("rsync", "tar")
-        return (*base, "lxd-migration")
+        return (*self.storage.transfer_methods, "lxd-migration")
 
     def validate_config(self, config: dict[str, Any]) -> dict[str, str]:
         """LXD validates its own keys when they are applied; orch's ``evacuate`` policy (which LXD does not
         know, and whose ``skip`` LXD's ``cluster.evacuate`` lacks) is kept as ``user.orch.evacuate``."""
-        if not isinstance(config, dict):
-            raise BadRequest("container config must be a mapping of keys to strings")
         out: dict[str, str] = {}
-        for key, value in config.items():
-            if not isinstance(key, str) or not isinstance(value, (str, int, bool)):
-                raise BadRequest(f"invalid config entry {key!r}: keys and values must be strings")
-            value = str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in string_config(config).items():
             if key == "evacuate":
-                if value not in EVACUATE_POLICIES:
-                    raise BadRequest(
-                        f"invalid value {value!r} for evacuate",
-                        "expected one of: " + ", ".join(EVACUATE_POLICIES),
-                    )
+                check_known_value(key, value)
                 key = EVACUATE_KEY
             out[key] = value
         return out
@@ -212,7 +197,7 @@ class LxdRuntime(Runtime):
     def _pool_of(self, inst: dict[str, Any]) -> str:
         """The pool holding an instance's root disk."""
         root = (inst.get("expanded_devices") or {}).get("root") or {}
-        return str(root.get("pool") or self.pool_name)
+        return str(root.get("pool") or self.pool.name)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -223,7 +208,7 @@ class LxdRuntime(Runtime):
             "type": "container",
             "source": {"type": "image", "fingerprint": fingerprint},
             "config": config,
-            "devices": self._devices({}),
+            "devices": self._devices({}, ["default"]),
         }
         try:
             self.client.call("POST", "/1.0/instances", body, timeout=600)
@@ -318,7 +303,7 @@ class LxdRuntime(Runtime):
 
     def _volume_dir(self, name: str, snapshot: str | None, pool: str | None = None) -> Path:
         """Where LXD keeps a container's (or snapshot's) volume, in our pool or the one named."""
-        if pool is None or pool == self.pool_name:
+        if pool is None or pool == self.pool.name:
             return self.pool.volume_dir(name, snapshot)
         return Pool(self.lxd_dir, {"name": pool}).volume_dir(name, snapshot)
 
@@ -328,8 +313,8 @@ class LxdRuntime(Runtime):
             raise BadRequest(f"container {name} is in project {inst['project']}; orch moves the default only")
         pool = self._pool_of(inst)
         only_reason = ""
-        if pool != self.pool_name:
-            only_reason = f"container {name} is on LXD pool {pool!r}, not {self.pool_name!r}"
+        if pool != self.pool.name:
+            only_reason = f"container {name} is on LXD pool {pool!r}, not {self.pool.name!r}"
         snaps = self._snapshots(name)
         config = dict(inst.get("config") or {})
         if snapshot is not None:
@@ -413,7 +398,7 @@ class LxdRuntime(Runtime):
             inst = self._instance(name)
         except NotFound:
             if os.path.lexists(self._volume_dir(name, None)):
-                raise Conflict(f"LXD pool {self.pool_name} holds a volume named {name}") from None
+                raise Conflict(f"LXD pool {self.pool.name} holds a volume named {name}") from None
             return None
         if not refresh:
             raise Conflict(f"container {name} already exists")
@@ -434,7 +419,7 @@ class LxdRuntime(Runtime):
         tmp.mkdir(mode=0o711)
         (tmp / CONTAINERS).mkdir(mode=0o711)
         (tmp / SNAPSHOTS / name).mkdir(mode=0o711, parents=True)
-        return LxdStaging(name, tmp, existing, self.pool_dir if existing is not None else None)
+        return LxdStaging(name, tmp, existing, self.pool.dir if existing is not None else None)
 
     def import_prefill(
         self,
@@ -476,19 +461,21 @@ class LxdRuntime(Runtime):
         )
         if data.get("base_image"):
             config["volatile.base_image"] = data["base_image"]
-        snapshots = self._snapshot_docs(staging, data, instance, config)
+        names = list(instance.get("profiles") or ["default"])
+        profiles = [self.client.get(path_of("profiles", p)) for p in names]
+        profile_pool = _root_pool(profiles)
+        snapshots = self._snapshot_docs(data, instance, config, profile_pool)
         inst = {
             "name": name,
             "architecture": data.get("architecture") or "x86_64",
             "config": config,
-            "devices": self._devices(instance.get("devices") or {}),
+            "devices": self._root_here(instance.get("devices") or {}, profile_pool),
             "ephemeral": bool(instance.get("ephemeral", False)),
-            "profiles": list(instance.get("profiles") or ["default"]),
+            "profiles": names,
             "stateful": False,
             "description": str(instance.get("description") or ""),
             "created_at": data.get("created_at") or _now(),
         }
-        profiles = [self.client.get(path_of("profiles", p)) for p in inst["profiles"]]
         vdir = staging.volume_dir(None)
         if (vdir / ROOTFS).is_symlink() or not (vdir / ROOTFS).is_dir():
             raise BadRequest(f"the received container {name} has no rootfs directory")
@@ -507,7 +494,7 @@ class LxdRuntime(Runtime):
         return self.get(name)
 
     def _snapshot_docs(
-        self, staging: LxdStaging, data: dict[str, Any], instance: dict[str, Any], config: dict[str, str]
+        self, data: dict[str, Any], instance: dict[str, Any], config: dict[str, str], profile_pool: str | None
     ) -> list[dict[str, Any]]:
         """The snapshots LXD records, oldest first: the source's LXD description where it sent one."""
         described = {s.get("name"): s for s in instance.get("snapshots") or [] if isinstance(s, dict)}
@@ -518,28 +505,33 @@ class LxdRuntime(Runtime):
                 **config,
                 **{k: v for k, v in (doc.get("config") or {}).items() if "idmap" not in k},
             }
-            doc["devices"] = self._devices(doc.get("devices") or instance.get("devices") or {})
+            doc["devices"] = self._root_here(
+                doc.get("devices") or instance.get("devices") or {}, profile_pool
+            )
             doc.update(name=snap["name"], created_at=snap["created_at"])
             doc.setdefault("architecture", data.get("architecture") or "x86_64")
             doc.setdefault("profiles", list(instance.get("profiles") or ["default"]))
             out.append(doc)
         return out
 
-    def _devices(self, devices: dict[str, Any]) -> dict[str, Any]:
-        """The instance's own devices, its root disk (if it has one of its own) pointed at our pool."""
+    def _devices(self, devices: dict[str, Any], profiles: list[str]) -> dict[str, Any]:
+        """:meth:`_root_here` for an instance with these profiles (read from LXD)."""
+        docs = []
+        for profile in profiles:
+            with suppress(NotFound):
+                docs.append(self.client.get(path_of("profiles", profile)))
+        return self._root_here(devices, _root_pool(docs))
+
+    def _root_here(self, devices: dict[str, Any], profile_pool: str | None) -> dict[str, Any]:
+        """The instance's own devices with its root disk on our pool: its own root device repointed, or
+        one added when its profiles put the root disk (``profile_pool``) elsewhere."""
         out = {k: dict(v) for k, v in devices.items() if isinstance(v, dict)}
         root = out.get("root")
         if root and root.get("type") == "disk" and root.get("path") == "/":
-            root["pool"] = self.pool_name
-        elif self._profile_root_pool() != self.pool_name:
-            out["root"] = {"type": "disk", "path": "/", "pool": self.pool_name}
+            root["pool"] = self.pool.name
+        elif profile_pool != self.pool.name:
+            out["root"] = {"type": "disk", "path": "/", "pool": self.pool.name}
         return out
-
-    def _profile_root_pool(self) -> str | None:
-        try:
-            return self._default_pool()
-        except OrchError:
-            return None
 
     @staticmethod
     def _write_metadata(vdir: Path, instance: dict[str, Any], inst: dict[str, Any]) -> None:
@@ -617,7 +609,9 @@ class LxdRuntime(Runtime):
             "type": "container",
             "architecture": data.get("architecture") or "x86_64",
             "config": config,
-            "devices": self._devices(instance.get("devices") or {}),
+            "devices": self._devices(
+                instance.get("devices") or {}, list(instance.get("profiles") or ["default"])
+            ),
             "profiles": list(instance.get("profiles") or ["default"]),
             "ephemeral": bool(instance.get("ephemeral", False)),
             "description": str(instance.get("description") or ""),
@@ -655,6 +649,17 @@ def _fs_progress(report: Callable[[int], None]) -> Callable[[dict[str, Any]], No
             report(int(float(number) * (1024 if binary else 1000) ** _UNITS[unit]))
 
     return on_metadata
+
+
+def _root_pool(profiles: list[dict[str, Any]]) -> str | None:
+    """The pool the root disk of an instance with these profiles lands on (the last profile with a root
+    disk wins, as in LXD's expansion)."""
+    pool = None
+    for profile in profiles:
+        for device in (profile.get("devices") or {}).values():
+            if device.get("type") == "disk" and device.get("path") == "/" and device.get("pool"):
+                pool = str(device["pool"])
+    return pool
 
 
 def _now() -> str:
