@@ -63,7 +63,9 @@ class LxdImageStore:
     def upload_dir(self) -> Path:
         return self.cache.upload_dir()
 
-    def import_tarball(self, path: Path, aliases: list[str] | None = None) -> ImageRecord:
+    def import_tarball(
+        self, path: Path, aliases: list[str] | None = None, fingerprint: str | None = None
+    ) -> ImageRecord:
         """Validate and cache the tarball (all of ImageStore's checks), then import it into LXD."""
         path = Path(path)
         aliases = list(aliases or [])
@@ -74,7 +76,7 @@ class LxdImageStore:
             except NotFound:
                 continue
             raise Conflict(f"image alias {name} already exists", "delete it first to point it elsewhere")
-        fingerprint = sha256_file(path)
+        fingerprint = fingerprint or sha256_file(path)
         if self._in_lxd(fingerprint):
             path.unlink(missing_ok=True)
             raise Conflict("image already exists", _LIST_HINT)
@@ -83,7 +85,7 @@ class LxdImageStore:
             path.unlink(missing_ok=True)  # cached by an earlier migration: LXD only lacks it
             cached = False
         except NotFound:
-            self.cache.import_tarball(path)
+            self.cache.import_tarball(path, [], fingerprint)
             cached = True
         try:
             self._upload(fingerprint)

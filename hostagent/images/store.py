@@ -108,10 +108,13 @@ class ImageStore:
 
     # ------------------------------------------------------------------------------------------ import
 
-    def import_tarball(self, path: Path, aliases: list[str] | None = None) -> ImageRecord:
+    def import_tarball(
+        self, path: Path, aliases: list[str] | None = None, fingerprint: str | None = None
+    ) -> ImageRecord:
         """Validate, store and unpack the tarball at ``path``; all or nothing.
 
         ``path`` is consumed either way: moved into the store on success, removed on failure.
+        ``fingerprint`` is the file's SHA-256 when the caller hashed it already (while receiving it).
         """
         path = Path(path)
         aliases = list(aliases or [])
@@ -119,7 +122,7 @@ class ImageStore:
         try:
             for name in aliases:
                 check_alias_name(name)
-            fingerprint = sha256_file(path)
+            fingerprint = fingerprint or sha256_file(path)
             self._claim(fingerprint)
             claimed = fingerprint
             return self._import(path, fingerprint, aliases)

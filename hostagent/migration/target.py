@@ -294,7 +294,7 @@ async def pull_image(agent: Any, op: Operation, ref: SourceRef, fingerprint: str
                 f"(got {digest.hexdigest()[:12]})"
             )
         try:
-            record = await agent.blocking(agent.images.import_tarball, upload, [])
+            record = await agent.blocking(agent.images.import_tarball, upload, [], fingerprint)
         except Conflict:
             # imported meanwhile through another path (an upload): wait for that import to commit
             for _ in range(600):
