@@ -113,3 +113,24 @@ def test_evacuate_policy_from_orch_or_lxd_keys():
     assert evacuate_policy({"evacuate": "skip", "cluster.evacuate": "stop"}) == "skip"
     assert evacuate_policy({"user.orch.evacuate": "stop"}) == "stop"
     assert evacuate_policy({"cluster.evacuate": "live-migrate"}) == "migrate"
+
+
+def test_lxd_migration_prefers_the_source_lxd_address_on_the_source_agents_host(tmp_path):
+    from hostagent.transfer.lxd_migration import parse_offer
+    from orchapi import certs
+
+    certs.generate(tmp_path / "c.crt", tmp_path / "c.key", "lxd@test")
+    pem = (tmp_path / "c.crt").read_text()
+    offer = {
+        "operation": "https://172.17.0.1:8443/1.0/operations/abc",
+        "addresses": ["172.17.0.1:8443", "10.0.0.5:8443", "[fd42::1]:8443"],
+        "secrets": {"control": "x", "fs": "y"},
+        "certificate": pem,
+    }
+    assert parse_offer(offer, "10.0.0.5")["operation"] == "https://10.0.0.5:8443/1.0/operations/abc"
+    assert parse_offer(offer, "fd42::1")["operation"] == "https://[fd42::1]:8443/1.0/operations/abc"
+    assert parse_offer(offer, "192.168.1.1")["operation"] == offer["operation"]  # none matches: LXD's first
+    with pytest.raises(BadRequest):
+        parse_offer({**offer, "operation": "http://10.0.0.5:8443/1.0/operations/abc"})
+    with pytest.raises(BadRequest):
+        parse_offer({**offer, "certificate": "not a certificate"})

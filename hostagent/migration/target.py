@@ -593,8 +593,9 @@ class TargetSession:
             moved[0] = max(moved[0], n)
             self.lxd_bytes = moved[0]
 
+        source_host = urlsplit(self.spec.source.url).hostname
         record = await lxd_migration.receive(
-            self.agent, self.ch, self.name, data, self.spec.refresh, progress
+            self.agent, self.ch, self.name, data, self.spec.refresh, progress, source_host
         )
         # LXD's last report may predate its last bytes; what it had to move is at least the volumes' size
         self.lxd_bytes = max(moved[0], header.size)

@@ -575,6 +575,7 @@ class LxdRuntime(Runtime):
         return {
             "id": op["id"],
             "operation": f"https://{addresses[0]}/1.0/operations/{op['id']}",
+            "addresses": [str(a) for a in addresses],
             "secrets": {str(k): str(v) for k, v in secrets_.items()},
             "certificate": server["environment"]["certificate"],
         }

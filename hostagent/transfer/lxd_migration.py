@@ -51,7 +51,11 @@ async def send(agent: Any, ch: Channel, migration: Migration, plan: ExportPlan) 
     )
     try:
         await ch.send(
-            NAME, operation=offer["operation"], secrets=offer["secrets"], certificate=offer["certificate"]
+            NAME,
+            operation=offer["operation"],
+            addresses=offer["addresses"],
+            secrets=offer["secrets"],
+            certificate=offer["certificate"],
         )
         await ch.recv("lxd-pulled")
         ours = await computing
@@ -72,12 +76,23 @@ async def send(agent: Any, ch: Channel, migration: Migration, plan: ExportPlan) 
                 await asyncio.shield(agent.blocking(agent.runtime.lxd_migration_cancel, offer["id"]))
 
 
-def parse_offer(msg: dict[str, Any]) -> dict[str, Any]:
-    """The source's offer, checked (the peer is authenticated, not trusted to send sane values)."""
+def parse_offer(msg: dict[str, Any], source_host: str | None = None) -> dict[str, Any]:
+    """The source's offer, checked (the peer is authenticated, not trusted to send sane values).
+
+    The source LXD may listen on several addresses (all of them, for ``core.https_address: :8443``); the
+    one on the host this agent reached the source agent at is the one most likely reachable from here.
+    """
     url = require(msg, "operation", str)
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname or not parts.path.startswith("/1.0/operations/"):
         raise BadRequest(f"lxd-migration: invalid source operation {url[:120]!r}")
+    for address in msg.get("addresses") or []:
+        if not isinstance(address, str):
+            continue
+        candidate = urlsplit(f"https://{address}")
+        if source_host and candidate.hostname == source_host and candidate.port:
+            url = f"https://{address}{parts.path}"
+            break
     secrets = require(msg, "secrets", dict)
     if not secrets or not all(isinstance(k, str) and isinstance(v, str) for k, v in secrets.items()):
         raise BadRequest("lxd-migration: invalid secrets")
@@ -93,11 +108,12 @@ async def receive(
     data: dict[str, Any],
     refresh: bool,
     progress: Callable[[int], None],
+    source_host: str | None = None,
 ) -> Any:
     """Target side: have the local LXD pull the container from the source LXD, verify what it wrote
     against the source's manifests; returns the container's record. ``progress`` gets the bytes LXD
     reports having moved (called from a worker thread)."""
-    offer = parse_offer(await ch.recv(NAME))
+    offer = parse_offer(await ch.recv(NAME), source_host)
     operations: list[str] = []  # the target LXD's operation, once it started
     pull = asyncio.ensure_future(
         agent.blocking(
