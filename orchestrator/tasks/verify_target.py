@@ -60,7 +60,15 @@ def verify(ctx: StepContext, job: Job) -> None:
     ctx.jobs.update_state(job.id, target_preexisted=existing is not None, methods=sorted(common))
     if running:
         ctx.jobs.update_state(job.id, source_was_running=True)
-        src.run("PUT", f"/1.0/containers/{s['source_name']}/state", json={"action": "stop", "timeout": 30})
+        try:
+            src.run(
+                "PUT", f"/1.0/containers/{s['source_name']}/state", json={"action": "stop", "timeout": 30}
+            )
+        except Conflict:
+            # stopped between the status read and the stop: by an earlier delivery of this very step
+            # whose worker died while the agent was stopping the container. Stopped is what is wanted.
+            if src.get(f"/1.0/containers/{s['source_name']}")["status"] != "Stopped":
+                raise
 
 
 verify_target = app.task(bind=True, name="orch.verify_target", max_retries=None)(
