@@ -22,6 +22,7 @@ from aiohttp import web
 from hostagent.api.containers import container_name
 from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
 from hostagent.api.responses import error, json_body, sync
+from hostagent.images.store import has_image
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
 from hostagent.migration.source import SourceSession, volume_sizes
 from hostagent.migration.tokens import DEFAULT_TTL
@@ -51,7 +52,7 @@ async def create_migration(request: web.Request) -> web.Response:
     ttl = body.get("ttl", DEFAULT_TTL)
     plan = await agent.blocking(agent.runtime.export_plan, name, snapshot, instance_only)
     size = sum(await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes]))
-    image_available = bool(plan.base_image) and await agent.blocking(_has_image, agent, plan.base_image)
+    image_available = bool(plan.base_image) and await agent.blocking(has_image, agent.images, plan.base_image)
     migration, tokens = agent.migrations.issue(
         name,
         snapshot,
@@ -81,13 +82,6 @@ async def create_migration(request: web.Request) -> web.Response:
         },
         status=201,
     )
-
-
-def _has_image(agent: Any, fingerprint: str) -> bool:
-    try:
-        return agent.images.get(fingerprint).fingerprint == fingerprint
-    except OrchError:
-        return False
 
 
 @routes.delete("/1.0/migrations/{id}")

@@ -29,7 +29,7 @@ from typing import Any
 
 from hostagent.images.tarball import ImageMetadata, extract_rootfs, inspect_tarball
 from hostagent.storage.base import StorageDriver
-from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound
+from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound, OrchError
 from orchapi.names import check_alias_name
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -384,6 +384,14 @@ def _record_to_json(record: ImageRecord) -> dict[str, Any]:
 
 def _alias_api(name: str, alias: dict[str, str]) -> dict[str, str]:
     return {"name": name, "description": alias.get("description", ""), "target": alias["target"]}
+
+
+def has_image(images: Any, fingerprint: str) -> bool:
+    """Whether ``images`` (an :class:`ImageStore` or a store of its shape) holds exactly this image."""
+    try:
+        return images.get(fingerprint).fingerprint == fingerprint
+    except OrchError:
+        return False
 
 
 def sha256_file(path: Path) -> str:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from hostagent.images.store import has_image
 from hostagent.migration import manifest
 from hostagent.migration.protocol import (
     HEARTBEAT,
@@ -231,7 +232,7 @@ def start_image_pull(agent: Any, source: dict[str, Any]) -> Operation:
         # one pull per fingerprint at a time: concurrent copies of containers made from one image (an
         # evacuation) wait for the first pull and then find the image cached
         async with _image_locks[fingerprint]:
-            if await agent.blocking(_has_image, agent, fingerprint):
+            if await agent.blocking(has_image, agent.images, fingerprint):
                 return {"fingerprint": fingerprint, "cached": True}
             return await pull_image(agent, op, ref, fingerprint)
 
@@ -239,13 +240,6 @@ def start_image_pull(agent: Any, source: dict[str, Any]) -> Operation:
 
 
 _image_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-
-
-def _has_image(agent: Any, fingerprint: str) -> bool:
-    try:
-        return agent.images.get(fingerprint).fingerprint == fingerprint
-    except OrchError:
-        return False
 
 
 async def pull_image(agent: Any, op: Operation, ref: SourceRef, fingerprint: str) -> dict[str, Any]:
@@ -298,7 +292,7 @@ async def pull_image(agent: Any, op: Operation, ref: SourceRef, fingerprint: str
         except Conflict:
             # imported meanwhile through another path (an upload): wait for that import to commit
             for _ in range(600):
-                if await agent.blocking(_has_image, agent, fingerprint):
+                if await agent.blocking(has_image, agent.images, fingerprint):
                     return {"fingerprint": fingerprint, "cached": True, "bytes": received}
                 await asyncio.sleep(0.5)
             raise

@@ -332,13 +332,11 @@ class LxdRuntime(Runtime):
                 self._export_volume(s["name"], self._volume_dir(name, s["name"], pool)) for s in records
             ]
             volumes.append(self._export_volume(None, self._volume_dir(name, None, pool)))
-        privileged = config.get("security.privileged", "").lower() in ("true", "1")
         idmap = None
-        if not privileged:
-            try:
-                idmap = lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
-            except BadRequest as exc:
-                only_reason = only_reason or exc.message
+        try:
+            idmap = _disk_idmap(config, name)
+        except BadRequest as exc:
+            only_reason = only_reason or exc.message
         instance = {k: inst[k] for k in _INSTANCE_KEYS if k in inst}
         instance["snapshots"] = [
             {k: s[k] for k in (*_INSTANCE_KEYS, "name", "created_at", "expires_at") if k in s}
@@ -405,8 +403,7 @@ class LxdRuntime(Runtime):
         if inst.get("status") == RUNNING:
             raise Conflict(f"container {name} is running; stop it first to refresh it")
         config = inst.get("config") or {}
-        privileged = config.get("security.privileged", "").lower() in ("true", "1")
-        idmap = None if privileged else lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
+        idmap = _disk_idmap(config, name)
         return {
             "name": name,
             "snapshots": [{"name": s["name"]} for s in self._snapshots(name)],
@@ -650,6 +647,13 @@ def _fs_progress(report: Callable[[int], None]) -> Callable[[dict[str, Any]], No
             report(int(float(number) * (1024 if binary else 1000) ** _UNITS[unit]))
 
     return on_metadata
+
+
+def _disk_idmap(config: dict[str, str], name: str) -> IdMap | None:
+    """The id map a container's files on disk are shifted into (None: raw ids, e.g. privileged)."""
+    if config.get("security.privileged", "").lower() in ("true", "1"):
+        return None
+    return lxd_idmap.parse(config.get("volatile.last_state.idmap"), name)
 
 
 def _root_pool(profiles: list[dict[str, Any]]) -> str | None:

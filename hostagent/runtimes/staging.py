@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hostagent.images.store import has_image
 from hostagent.runtimes.base import ImportStaging
 from hostagent.runtimes.idmap import IdMap, shift_into, shift_out_of
 from hostagent.storage.base import StorageDriver
-from orchapi.errors import InternalError, OrchError
+from orchapi.errors import InternalError
 
 ROOTFS = "rootfs"
 
@@ -55,13 +56,6 @@ def prefill_volume(
         storage.delete_volume(dest)
         raise
     return dest
-
-
-def has_image(images: Any, fingerprint: str) -> bool:
-    try:
-        return images.get(fingerprint).fingerprint == fingerprint
-    except OrchError:
-        return False
 
 
 def receive_dir(staging: ImportStaging, snapshot: str | None) -> Path:
