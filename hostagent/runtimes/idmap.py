@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hostagent import filecaps
 from orchapi.errors import BadRequest, InternalError
 
 #: LXD's fallback when /etc/subuid has no range for root
@@ -24,10 +24,7 @@ DEFAULT_BASE = 100000
 #: a container needs the full 16-bit id space (nobody/nogroup are 65534)
 MIN_SIZE = 65536
 
-_CAPS_XATTR = "security.capability"
-_CAP_V2 = 0x02000000
-_CAP_V3 = 0x03000000
-_CAP_REVISION_MASK = 0xFF000000
+_CAPS_XATTR = filecaps.XATTR
 
 
 @dataclass(frozen=True)
@@ -112,29 +109,13 @@ def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def _shift_caps(value: bytes, delta_uid: int) -> bytes:
-    """Move a ``security.capability`` xattr's root id by ``delta_uid``.
+    """Move a ``security.capability`` xattr's root id by ``delta_uid`` (see :mod:`hostagent.filecaps`).
 
-    A v2 xattr means "root of the initial namespace"; a v3 one names the host uid of the namespace root
-    it is valid for. The kernel only honours file capabilities whose root id is the root of the running
-    namespace, so a shifted file must carry a v3 xattr naming the new root (and a v2 one when shifted back
-    to host root), or ``ping``-style binaries lose their capabilities.
+    The kernel only honours file capabilities whose root id is the root of the running namespace, so a
+    shifted file must carry a v3 xattr naming the new root (and a v2 one when shifted back to host root),
+    or ``ping``-style binaries lose their capabilities.
     """
-    if len(value) < 4:
-        return value
-    magic = struct.unpack_from("<I", value)[0]
-    revision = magic & _CAP_REVISION_MASK
-    if revision == _CAP_V2 and len(value) >= 20:
-        rootid = 0
-    elif revision == _CAP_V3 and len(value) >= 24:
-        rootid = struct.unpack_from("<I", value, 20)[0]
-    else:
-        return value
-    new_root = rootid + delta_uid
-    flags = magic & ~_CAP_REVISION_MASK
-    body = value[4:20]
-    if new_root == 0:
-        return struct.pack("<I", _CAP_V2 | flags) + body
-    return struct.pack("<I", _CAP_V3 | flags) + body + struct.pack("<I", new_root)
+    return filecaps.shifted(value, delta_uid)
 
 
 def _read_caps(path: str) -> bytes | None:
