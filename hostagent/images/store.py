@@ -32,8 +32,8 @@ from hostagent.storage.base import StorageDriver
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound, OrchError
 from orchapi.names import check_alias_name
 
-_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
-_HEX = re.compile(r"^[0-9a-f]+$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX = re.compile(r"^[0-9a-f]+\Z")
 _HASH_CHUNK = 1024 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _LIST_HINT = "see the images with `orch image list`"

@@ -66,8 +66,8 @@ from orchapi.names import check_snapshot_name
 
 log = logging.getLogger(__name__)
 
-_OPERATION_PATH = re.compile(r"^/1\.0/migrations/[0-9a-fA-F-]{36}$")
-_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_OPERATION_PATH = re.compile(r"^/1\.0/migrations/[0-9a-fA-F-]{36}\Z")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}\Z")
 #: the operation metadata is refreshed this often while bytes move
 TICK = 0.25
 #: how long connecting (TCP, TLS, websocket upgrade) to the source may take

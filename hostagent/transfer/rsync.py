@@ -70,9 +70,9 @@ SAFE_LONG = frozenset(
         "--checksum",
     }
 )
-_CHOICE = re.compile(r"^--(checksum|compress)-choice=[a-z0-9]+(,[a-z0-9]+)?$")
+_CHOICE = re.compile(r"^--(checksum|compress)-choice=[a-z0-9]+(,[a-z0-9]+)?\Z")
 #: a cluster of single-letter options, optionally ending in rsync's ``e.<capabilities>`` marker
-_CLUSTER = re.compile(r"^-([A-Za-z]+?)(e\.[A-Za-z]*)?$")
+_CLUSTER = re.compile(r"^-([A-Za-z]+?)(e\.[A-Za-z]*)?\Z")
 _WHY = {
     "--sender": "it would make this agent send its own files",
     "-K": "keep-dirlinks would follow symlinks in the destination",
