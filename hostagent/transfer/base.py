@@ -149,6 +149,8 @@ class ReceiveContext:
     features: frozenset[str]
     idmap: IdMap | None  # the ids the source's volume uses (None: privileged, anything goes)
     what: str  # "snapshot s1", "rootfs": for messages
+    #: the most bytes the volume may bring (its declared size plus a margin; None: unbounded)
+    allowance: int | None = None
 
 
 class TransferMethod(ABC):
