@@ -14,6 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from hostagent.api.responses import error
 from orchapi import certs
@@ -69,7 +70,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes ``{"type": "error"}`` JSON; bad input is always a 4xx."""
+    """Every failure becomes ``{"type": "error"}`` JSON; bad input is always a 4xx.
+
+    A body the client could not deliver (bad chunking or content encoding, or a connection that broke
+    mid-body) is the client's doing, so a 400 logged in one line: anyone can send one, and a traceback
+    per request would let them fill the log. Only real bugs reach the 500 branch, and an untrusted
+    caller is not shown their text (it may name paths or internals).
+    """
     try:
         return await handler(request)
     except OrchError as exc:
@@ -81,6 +88,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error(message.lower() if message else "error", exc.status)
     except json.JSONDecodeError:
         return error("request body is not valid JSON", 400)
+    except (web.RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        log.info("unreadable request body on %s %s from %s: %s", request.method, request.path,
+                 request.get("client", "?"), reason)  # fmt: skip
+        # the rest of the body is unreadable too: mark it read, or aiohttp drains it after the response
+        # and logs the same error again with a traceback; and close, the stream is out of step
+        request.content.feed_eof()
+        response = error(f"the request body could not be read: {reason}", 400)
+        response.force_close()
+        return response
     except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error(f"internal error: {exc}", 500)
+        return error(f"internal error: {exc}" if request.get("trusted") else "internal error", 500)

@@ -1,12 +1,17 @@
-"""LXD-shaped response envelopes and request-body helpers."""
+"""LXD-shaped response envelopes and request-body helpers.
+
+:func:`json_body` is the one reader of JSON request bodies: it caps their size (smaller for untrusted
+callers, who may only enrol) before reading, and parses them with :func:`hostagent.jsoninput.parse_json`
+(no NaN, no deep nesting, no NUL or lone surrogates), so every bad body is a 4xx before any handler.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
+from hostagent.jsoninput import parse_json
 from hostagent.operations import Operation
 from orchapi.errors import BadRequest
 
@@ -35,18 +40,38 @@ def error(message: str, status: int) -> web.Response:
     return web.json_response({"type": "error", "error": message, "error_code": status}, status=status)
 
 
+#: the largest JSON body of a trusted caller: real ones (configs, PEM certificates, migration sources)
+#: are a few KiB; image uploads are streamed to disk and never read through here
+MAX_JSON_BODY = 1024**2
+#: the largest JSON body of an untrusted caller, who may only enrol (a certificate and a password)
+MAX_UNTRUSTED_JSON_BODY = 256 * 1024
+_READ_CHUNK = 64 * 1024
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object; :class:`BadRequest` for anything else."""
-    raw = await request.read()
+    """The request body as a JSON object; :class:`BadRequest` (413 if too large) for anything else."""
+    limit = MAX_JSON_BODY if request.get("trusted") else MAX_UNTRUSTED_JSON_BODY
+    raw = await _read_limited(request, limit)
     if not raw:
         return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 once it passes ``limit`` bytes (announced or not)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def recursion(request: web.Request) -> int:
