@@ -7,7 +7,7 @@ JSON; ``return`` is the command's exit status.
 from __future__ import annotations
 
 import base64
-import binascii
+import math
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from aiohttp import web
 from hostagent.api.containers import container_name, resources
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import async_op, json_body
+from hostagent.jsoninput import has_bad_chars
 from hostagent.operations import Operation
 from hostagent.runtimes.base import RUNNING
 from orchapi.errors import BadRequest, Conflict
@@ -22,10 +23,28 @@ from orchapi.errors import BadRequest, Conflict
 routes = web.RouteTableDef()
 
 
+#: the kernel's limit on one argv or environment string (MAX_ARG_STRLEN, 32 pages, with its NUL): a
+#: longer one makes execve fail with E2BIG inside runc, which is the caller's doing, so a 400 here
+MAX_ARG_BYTES = 32 * 4096 - 1
+
+
+def _text(value: str, what: str) -> str:
+    """``value`` if it can be an argv/environment/path string: no NUL (C strings end there; Python
+    refuses to pass one to execve), no lone surrogate (not encodable), within the kernel's length."""
+    if has_bad_chars(value):
+        raise BadRequest(f"{what} must not contain NUL characters or unpaired surrogates")
+    if len(value.encode()) > MAX_ARG_BYTES:
+        raise BadRequest(f"{what} is longer than the kernel allows ({MAX_ARG_BYTES} bytes)")
+    return value
+
+
 def _parse(body: dict[str, Any]) -> tuple[list[str], dict[str, str], str, bytes | None, float | None]:
+    """The exec request's fields, each checked so that runc, execve and chdir can take them."""
     command = body.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise BadRequest("command must be a non-empty list of strings")
+    for arg in command:
+        _text(arg, "command arguments")
     env = body.get("environment") or {}
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
@@ -33,18 +52,26 @@ def _parse(body: dict[str, Any]) -> tuple[list[str], dict[str, str], str, bytes 
         raise BadRequest("environment must map strings to strings")
     if any("=" in k or not k for k in env):
         raise BadRequest("environment variable names must be non-empty and contain no '='")
+    for key, value in env.items():
+        _text(f"{key}={value}", f"environment variable {key[:64]!r}")
     cwd = body.get("cwd") or "/"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise BadRequest("cwd must be an absolute path inside the container")
+    _text(cwd, "cwd")
     stdin = None
     if body.get("stdin") is not None:
+        if not isinstance(body["stdin"], str):
+            raise BadRequest("stdin must be base64")
         try:
             stdin = base64.b64decode(body["stdin"], validate=True)
-        except (binascii.Error, TypeError):
+        except ValueError:  # binascii.Error, or a non-ASCII string
             raise BadRequest("stdin must be base64") from None
     timeout = body.get("timeout")
     if timeout is not None and (
-        not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
     ):
         raise BadRequest("timeout must be a positive number of seconds")
     return command, env, cwd, stdin, timeout
