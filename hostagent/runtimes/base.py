@@ -101,7 +101,7 @@ def check_known_value(key: str, value: str) -> None:
     allowed = KNOWN_CONFIG_KEYS[key]
     if allowed is not None and value not in allowed:
         raise BadRequest(f"invalid value {value!r} for {key}", "expected one of: " + ", ".join(allowed))
-    if key == "boot.stop_timeout" and not value.isdigit():
+    if key == "boot.stop_timeout" and not (value.isascii() and value.isdigit()):  # "²".isdigit()
         raise BadRequest(f"invalid value {value!r} for {key}", "expected a number of seconds")
 
 
