@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hostagent.enrolment import Enrolment
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
 from hostagent.runtimes import RuntimeOptions, make_runtime
@@ -50,6 +51,8 @@ class Agent:
         #: HTTPS addresses the agent listens on (host:port), reported to trusted callers
         self.addresses: list[str] = []
         self.trust = TrustStore(data_dir, on_added=self._trust_in_tls)
+        #: who may try the trust password, and its scrypt thread (never the shared pool below)
+        self.enrolment = Enrolment(self.trust.check_password)
         self.runtime: Runtime = make_runtime(runtime, data_dir, options)
         #: where container volumes live (the data dir, or LXD's pool) and the runtime's images
         self.storage = self.runtime.storage

@@ -2,18 +2,18 @@
 
 A client is trusted when the SHA-256 fingerprint of the TLS certificate it presents is in the store. A new
 client gets there once, by presenting the trust password together with its certificate. The password is
-kept only as a salted scrypt hash and compared in constant time; each wrong guess from an address makes
-the next answer to that address slower, so guessing online is impractical.
+kept only as a salted scrypt hash and compared in constant time. Who may try a password, how often and
+where the scrypt runs is :mod:`hostagent.enrolment`'s business, not the store's.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,34 +50,6 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-class PasswordThrottle:
-    """Delay answers to addresses that recently sent wrong passwords (exponential, capped)."""
-
-    def __init__(self, base: float = 0.5, cap: float = 8.0, forget_after: float = 600.0) -> None:
-        self.base, self.cap, self.forget_after = base, cap, forget_after
-        self._failures: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    def delay(self, address: str) -> float:
-        """Seconds to wait before answering ``address``."""
-        with self._lock:
-            count, last = self._failures.get(address, (0, 0.0))
-            if count == 0 or time.monotonic() - last > self.forget_after:
-                return 0.0
-            return min(self.cap, self.base * 2 ** (count - 1))
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            count, last = self._failures.get(address, (0, 0.0))
-            if time.monotonic() - last > self.forget_after:
-                count = 0
-            self._failures[address] = (count + 1, time.monotonic())
-
-    def succeeded(self, address: str) -> None:
-        with self._lock:
-            self._failures.pop(address, None)
-
-
 class TrustStore:
     """Trusted client certificates (``certificates.json``) and the trust password (``server.json``)."""
 
@@ -86,7 +58,6 @@ class TrustStore:
         self._server_path = data_dir / "server.json"
         self._lock = threading.Lock()
         self._on_added = on_added
-        self.throttle = PasswordThrottle()
 
     # -- certificates -------------------------------------------------------------------------------
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -174,9 +145,17 @@ class TrustStore:
             write_json(self._server_path, config)
 
     def check_password(self, password: str) -> bool:
+        """Whether ``password`` is the trust password (blocking: one scrypt, whatever the outcome)."""
         encoded = self.server_config().get("core.trust_password")
         if not encoded or not isinstance(password, str):
             # still spend the scrypt time so timing does not tell whether a password is set
-            verify_password(password if isinstance(password, str) else "", hash_password("unset"))
+            verify_password(password if isinstance(password, str) else "", _unset_hash())
             return False
         return verify_password(password, encoded)
+
+
+@functools.cache
+def _unset_hash() -> str:
+    """A hash no password matches in practice, made once: the no-password path costs one scrypt, as the
+    other path does, not two."""
+    return hash_password(base64.b64encode(os.urandom(32)).decode())
