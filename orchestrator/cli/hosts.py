@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,6 +11,9 @@ from orchapi.errors import BadRequest, OrchError
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option, human_size, table
 from orchestrator.refs import Ref, parse_remote
+
+if TYPE_CHECKING:
+    from orchestrator.hostid import Host  # the CLI imports requests only for commands that talk
 
 
 def _handles():  # type: ignore[no-untyped-def]
@@ -22,30 +26,49 @@ def _handles():  # type: ignore[no-untyped-def]
     return client, HostStates(client), JobStore(client)
 
 
+def _host(ctx: Context, target: str, states) -> tuple[str, Host]:  # type: ignore[no-untyped-def]
+    """The remote named by ``target`` and the host (agent) it is a name of, its old records adopted."""
+    from orchestrator.hostid import host_of
+
+    remote = parse_remote(target, ctx.config)
+    host = host_of(ctx.config, remote)
+    states.adopt_legacy(host.id, host.names)
+    return remote, host
+
+
 @click.command()
 @format_option
 @pass_ctx
 def hosts(ctx: Context, fmt: str) -> None:
-    """Every remote: status (online/offline/cordoned/evacuating/evacuated), containers, space, jobs."""
-    from orchestrator.evacuation.runner import host_info
+    """Every host (an agent, with all the remote names it has): status (online/offline/cordoned/
+    evacuating/evacuated), containers, space, jobs."""
+    from orchestrator.evacuation.runner import host_info, unknown_host_info
+    from orchestrator.hostid import group, identities
 
     _, states, store = _handles()
-    infos = [host_info(ctx.config, states, store, name) for name in sorted(ctx.config.remotes)]
+    known, unknown = identities(ctx.config)
+    infos = []
+    for host in group(known):
+        states.adopt_legacy(host.id, host.names)
+        infos.append(host_info(ctx.config, states, store, host))
+    infos += [unknown_host_info(name, why) for name, why in unknown.items()]
+    infos.sort(key=lambda i: i.remote)
     rows = [
-        [i.remote, i.status.upper(), i.runtime, f"{i.containers} ({i.running} running)" if i.online else "",
+        [", ".join(i.names), i.status.upper(), i.runtime,
+         f"{i.containers} ({i.running} running)" if i.online else "",
          human_size(i.used) if i.online else "", human_size(i.free) if i.online else "", i.jobs]
         for i in infos
     ]  # fmt: skip
-    objects = [{**i.__dict__, "methods": list(i.methods)} for i in infos]
+    objects = [{**i.__dict__, "names": list(i.names), "methods": list(i.methods)} for i in infos]
     emit(fmt, ["REMOTE", "STATUS", "RUNTIME", "CONTAINERS", "USED", "FREE", "JOBS"], rows, objects)
 
 
 def _set(ctx: Context, target: str, status: str) -> None:
     from orchestrator.evacuation.hosts import mirror_quietly
 
-    remote = parse_remote(target, ctx.config)
     _, states, _ = _handles()
-    problem = mirror_quietly(states, remote, status, ctx.client(remote))
+    remote, host = _host(ctx, target, states)
+    problem = mirror_quietly(states, host.id, status, ctx.client(remote))
     if problem:
         click.echo(f"Warning: recorded, but the agent could not be told: {problem}", err=True)
 
@@ -110,11 +133,11 @@ def evacuate(
 
     if parallel < 1 or per_host < 1:
         raise BadRequest("--parallel and --per-host must be at least 1")
-    host = parse_remote(source, ctx.config)
     wanted = [parse_remote(t.strip(), ctx.config) for t in to.split(",") if t.strip()] if to else None
     client, states, store = _handles()
+    host, source_host = _host(ctx, source, states)
+    targets, skipped = choose_targets(ctx.config, states, store, source_host, wanted, host)
     candidates, methods = gather_candidates(ctx.config, host)
-    targets, skipped = choose_targets(ctx.config, states, store, host, wanted)
     placements = plan(candidates, targets, action, methods)
     rate = recent_rate(store)
     rows = [
@@ -133,14 +156,17 @@ def evacuate(
             raise BadRequest("refusing to evacuate without confirmation", "pass --yes")
         if not click.confirm(f"Evacuate {host} as planned?", default=False):
             raise BadRequest("evacuation not started")
-    record = EvacuationRecord(client, host)
+    record = EvacuationRecord(client, source_host.id)
     options = {"parallel": parallel, "per_host": per_host, "action": action, "to": wanted}
     if not record.load():
         record.start(options, placements)
     from orchestrator.evacuation.hosts import mirror_quietly
 
-    mirror_quietly(states, host, "evacuating", ctx.client(host))
-    jobs = _submit_evacuation_jobs(ctx, host, placements, record, store, parallel, per_host)
+    mirror_quietly(states, source_host.id, "evacuating", ctx.client(host))
+    target_ids = {t.remote: t.host_id for t in targets}
+    jobs = _submit_evacuation_jobs(
+        host, source_host.id, target_ids, placements, record, store, parallel, per_host
+    )
     for p in placements:
         if p.action == STOP and p.state == "RUNNING":
             try:
@@ -151,15 +177,19 @@ def evacuate(
         elif p.action != MIGRATE:
             record.set_outcome(p.container, p.action + (f": {p.reason}" if p.reason else ""))
     failures = _follow_and_summarize(store, jobs, record, placements)
-    mirror_quietly(states, host, "evacuated" if not failures else "evacuating", ctx.client(host))
+    mirror_quietly(states, source_host.id, "evacuated" if not failures else "evacuating", ctx.client(host))
     if failures:
         raise OrchError(
             f"{failures} container(s) could not be moved; run `orch evacuate {host}:` again to retry"
         )
 
 
-def _submit_evacuation_jobs(ctx, host, placements, record, store, parallel, per_host):  # type: ignore[no-untyped-def]
-    """One move chain per container to migrate; jobs of an earlier run are reused (idempotent)."""
+def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store, parallel, per_host):  # type: ignore[no-untyped-def]
+    """One move chain per container to migrate; jobs of an earlier run are reused (idempotent).
+
+    The slots and the recorded origin are keyed by host identity, so limits hold across a host's names
+    and ``orch restore`` finds the containers through any of them."""
+    from orchestrator.evacuation.hosts import evacuation_slot, host_slot
     from orchestrator.evacuation.placement import MIGRATE
     from orchestrator.submit import submit
 
@@ -177,8 +207,12 @@ def _submit_evacuation_jobs(ctx, host, placements, record, store, parallel, per_
                     continue
             except OrchError:
                 pass
-        slots = [(f"evac:{host}", parallel), (f"host:{host}", per_host), (f"host:{p.target}", per_host)]
-        options = {"stateless": True, "origin": host}
+        slots = [
+            (evacuation_slot(host_id), parallel),
+            (host_slot(host_id), per_host),
+            (host_slot(target_ids[p.target]), per_host),
+        ]
+        options = {"stateless": True, "origin": host_id}
         try:
             job = submit("move", Ref(host, p.container), Ref(p.target, p.container), options, slots)
         except OrchError as exc:
@@ -234,22 +268,23 @@ def restore(ctx: Context, target: str, snapshot: str | None, parallel: int, per_
 
 def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> None:
     from orchestrator.cli.follow import follow_many
-    from orchestrator.evacuation.hosts import mirror_quietly
+    from orchestrator.evacuation.hosts import host_slot, mirror_quietly, restore_slot
     from orchestrator.evacuation.runner import EvacuationRecord
+    from orchestrator.hostid import identify
     from orchestrator.submit import submit
 
-    host = parse_remote(target, ctx.config)
     client, states, store = _handles()
-    origins = states.origins(host)
-    mirror_quietly(states, host, "restoring", ctx.client(host))
+    host, restored = _host(ctx, target, states)
+    origins = states.origins(restored.id)
+    mirror_quietly(states, restored.id, "restoring", ctx.client(host))
     jobs: dict[str, str] = {}
     for name, entry in sorted(origins.items()):
-        slots = [
-            (f"restore:{host}", parallel),
-            (f"host:{host}", per_host),
-            (f"host:{entry['target']}", per_host),
-        ]
         try:
+            slots = [
+                (restore_slot(restored.id), parallel),
+                (host_slot(restored.id), per_host),
+                (host_slot(identify(ctx.config, entry["target"])), per_host),
+            ]
             job = submit("move", Ref(entry["target"], name), Ref(host, name),
                          {"stateless": True, "restore": True}, slots)  # fmt: skip
         except OrchError as exc:
@@ -260,7 +295,7 @@ def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> Non
     failed: dict[str, str] = {}
     for name, job in final.items():
         if job.status == "succeeded":
-            states.forget_origin(host, name)
+            states.forget_origin(restored.id, name)
         else:
             failed[name] = job.error
     rows = [
@@ -270,10 +305,10 @@ def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> Non
     if rows:
         click.echo(table(["CONTAINER", "FROM", "OUTCOME"], rows))
     if failed:
-        mirror_quietly(states, host, "evacuated", ctx.client(host))
+        mirror_quietly(states, restored.id, "evacuated", ctx.client(host))
         raise OrchError(f"{len(failed)} container(s) could not be moved back: {', '.join(sorted(failed))}")
-    EvacuationRecord(client, host).clear()
-    mirror_quietly(states, host, "online", ctx.client(host))
+    EvacuationRecord(client, restored.id).clear()
+    mirror_quietly(states, restored.id, "online", ctx.client(host))
     click.echo(f"{host} restored and uncordoned")
 
 

@@ -39,6 +39,8 @@ class TargetHost:
     methods: tuple[str, ...] = ()
     planned: int = 0
     reserved: int = 0
+    #: the agent's certificate fingerprint (hostid.py): what its concurrency slots are keyed by
+    host_id: str = ""
 
     @property
     def load(self) -> int:

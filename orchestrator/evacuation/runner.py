@@ -1,10 +1,14 @@
 """Evacuating a host and restoring it: gather facts, plan, submit one move chain per container.
 
-The evacuation's own record (``orch:evac:<host>``) maps each container to its job, so running
+Hosts are agents, known by certificate fingerprint (:mod:`orchestrator.hostid`): the host being evacuated
+is never a target under another of its names, and a host with several names is one target.
+
+The evacuation's own record (:class:`EvacuationRecord`) maps each container to its job, so running
 ``orch evacuate`` again continues an interrupted evacuation instead of starting over: finished moves are
 kept, running ones are followed, failed ones are submitted again. Concurrency limits are not enforced
-here but by every job's first step, through Redis semaphores (``evac:<host>`` for ``--parallel`` and
-``host:<remote>`` for ``--per-host``), so they hold however many workers run the jobs.
+here but by every job's first step, through Redis semaphores (hosts.py's ``evacuation_slot`` for
+``--parallel`` and ``host_slot`` for ``--per-host``, both by host identity), so they hold however many
+workers run the jobs.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from typing import Any
 
 import redis
 
-from orchapi.errors import OrchError
+from orchapi.errors import BadRequest, OrchError
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import connect
-from orchestrator.evacuation.hosts import UNSCHEDULABLE, HostStates
+from orchestrator.evacuation.hosts import ONLINE, UNSCHEDULABLE, HostStates, evacuation_key
 from orchestrator.evacuation.placement import Candidate, Placement, TargetHost
+from orchestrator.hostid import Host, group, identities
 from orchestrator.jobs import JobStore, now_iso
 
 DEFAULT_RATE = 100 * 1024 * 1024  # bytes/s assumed for estimates when no job has measured one yet
@@ -27,10 +32,13 @@ DEFAULT_RATE = 100 * 1024 * 1024  # bytes/s assumed for estimates when no job ha
 
 @dataclass
 class HostInfo:
-    """What ``orch hosts`` shows for one remote."""
+    """What ``orch hosts`` shows for one host (one agent, however many remotes name it)."""
 
     remote: str
     status: str
+    #: every remote naming this host (``remote`` is the first); the agent's certificate fingerprint
+    names: tuple[str, ...] = ()
+    fingerprint: str = ""
     containers: int = 0
     running: int = 0
     used: int = 0
@@ -46,26 +54,39 @@ class HostInfo:
         return not self.error
 
 
-def running_jobs(store: JobStore, remote: str) -> int:
+def running_jobs(store: JobStore, names: tuple[str, ...]) -> int:
+    """Unfinished jobs from or to the host under any of its names (each job counted once)."""
     return sum(
         1
         for job in store.list(500)
-        if not job.finished and remote in (job.state.get("source_remote"), job.state.get("target_remote"))
+        if not job.finished and {job.state.get("source_remote"), job.state.get("target_remote")} & set(names)
     )
 
 
-def host_info(config: ClientConfig, states: HostStates, store: JobStore, remote: str) -> HostInfo:
-    info = HostInfo(remote, states.status(remote), jobs=running_jobs(store, remote))
-    try:
-        client = connect(config, remote, timeout=10)
-        server = client.get("/1.0")
-        env = server["environment"]
-        containers = client.get("/1.0/containers", params={"recursion": 1})
-    except OrchError as exc:
-        info.error = str(exc)
-        if info.status == "online":
+def host_info(config: ClientConfig, states: HostStates, store: JobStore, host: Host) -> HostInfo:
+    """The host's state and load, asked through the first of its names that answers."""
+    info = HostInfo(
+        host.name, states.status(host.id), host.names, host.id, jobs=running_jobs(store, host.names)
+    )
+    errors = []
+    for name in host.names:
+        try:
+            client = connect(config, name, timeout=10)
+            server = client.get("/1.0")
+            containers = client.get("/1.0/containers", params={"recursion": 1})
+            break
+        except OrchError as exc:
+            errors.append(str(exc))
+    else:
+        info.error = errors[0]
+        if info.status == ONLINE:
             info.status = "offline"
         return info
+    env = server["environment"]
+    agent_status = (server.get("config") or {}).get("orch.status")
+    if info.status == ONLINE and agent_status:
+        # the agent refuses new containers in this state whatever Redis says (e.g. Redis was reset)
+        info.status = str(agent_status)
     info.containers = len(containers)
     info.running = sum(1 for c in containers if c["status"] == "Running")
     info.free = int(env.get("storage_free", 0))
@@ -73,6 +94,11 @@ def host_info(config: ClientConfig, states: HostStates, store: JobStore, remote:
     info.methods = tuple(env.get("transfer_methods", ()))
     info.runtime = "/".join(x for x in (env.get("runtime", ""), env.get("storage", "")) if x)
     return info
+
+
+def unknown_host_info(name: str, why: str) -> HostInfo:
+    """A remote whose agent can't be identified (a unix socket nobody answers on): shown on its own."""
+    return HostInfo(name, "offline", (name,), error=why)
 
 
 def evacuate_policy(config: dict[str, str]) -> str:
@@ -100,22 +126,53 @@ def gather_candidates(config: ClientConfig, remote: str) -> tuple[list[Candidate
 
 
 def choose_targets(
-    config: ClientConfig, states: HostStates, store: JobStore, source: str, wanted: list[str] | None
+    config: ClientConfig,
+    states: HostStates,
+    store: JobStore,
+    source: Host,
+    wanted: list[str] | None,
+    source_name: str = "",
 ) -> tuple[list[TargetHost], list[str]]:
-    """Online, schedulable target hosts (the given ones, or every other remote); and why others aren't."""
-    names = wanted or [r for r in sorted(config.remotes) if r != source and not config.remotes[r].is_unix]
-    targets, skipped = [], []
+    """Online, schedulable target hosts (the given ones, or every other HTTPS remote), one per host
+    however many names it has; and why the others aren't targets.
+
+    The source (called ``source_name`` by the user) is never a target under any name: asking for it
+    with ``--to`` is an error, not a skip, since the user evidently believes it is another host.
+    """
+    source_name = source_name or source.name
+    known, unknown = identities(config)
+    hosts = {h.id: h for h in group(known)}
+    if wanted:
+        for name in wanted:  # in the order given
+            if known.get(name) == source.id:
+                raise BadRequest(
+                    f"--to {name}: is the host being evacuated"
+                    + (f" ({name} and {source_name} name the same agent)" if name != source_name else "")
+                )
+        names = list(dict.fromkeys(wanted))
+    else:
+        names = [
+            n for n in sorted(config.remotes) if not config.remotes[n].is_unix and known.get(n) != source.id
+        ]
+    targets, skipped, seen = [], [], {}
     for name in names:
-        if name == source:
-            skipped.append(f"{name}: it is the host being evacuated")
+        if name in unknown:
+            skipped.append(f"{name}: offline ({unknown[name]})")
             continue
-        info = host_info(config, states, store, name)
+        host_id = known[name]
+        if host_id in seen:
+            skipped.append(f"{name}: the same host as {seen[host_id]}")
+            continue
+        seen[host_id] = name
+        info = host_info(config, states, store, hosts[host_id])
         if not info.online:
             skipped.append(f"{name}: offline ({info.error})")
         elif info.status in UNSCHEDULABLE:
             skipped.append(f"{name}: {info.status}")
         else:
-            targets.append(TargetHost(name, info.free, info.containers, info.jobs, info.methods))
+            targets.append(
+                TargetHost(name, info.free, info.containers, info.jobs, info.methods, host_id=host_id)
+            )
     return targets, skipped
 
 
@@ -129,10 +186,10 @@ def recent_rate(store: JobStore) -> float:
 
 
 class EvacuationRecord:
-    """``orch:evac:<host>``: options, the plan, and container → job id."""
+    """The evacuation of one host (by identity, see hosts.py): options, the plan, container → job id."""
 
-    def __init__(self, client: redis.Redis, host: str) -> None:
-        self.r, self.host, self.key = client, host, f"orch:evac:{host}"
+    def __init__(self, client: redis.Redis, host_id: str) -> None:
+        self.r, self.host_id, self.key = client, host_id, evacuation_key(host_id)
 
     def load(self) -> dict[str, Any]:
         raw = self.r.hgetall(self.key)

@@ -4,22 +4,44 @@ The target agent must be reachable and trust us, the target name free (or existi
 ``--refresh``), its free space at least the source's size, and the two agents must share a transfer
 method. The source must be stopped unless a snapshot is copied; ``move --stateless`` stops it here (and
 rollback starts it again if the move fails).
+
+Hosts are compared by identity (the agent's certificate fingerprint, :mod:`orchestrator.hostid`), not by
+remote name: a cordon made through any name of the target holds, and a copy or move of a container onto
+itself under another name of its host (which, as a refresh or move, would overwrite or delete it) is
+refused. The target agent enforces its cordon too; this check only fails earlier and names the remote.
 """
 
 from __future__ import annotations
 
 from orchapi.errors import Conflict, Forbidden, InsufficientStorage, NotFound
 from orchestrator.celeryapp import app
+from orchestrator.clientconfig import ClientConfig
 from orchestrator.evacuation.hosts import HostStates
+from orchestrator.hostid import identify
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, lock_targets, step
 from orchestrator.tasks.common import source, target
 
 
+def check_hosts(ctx: StepContext, job: Job) -> None:
+    """The target host may receive containers, and the target is not the source under another name."""
+    s, config = job.state, ClientConfig()
+    target_id = identify(config, s["target_remote"])
+    if not job.options.get("restore"):
+        states = HostStates(ctx.redis)
+        states.adopt_legacy(target_id, [s["target_remote"]])
+        states.check_schedulable(target_id, s["target_remote"])
+    if s["target_name"] == s["source_name"] and identify(config, s["source_remote"]) == target_id:
+        raise Conflict(
+            f"{job.source} and {job.target} are the same container "
+            f"({s['source_remote']} and {s['target_remote']} name the same host)",
+            "pick another name or another host",
+        )
+
+
 def verify(ctx: StepContext, job: Job) -> None:
     s, opts = job.state, job.options
-    if not opts.get("restore"):
-        HostStates(ctx.redis).check_schedulable(s["target_remote"])
+    check_hosts(ctx, job)
     src, tgt = source(ctx, job), target(ctx, job)
     container = src.get(f"/1.0/containers/{s['source_name']}")
     if s.get("source_snapshot"):
@@ -27,6 +49,9 @@ def verify(ctx: StepContext, job: Job) -> None:
     target_info = tgt.get("/1.0")
     if target_info.get("auth") != "trusted":
         raise Forbidden(f"remote {s['target_remote']} does not trust this client")
+    HostStates.check_agent_status(
+        (target_info.get("config") or {}).get("orch.status", ""), s["target_remote"]
+    )
     source_info = src.get("/1.0")
     common = set(source_info["environment"]["transfer_methods"]) & set(
         target_info["environment"]["transfer_methods"]
