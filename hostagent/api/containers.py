@@ -37,12 +37,29 @@ async def list_containers(request: web.Request) -> web.Response:
     return sync([f"/1.0/containers/{r.name}" for r in records])
 
 
+#: ``orch.status`` values (server.py) in which this host accepts no new containers
+REFUSING_STATES = ("cordoned", "evacuating", "evacuated")
+
+
+async def refuse_if_cordoned(agent: Any) -> None:
+    """409 while the host is cordoned, evacuating or evacuated: enforced here, on the host, so that a
+    second remote name, another orchestrator or a direct API call can't get around a cordon."""
+    status = (await agent.blocking(agent.trust.server_config)).get("orch.status", "")
+    if status in REFUSING_STATES:
+        hint = f"orch uncordon {agent.name}: to allow them"
+        if status != "cordoned":
+            hint += f", or orch restore {agent.name}: to bring its containers back"
+        raise Conflict(f"this host is {status}: it accepts no new containers", hint)
+
+
 @routes.post("/1.0/containers")
 async def create_container(request: web.Request) -> web.Response:
-    """Create a container from an image given by fingerprint or alias (``source.type == "image"``)."""
+    """Create a container from an image given by fingerprint or alias (``source.type == "image"``), or
+    pull one from another agent (``source.type == "migration"``); refused while the host is cordoned."""
     agent = request.app[AGENT_KEY]
     body = await json_body(request)
     name = check_container_name(body.get("name"))
+    await refuse_if_cordoned(agent)
     source = body.get("source") or {}
     if isinstance(source, dict) and source.get("type") == "migration":
         from hostagent.migration.target import start_pull

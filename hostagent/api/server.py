@@ -13,9 +13,10 @@ routes = web.RouteTableDef()
 #: server config keys a trusted caller may set, with their allowed values (None: any string)
 SERVER_KEYS: dict[str, tuple[str, ...] | None] = {
     "core.trust_password": None,
-    # the host's scheduling state, set by `orch cordon` / `orch evacuate` so that anyone looking at the
-    # agent sees it (the orchestrator's own record is in Redis)
-    "orch.status": ("", "cordoned", "evacuating", "evacuated"),
+    # the host's scheduling state, set by `orch cordon` / `orch evacuate` / `orch restore`; the agent
+    # refuses new containers while it is in REFUSING_STATES (containers.py), so no client can bypass a
+    # cordon. "restoring" lets `orch restore` move containers back (the orchestrator's record is in Redis)
+    "orch.status": ("", "cordoned", "evacuating", "evacuated", "restoring"),
 }
 
 
