@@ -9,16 +9,22 @@ asyncio task in the agent; finished operations are kept for a while so that a cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from hostagent.safetar.cancel import Cancelled
 from orchapi.errors import Conflict, NotFound, OrchError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RUNNING, SUCCESS, FAILURE, CANCELLED = "Running", "Success", "Failure", "Cancelled"
 STATUS_CODES = {RUNNING: 103, SUCCESS: 200, FAILURE: 400, CANCELLED: 401}
@@ -133,3 +139,32 @@ class OperationRegistry:
             i for i, o in self._ops.items() if o.finished_monotonic and o.finished_monotonic < cutoff
         ]:
             del self._ops[op_id]
+
+
+async def run_cancellable(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args, cancel=event)`` in a thread of ``executor``, stoppable by cancelling the caller.
+
+    A thread cannot be interrupted, so cancelling the awaiting task (an operation's, through ``DELETE
+    /1.0/operations/<id>``) sets ``event``, which ``fn`` checks as it goes (see hostagent/safetar/cancel.py),
+    and then *waits* for ``fn`` to return: the cleanup ``fn`` does on its way out is over before the
+    operation reports "Cancelled". If ``fn`` had passed its point of no return (an import committed)
+    when the cancel came, its result stands.
+    """
+    event = threading.Event()
+    future = asyncio.get_running_loop().run_in_executor(executor, functools.partial(fn, *args, cancel=event))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError as cancelled:
+        event.set()
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait for the thread to finish
+            except Exception:  # noqa: BLE001 - its outcome is read below
+                break
+        if future.exception() is None:
+            return future.result()
+        if isinstance(future.exception(), Cancelled):
+            raise cancelled from None
+        raise future.exception() from None  # type: ignore[misc]

@@ -78,12 +78,12 @@ def store(tmp_path: Path) -> ImageStore:
     return ImageStore(tmp_path / "images", Driver(tmp_path))
 
 
-def test_init_makes_traversable_root_and_empty_tmp(tmp_path: Path) -> None:
+def test_init_makes_private_root_and_empty_tmp(tmp_path: Path) -> None:
     root = tmp_path / "images"
     (root / "tmp").mkdir(parents=True)
     (root / "tmp" / "stale-upload").write_bytes(b"half")
     s = ImageStore(root, Driver(tmp_path))
-    assert (root.stat().st_mode & 0o777) == 0o711
+    assert (root.stat().st_mode & 0o777) == 0o700  # nobody else reaches an unpacked image
     assert s.upload_dir() == root / "tmp"
     assert os.listdir(root / "tmp") == []
 
@@ -244,8 +244,8 @@ def test_failure_while_unpacking_removes_everything(
     before = tree(store.root)
     real_extract = store_module.extract_rootfs
 
-    def full_disk(path: Path, dest: Path) -> None:
-        real_extract(path, dest)  # leave a fully written volume behind, then fail
+    def full_disk(path: Path, dest: Path, **options: object) -> None:
+        real_extract(path, dest, **options)  # leave a fully written volume behind, then fail
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store_module, "extract_rootfs", full_disk)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import async_op, json_body, recursion, sync
-from hostagent.operations import Operation
+from hostagent.operations import Operation, run_cancellable
 from orchapi.errors import BadRequest, InsufficientStorage
 from orchapi.names import check_alias_name
 
@@ -64,7 +64,12 @@ async def import_image(request: web.Request) -> web.Response:
         raise BadRequest("empty upload", "send the image tarball as the request body")
 
     async def work(op: Operation) -> dict[str, Any]:
-        record = await agent.blocking(agent.images.import_tarball, upload, aliases)
+        # cancelling the operation stops the validation and unpacking within a chunk, and waits for the
+        # import to remove what it made
+        try:
+            record = await run_cancellable(agent.executor, agent.images.import_tarball, upload, aliases)
+        finally:
+            _unlink(upload)  # the import consumes it; it is still there only if the import never began
         return {"fingerprint": record.fingerprint, "image": record.to_api()}
 
     return async_op(agent.operations.start("Importing image", work, {"images": []}))

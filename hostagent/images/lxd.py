@@ -20,6 +20,7 @@ from typing import Any
 
 from hostagent.images.store import ImageRecord, ImageStore, sha256_file
 from hostagent.lxd.client import LxdClient, path_of
+from hostagent.safetar.cancel import CancelFlag
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from orchapi.names import check_alias_name
 
@@ -64,9 +65,16 @@ class LxdImageStore:
         return self.cache.upload_dir()
 
     def import_tarball(
-        self, path: Path, aliases: list[str] | None = None, fingerprint: str | None = None
+        self,
+        path: Path,
+        aliases: list[str] | None = None,
+        fingerprint: str | None = None,
+        cancel: CancelFlag | None = None,
     ) -> ImageRecord:
-        """Validate and cache the tarball (all of ImageStore's checks), then import it into LXD."""
+        """Validate and cache the tarball (all of ImageStore's checks), then import it into LXD.
+
+        ``cancel`` stops the validation and unpacking (see :meth:`ImageStore.import_tarball`); the upload
+        to LXD, once started, runs to its end."""
         path = Path(path)
         aliases = list(aliases or [])
         for name in aliases:
@@ -76,7 +84,7 @@ class LxdImageStore:
             except NotFound:
                 continue
             raise Conflict(f"image alias {name} already exists", "delete it first to point it elsewhere")
-        fingerprint = fingerprint or sha256_file(path)
+        fingerprint = fingerprint or sha256_file(path, cancel)
         if self._in_lxd(fingerprint):
             path.unlink(missing_ok=True)
             raise Conflict("image already exists", _LIST_HINT)
@@ -85,7 +93,7 @@ class LxdImageStore:
             path.unlink(missing_ok=True)  # cached by an earlier migration: LXD only lacks it
             cached = False
         except NotFound:
-            self.cache.import_tarball(path, [], fingerprint)
+            self.cache.import_tarball(path, [], fingerprint, cancel)
             cached = True
         try:
             self._upload(fingerprint)

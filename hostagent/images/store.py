@@ -7,6 +7,10 @@ Layout under ``<data-dir>/images/``:
   ``aliases.json``             alias name -> {target, description}
   ``tmp/``                     uploads in progress (cleaned at start)
 
+``images/`` is mode 0700: nothing of an image is run in place (containers get clones of its rootfs), and
+an unpacked image holds setuid files and files owned by ids a local user may have, none of which a local
+user should reach.
+
 ``<fingerprint>.json`` is written last on import and removed first on delete, so an image exists exactly
 when its record does; a tarball or volume without a record is debris from a crash and is removed at start.
 JSON files are replaced atomically (written in ``tmp/``, then renamed), so a crash never leaves half a file.
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.images.tarball import ImageMetadata, extract_rootfs, inspect_tarball
+from hostagent.safetar.cancel import CancelFlag, checker
 from hostagent.storage.base import StorageDriver
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound, OrchError
 from orchapi.names import check_alias_name
@@ -79,8 +84,8 @@ class ImageStore:
         self._lock = threading.RLock()
         self._importing: set[str] = set()
         self.root.mkdir(parents=True, exist_ok=True)
-        # 0711: an unprivileged container's mapped root may need to traverse to its image's rootfs
-        os.chmod(self.root, 0o711)
+        # 0700: containers run from clones elsewhere; nobody else may reach an image's setuid files
+        os.chmod(self.root, 0o700)
         StorageDriver._remove_tree(self._tmp)
         self._tmp.mkdir(mode=0o700)
         self._remove_debris()
@@ -109,12 +114,18 @@ class ImageStore:
     # ------------------------------------------------------------------------------------------ import
 
     def import_tarball(
-        self, path: Path, aliases: list[str] | None = None, fingerprint: str | None = None
+        self,
+        path: Path,
+        aliases: list[str] | None = None,
+        fingerprint: str | None = None,
+        cancel: CancelFlag | None = None,
     ) -> ImageRecord:
         """Validate, store and unpack the tarball at ``path``; all or nothing.
 
         ``path`` is consumed either way: moved into the store on success, removed on failure.
         ``fingerprint`` is the file's SHA-256 when the caller hashed it already (while receiving it).
+        ``cancel`` (an event or a callable) stops the import between two chunks with
+        :class:`~hostagent.safetar.cancel.Cancelled`, leaving nothing behind.
         """
         path = Path(path)
         aliases = list(aliases or [])
@@ -122,10 +133,10 @@ class ImageStore:
         try:
             for name in aliases:
                 check_alias_name(name)
-            fingerprint = fingerprint or sha256_file(path)
+            fingerprint = fingerprint or sha256_file(path, cancel)
             self._claim(fingerprint)
             claimed = fingerprint
-            return self._import(path, fingerprint, aliases)
+            return self._import(path, fingerprint, aliases, cancel)
         finally:
             if claimed is not None:
                 with self._lock:
@@ -139,14 +150,19 @@ class ImageStore:
                 raise Conflict(f"image {fingerprint} already exists")
             self._importing.add(fingerprint)
 
-    def _import(self, path: Path, fingerprint: str, aliases: list[str]) -> ImageRecord:
+    def _import(
+        self, path: Path, fingerprint: str, aliases: list[str], cancel: CancelFlag | None
+    ) -> ImageRecord:
         with self._lock:
             self._check_aliases_free(aliases)
-        metadata = inspect_tarball(path)
+        free = self.storage.free_bytes()
+        metadata = inspect_tarball(
+            path, cancel=cancel, budget=free, apparent_limit=self.storage.total_bytes()
+        )
         self._check_space(path, metadata)
         created: list[Path] = []
         try:
-            return self._unpack_and_commit(path, fingerprint, metadata, aliases, created)
+            return self._unpack_and_commit(path, fingerprint, metadata, aliases, created, cancel)
         except OSError as exc:
             self._undo(fingerprint, created)
             if exc.errno in _NO_SPACE:
@@ -157,6 +173,8 @@ class ImageStore:
             raise
 
     def _check_space(self, path: Path, metadata: ImageMetadata) -> None:
+        # the decoded stream bounds what unpacking writes (a sparse member's holes are not in it, and
+        # are not written either)
         need = metadata.uncompressed_size + path.stat().st_size
         free = self.storage.free_bytes()
         if need > free:
@@ -166,7 +184,13 @@ class ImageStore:
             )
 
     def _unpack_and_commit(
-        self, path: Path, fingerprint: str, metadata: ImageMetadata, aliases: list[str], created: list[Path]
+        self,
+        path: Path,
+        fingerprint: str,
+        metadata: ImageMetadata,
+        aliases: list[str],
+        created: list[Path],
+        cancel: CancelFlag | None,
     ) -> ImageRecord:
         """Move, unpack, then write the record: the record is the commit point of an import."""
         tarball = self._tarball(fingerprint)
@@ -176,7 +200,8 @@ class ImageStore:
         created.append(volume)
         self.storage.delete_volume(volume)  # debris of a delete that failed half-way, if any
         self.storage.create_volume(volume)
-        extract_rootfs(tarball, volume)
+        # inspected just above; a failure from here on removes the volume (see _undo)
+        extract_rootfs(tarball, volume, cancel=cancel, budget=metadata.data_size, inspected=True)
         record = ImageRecord(
             fingerprint=fingerprint,
             size=tarball.stat().st_size,
@@ -394,10 +419,12 @@ def has_image(images: Any, fingerprint: str) -> bool:
         return False
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, cancel: CancelFlag | None = None) -> str:
+    check = checker(cancel)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):
+            check()
             digest.update(chunk)
     return digest.hexdigest()
 
