@@ -532,18 +532,31 @@ def test_a_full_target_fails_cleanly(agents, busybox_image):
 
 
 def test_a_target_filling_up_during_the_transfer_fails_cleanly(agents, busybox_image):
-    # tar writes the zeros of a sparse file: the size check passes, the disk fills during the transfer
+    """The size check passes, then something else fills the target's disk while the bytes arrive."""
     env = {"ORCH_AGENT_TRANSFER_METHODS": "tar"}
     a = agents("a", env=env)
-    small = agents("small", fs="tmpfs", size="16m", env=env)
+    small = agents("small", fs="tmpfs", size="400m", env=env)
     fingerprint = import_image(a, busybox_image)
-    create(a, "sparse", fingerprint)
-    holes = write(a, "sparse", "root/holes", b"")
-    os.truncate(holes, 40 * MiB)
+    create(a, "big", fingerprint)
+    write(a, "big", "root/data", os.urandom(300 * MiB))
+    migration = issue(a, small, "big")
+    pull_image(a, small, migration)
+    operation = start_pull(a, small, migration, "big")
+    deadline = time.monotonic() + 60
+    while api(small).get(operation)["metadata"].get("bytes_received", 0) < 8 * MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    filler = small.data_dir / "filler"
+    st = os.statvfs(small.data_dir)
+    with open(filler, "wb") as fh:  # another tenant takes the rest of the disk
+        try:
+            os.posix_fallocate(fh.fileno(), 0, st.f_bavail * st.f_frsize)
+        except OSError:
+            pass
     with pytest.raises(InsufficientStorage, match="^no space left on the target"):
-        copy(a, small, "sparse")
+        wait(small, operation)
     assert container_names(small) == [] and leftovers(small) == []
-    # and the space is free again: a small container fits
+    filler.unlink()  # and the space is free again: a small container fits
     create(a, "tiny", fingerprint)
     assert copy(a, small, "tiny")["verified"] is True
 

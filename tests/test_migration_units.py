@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hostagent.migration import manifest
+from hostagent import filecaps
+from hostagent.migration import manifest, policy
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer import base as transfer_base
@@ -86,8 +87,15 @@ def test_the_real_server_command_line_is_accepted_with_our_own_destination(tmp_p
     ]
     with_checksum = [*REAL[:5], "--checksum", *REAL[5:]]
     assert "--checksum" in validate_server_argv(with_checksum, tmp_path)
-    assert client_options(frozenset({"xattrs", "acls"})) == ["-aHS", "--numeric-ids", "--delete", "-X", "-A"]
+    options = ["-aHS", "--numeric-ids", "--delete", "-X", "-A"]
+    assert client_options(frozenset({"xattrs", "acls", "devices"})) == options
     assert "-X" not in client_options(frozenset())
+    # an unprivileged target takes no device nodes: the client leaves them out, the server refuses -D
+    assert "--no-devices" in client_options(frozenset({"xattrs"}))
+    unprivileged = ["peer", "rsync", "--server", "-lHogtpAXrSe.iLsfxCIvu", "--specials", ".", "v"]
+    assert "--specials" in validate_server_argv(unprivileged, tmp_path, devices=False)
+    with pytest.raises(BadRequest, match=r"device nodes \(-D\)"):
+        validate_server_argv(REAL, tmp_path, devices=False)
 
 
 @pytest.mark.parametrize(
@@ -153,15 +161,17 @@ def test_manifest_covers_types_modes_owners_links_and_content(tmp_path):
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        (["../etc/passwd", "f", 420, 0, 0, 1, 0, None, "0" * 64, None], r"'\.\.'"),
-        (["a/../../b", "d", 493, 0, 0, None, None, None, None, None], r"'\.\.'"),
-        (["/etc/shadow", "f", 420, 0, 0, 1, 0, None, "0" * 64, None], "absolute"),
-        (["a//b", "d", 493, 0, 0, None, None, None, None, None], "normalised"),
-        (["x", "s", 420, 0, 0, None, 0, None, None, None], "unknown type"),
-        (["x", "f", 0o17777, 0, 0, 1, 0, None, "0" * 64, None], "mode"),
-        (["x", "f", 420, -1, 0, 1, 0, None, "0" * 64, None], "uid"),
-        (["x", "d", 420, 0, 0, None, None, "/etc", None, None], "only symlinks"),
-        (["x", "f", 420, 0, 0, 1, 0, None, "zz", None], "sha256"),
+        (["../etc/passwd", "f", 420, 0, 0, 1, 0, None, "0" * 64, None, None], r"'\.\.'"),
+        (["a/../../b", "d", 493, 0, 0, None, None, None, None, None, None], r"'\.\.'"),
+        (["/etc/shadow", "f", 420, 0, 0, 1, 0, None, "0" * 64, None, None], "absolute"),
+        (["a//b", "d", 493, 0, 0, None, None, None, None, None, None], "normalised"),
+        (["x", "s", 420, 0, 0, None, 0, None, None, None, None], "unknown type"),
+        (["x", "f", 0o17777, 0, 0, 1, 0, None, "0" * 64, None, None], "mode"),
+        (["x", "f", 420, -1, 0, 1, 0, None, "0" * 64, None, None], "uid"),
+        (["x", "d", 420, 0, 0, None, None, "/etc", None, None, None], "only symlinks"),
+        (["x", "f", 420, 0, 0, 1, 0, None, "zz", None, None], "sha256"),
+        (["x", "d", 493, 0, 0, None, None, None, None, None, "01000002"], "caps"),
+        (["x", "f", 420, 0, 0, 1, 0, None, "0" * 64, None, "XYZ"], "caps"),
         (["x", "f", 420, 0, 0], "array"),
     ],
 )
@@ -170,17 +180,73 @@ def test_hostile_manifests_are_refused(entry, message):
         manifest.parse_lines([json.dumps(entry)])
 
 
+UNPRIVILEGED = IdMap(100000, 65536)
+
+
+def rules(idmap: IdMap | None, size: int = 1 << 30, entries: int = 10) -> policy.VolumeRules:
+    return policy.VolumeRules(idmap, size, entries)
+
+
 def test_received_volumes_must_fit_the_container(tmp_path):
     vol = tmp_path / "vol"
     vol.mkdir()
     (vol / "f").write_text("x")
     made = manifest.compute(vol)  # owned by root: outside an unprivileged container's ids
-    manifest.check_ownership(made, None)
+    policy.check_received(made, rules(None), "rootfs")
     with pytest.raises(BadRequest, match="outside the container's id range"):
-        manifest.check_ownership(made, IdMap(100000, 65536))
+        policy.check_received(made, rules(UNPRIVILEGED), "rootfs")
     os.chown(vol, 100000, 100000)
     os.chown(vol / "f", 100000, 100000)
-    manifest.check_ownership(manifest.compute(vol), IdMap(100000, 65536))
+    policy.check_received(manifest.compute(vol), rules(UNPRIVILEGED), "rootfs")
+
+
+def cap(revision: int, rootid: int | None = None) -> bytes:
+    """A security.capability value granting cap_dac_read_search (bit 2), effective."""
+    import struct
+
+    body = struct.pack("<IIII", 1 << 2, 0, 0, 0)
+    if revision == 3:
+        return struct.pack("<I", 0x03000001) + body + struct.pack("<I", rootid or 0)
+    return struct.pack("<I", 0x02000001) + body
+
+
+def test_received_file_capabilities_must_be_the_containers_own(tmp_path):
+    """A host-level (v2) capability or one for another namespace would let a local user run the file
+    with real capabilities: refused; the container's own namespaced (v3) ones are kept."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    tool = vol / "cat"
+    tool.write_bytes(b"\x7fELF")
+    for p in (vol, tool):
+        os.chown(p, 100000, 100000)
+    os.setxattr(tool, "security.capability", cap(3, 100000))
+    made = manifest.compute(vol)
+    assert json.loads(made.lines[-1])[10] == cap(3, 100000).hex()  # caps are part of what is verified
+    policy.check_received(made, rules(UNPRIVILEGED), "rootfs")
+    # (the kernel itself stores a v3 naming host root as v2, and refuses malformed values)
+    for bad, why in (
+        (cap(2), "host-level"),
+        (cap(3, 0), "host-level"),
+        (cap(3, 200000), "not this container"),
+    ):
+        os.setxattr(tool, "security.capability", bad)
+        with pytest.raises(BadRequest, match=why):
+            policy.check_received(manifest.compute(vol), rules(UNPRIVILEGED), "rootfs")
+        policy.check_received(manifest.compute(vol), rules(None), "rootfs")  # privileged: host caps anyway
+    assert "malformed" in (filecaps.refusal(b"\x01\x02", 100000) or "")
+    assert filecaps.refusal(cap(3, 100000)[:-1], 100000) is not None
+    assert filecaps.refusal(cap(2), None) is None
+
+
+def test_received_volumes_may_not_outgrow_their_declared_size(tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "big").write_bytes(os.urandom(3 * 1024 * 1024))
+    made = manifest.compute(vol)
+    assert made.allocated >= 3 * 1024 * 1024
+    policy.check_received(made, rules(None, size=made.allocated, entries=2), "rootfs")
+    with pytest.raises(BadRequest, match="more than the 0 the source declared"):
+        policy.check_received(made, rules(None, size=0, entries=0), "rootfs")
 
 
 def test_received_lxd_volumes_hold_metadata_files_and_a_real_rootfs(tmp_path):
@@ -191,20 +257,20 @@ def test_received_lxd_volumes_hold_metadata_files_and_a_real_rootfs(tmp_path):
     (vol / "backup.yaml").write_text("x")
     for p in (vol / "rootfs", vol / "rootfs" / "etc"):
         os.chown(p, 100000, 100000)
-    idmap = IdMap(100000, 65536)
-    manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+    unprivileged = rules(UNPRIVILEGED)
+    policy.check_received(manifest.compute(vol), unprivileged, "rootfs", "rootfs")
     os.symlink("/etc/shadow", vol / "metadata.yaml")
     with pytest.raises(BadRequest, match="outside its rootfs"):
-        manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+        policy.check_received(manifest.compute(vol), unprivileged, "rootfs", "rootfs")
     os.unlink(vol / "metadata.yaml")
     os.chown(vol / "rootfs" / "etc", 0, 0)
     with pytest.raises(BadRequest, match="outside the container's id range"):
-        manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+        policy.check_received(manifest.compute(vol), unprivileged, "rootfs", "rootfs")
     os.chown(vol / "rootfs" / "etc", 100000, 100000)
     os.rename(vol / "rootfs", vol / "real")
     os.symlink("/", vol / "rootfs")
     with pytest.raises(BadRequest, match="is not a directory"):
-        manifest.check_ownership(manifest.compute(vol), idmap, "rootfs")
+        policy.check_received(manifest.compute(vol), unprivileged, "rootfs", "rootfs")
 
 
 # ------------------------------------------------------------------------------------------- tar

@@ -3,12 +3,14 @@
 A manifest has one line per entry of the volume, in a fixed order (one directory at a time: its entries
 with names sorted, then each subdirectory's in turn, depth first), each line the compact JSON array::
 
-    [path, type, mode, uid, gid, size, mtime, symlink_target, sha256, rdev]
+    [path, type, mode, uid, gid, size, mtime, symlink_target, sha256, rdev, caps]
 
 ``path`` is relative to the volume (``"."`` for its root); ``type`` is ``f`` (regular file), ``d``, ``l``
 (symlink), ``p`` (fifo), ``c`` or ``b`` (device); ``mode`` the permission bits (setuid etc. included);
 ``size`` and ``sha256`` (of the content) only for regular files; ``mtime`` (whole seconds) for everything
-but directories (whose mtimes change as entries are added); ``rdev`` ``[major, minor]`` for devices.
+but directories (whose mtimes change as entries are added); ``rdev`` ``[major, minor]`` for devices;
+``caps`` the file's ``security.capability`` xattr in hex (regular files only), so that file capabilities
+are verified like content, and the target can check whose root they name before the volume is used.
 Sockets are left out: no transfer method carries them (tar cannot), and they mean nothing once their
 process is gone.
 
@@ -32,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostagent.runtimes.idmap import IdMap
 from orchapi.errors import BadRequest
 
 _TYPES = {
@@ -44,7 +45,10 @@ _TYPES = {
     stat.S_IFBLK: "b",
 }
 TYPES = frozenset(_TYPES.values())
-FIELDS = ("path", "type", "mode", "uid", "gid", "size", "mtime", "target", "sha256", "rdev")
+FIELDS = ("path", "type", "mode", "uid", "gid", "size", "mtime", "target", "sha256", "rdev", "caps")
+CAPS_XATTR = "security.capability"
+#: a security.capability value is 20 (v2) or 24 (v3) bytes; anything longer is not one
+_CAPS_MAX = 64
 _READ = 1024 * 1024
 #: files at least this large are hashed by the worker threads, smaller ones inline
 _INLINE = 256 * 1024
@@ -56,11 +60,13 @@ _local = threading.local()
 
 @dataclass
 class Manifest:
-    """A volume's manifest lines, their digest, and how many regular files it holds."""
+    """A volume's manifest lines, their digest, how many regular files it holds and the bytes it uses on
+    disk (allocated blocks, hard links once: what the target checks against the declared size)."""
 
     lines: list[str]
     digest: str
     files: int
+    allocated: int = 0
 
     @property
     def count(self) -> int:
@@ -110,13 +116,21 @@ def hash_file(path: str) -> str:
         os.close(fd)
 
 
-def _line(rel: str, st: os.stat_result, target: str | None, sha: str | None) -> str:
+def read_caps(path: str) -> str | None:
+    """A regular file's ``security.capability`` in hex, None if it has none (or no xattrs here)."""
+    try:
+        return os.getxattr(path, CAPS_XATTR, follow_symlinks=False).hex()
+    except OSError:
+        return None
+
+
+def _line(rel: str, st: os.stat_result, target: str | None, sha: str | None, caps: str | None) -> str:
     kind = _TYPES.get(stat.S_IFMT(st.st_mode))
     mode = stat.S_IMODE(st.st_mode)
     size = st.st_size if kind == "f" else None
     mtime = None if kind == "d" else st.st_mtime_ns // 1_000_000_000
     rdev = [os.major(st.st_rdev), os.minor(st.st_rdev)] if kind in ("c", "b") else None
-    entry = [rel, kind, mode, st.st_uid, st.st_gid, size, mtime, target, sha, rdev]
+    entry = [rel, kind, mode, st.st_uid, st.st_gid, size, mtime, target, sha, rdev, caps]
     return json.dumps(entry, separators=(",", ":"))
 
 
@@ -130,13 +144,14 @@ def compute(root: Path, workers: int = 2) -> Manifest:
     digest = hashlib.sha256()
     lines: list[str] = []
     files = 0
+    allocated = 0
     links: dict[tuple[int, int], Any] = {}  # hard-linked inodes are hashed once
-    window: deque[tuple[str, os.stat_result, str | None, Any]] = deque()
+    window: deque[tuple[str, os.stat_result, str | None, Any, str | None]] = deque()
 
-    def emit(rel: str, st: os.stat_result, target: str | None, sha: Any) -> None:
+    def emit(rel: str, st: os.stat_result, target: str | None, sha: Any, caps: str | None) -> None:
         if isinstance(sha, Future):
             sha = sha.result()
-        line = _line(rel, st, target, sha)
+        line = _line(rel, st, target, sha, caps)
         if lines:
             digest.update(b"\n")
         digest.update(line.encode("utf-8", "surrogatepass"))
@@ -149,20 +164,28 @@ def compute(root: Path, workers: int = 2) -> Manifest:
                 continue  # sockets (and anything unknown) are not part of a volume's content
             target = os.readlink(path) if fmt == stat.S_IFLNK else None
             sha: Any = None
+            caps = None
+            key = (st.st_dev, st.st_ino)
+            linked = st.st_nlink > 1 and fmt != stat.S_IFDIR  # a directory's links are its children
+            first = not linked or key not in links
+            if first:
+                allocated += st.st_blocks * 512
             if fmt == stat.S_IFREG:
                 files += 1
-                key = (st.st_dev, st.st_ino)
-                sha = links.get(key) if st.st_nlink > 1 else None
+                caps = read_caps(path)
+                sha = links.get(key) if linked else None
                 if sha is None:
                     sha = pool.submit(hash_file, path) if st.st_size >= _INLINE else hash_file(path)
-                    if st.st_nlink > 1:
+                    if linked:
                         links[key] = sha
-            window.append((rel, st, target, sha))
+            elif linked and first:
+                links[key] = None
+            window.append((rel, st, target, sha, caps))
             if len(window) >= _WINDOW:
                 emit(*window.popleft())
         while window:
             emit(*window.popleft())
-    return Manifest(lines, digest.hexdigest(), files)
+    return Manifest(lines, digest.hexdigest(), files, allocated)
 
 
 def digest_of(lines: Iterable[str]) -> str:
@@ -215,7 +238,7 @@ def parse_lines(lines: Any) -> list[list[Any]]:
             raise _bad(i, "not JSON") from None
         if not isinstance(entry, list) or len(entry) != len(FIELDS):
             raise _bad(i, f"expected an array of {len(FIELDS)} fields")
-        path, kind, mode, uid, gid, size, mtime, target, sha, rdev = entry
+        path, kind, mode, uid, gid, size, mtime, target, sha, rdev, caps = entry
         _check_path(i, path)
         if kind not in TYPES:
             raise _bad(i, f"unknown type {kind!r}")
@@ -240,6 +263,13 @@ def parse_lines(lines: Any) -> list[list[Any]]:
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rdev)
         ):
             raise _bad(i, "rdev must be [major, minor], for devices only")
+        if caps is not None and (
+            kind != "f"
+            or not isinstance(caps, str)
+            or len(caps) > 2 * _CAPS_MAX
+            or not all(c in "0123456789abcdef" for c in caps)
+        ):
+            raise _bad(i, "caps must be lowercase hex, for regular files only")
         out.append(entry)
     return out
 
@@ -264,31 +294,3 @@ def differences(source: list[list[Any]], target: list[list[Any]], limit: int = 5
             if len(out) >= limit:
                 break
     return out
-
-
-def check_ownership(manifest: Manifest, idmap: IdMap | None, root: str | None = None) -> None:
-    """Refuse a received volume an unprivileged container could not own, or with device nodes.
-
-    ``idmap`` is the id map the volume was sent with (the source's); None for a privileged container,
-    whose volumes may hold anything. ``root`` names the container's tree inside the volume when the
-    volume holds more (an LXD volume: ``rootfs/`` beside metadata owned by the host's root, which may
-    only be plain files and directories).
-    """
-    if idmap is None:
-        return
-    uids = range(idmap.host_base, idmap.host_base + idmap.size)
-    gids = range(idmap.gid_host_base, idmap.gid_host_base + idmap.size)
-    for line in manifest.lines:
-        path, kind, _mode, uid, gid = json.loads(line)[:5]
-        if root is not None and path == root and kind != "d":
-            raise BadRequest(f"received volume's {root!r} is not a directory (type {kind!r})")
-        if root is not None and path != root and not path.startswith(root + "/"):
-            if kind not in ("f", "d"):
-                raise BadRequest(f"received volume holds {path!r} of type {kind!r} outside its rootfs")
-            continue
-        if kind in ("c", "b"):
-            raise BadRequest(f"received volume holds a device node {path!r}: the container is unprivileged")
-        if uid not in uids or gid not in gids:
-            raise BadRequest(
-                f"received volume holds {path!r} owned by {uid}:{gid}, outside the container's id range"
-            )

@@ -41,7 +41,8 @@ from orchapi.errors import BadRequest, OrchError, Unavailable, error_for_status
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+#: 2: manifests carry file capabilities; volumes declare their entry count
+PROTOCOL_VERSION = 2
 #: payload bytes per binary frame (at most)
 CHUNK = 1024 * 1024
 #: the largest websocket message either side accepts (manifest chunks are far smaller)
@@ -52,6 +53,7 @@ HEARTBEAT = 30.0
 MANIFEST_CHUNK = 2000
 
 _CLOSED = {"type": "__closed__"}
+_REFUSED = {"type": "__refused__"}
 
 
 class ProtocolError(OrchError):
@@ -79,6 +81,11 @@ class Channel:
         self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._sink: Sink | None = None
         self.discarded = 0
+        #: why this side stopped accepting the peer's data (a budget exceeded, a sink's check failed)
+        self.refused: OrchError | None = None
+        self._budget: int | None = None
+        self._budget_start = 0
+        self._budget_what = ""
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     # -- sending --------------------------------------------------------------------------------------
@@ -124,9 +131,54 @@ class Channel:
         """Route binary frames to ``sink`` from now on (None: discard them)."""
         self._sink = sink
 
+    def limit(self, budget: int | None, what: str = "") -> None:
+        """Accept at most ``budget`` more payload bytes (for the volume ``what``); None lifts the limit.
+
+        Counted as frames arrive, before they reach the sink: a peer sending more than it declared is
+        refused at the first byte too many, whatever the method does with them.
+        """
+        self._budget, self._budget_start, self._budget_what = budget, self.bytes_received, what
+
+    def refuse(self, exc: OrchError) -> None:
+        """Stop taking the peer's data because of ``exc``: the sink is closed (its process sees the end
+        of its input), later frames are dropped, and the next :meth:`recv` raises ``exc``."""
+        if self.refused is not None:
+            return
+        self.refused = exc
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            asyncio.ensure_future(sink.close())
+        self._control.put_nowait(_REFUSED)
+
+    async def _deliver(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if self.refused is not None:
+            self.discarded += len(data)
+            return
+        if self._budget is not None and self.bytes_received - self._budget_start > self._budget:
+            self.refuse(
+                BadRequest(
+                    f"the source sent more than it declared for {self._budget_what or 'the volume'} "
+                    f"(over {self._budget} bytes); the transfer was stopped"
+                )
+            )
+            return
+        sink = self._sink
+        if sink is None:
+            self.discarded += len(data)
+            return
+        try:
+            await sink.write(data)
+        except OrchError as exc:  # the sink checks what it forwards (e.g. a btrfs stream guard)
+            self.refuse(exc)
+
     async def recv(self, *kinds: str) -> dict[str, Any]:
         """The next control message, which must be one of ``kinds``; raises the peer's error."""
         msg = await self._control.get()
+        if msg is _REFUSED:
+            self._control.put_nowait(_REFUSED)
+            assert self.refused is not None
+            raise self.refused
         if msg is _CLOSED:
             self._control.put_nowait(_CLOSED)  # every later recv sees it too
             raise Unavailable(f"the connection to the {self.peer} agent closed unexpectedly")
@@ -147,12 +199,7 @@ class Channel:
             while True:
                 msg = await self.ws.receive()
                 if msg.type == WSMsgType.BINARY:
-                    self.bytes_received += len(msg.data)
-                    sink = self._sink
-                    if sink is None:
-                        self.discarded += len(msg.data)
-                    else:
-                        await sink.write(msg.data)
+                    await self._deliver(msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     try:
                         data = json.loads(msg.data)

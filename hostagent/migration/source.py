@@ -58,7 +58,8 @@ class SourceSession:
                     },
                     snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
                     volumes=[
-                        {"snapshot": v.snapshot, "size": n} for v, n in zip(plan.volumes, sizes, strict=True)
+                        {"snapshot": v.snapshot, "size": n, "entries": e}
+                        for v, (n, e) in zip(plan.volumes, sizes, strict=True)
                     ],
                     methods=plan.methods(agent.transfer_methods),
                     methods_reason=plan.only_reason,
@@ -67,7 +68,7 @@ class SourceSession:
                     idmap=plan.idmap,
                     layout=plan.layout,
                     instance=plan.instance,
-                    size=sum(sizes),
+                    size=sum(n for n, _ in sizes),
                     features=sorted(features),
                 )
                 accept = await ch.recv("accept")
@@ -84,6 +85,8 @@ class SourceSession:
                     log.info("migration %s: %s handed to LXD's own migration", m.id, m.container)
                     return
                 common = features & frozenset(x for x in accept.get("features") or [] if isinstance(x, str))
+                if accept.get("devices") is True:  # the target takes device nodes (privileged only)
+                    common |= {"devices"}
                 method = get_method(name)
                 volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]
                 if name == "btrfs":
@@ -175,11 +178,12 @@ class SourceSession:
                 computing.cancel()
 
 
-def volume_sizes(agent: Any, paths: list[Path]) -> list[int]:
+def volume_sizes(agent: Any, paths: list[Path]) -> list[tuple[int, int]]:
+    """(bytes on disk, entries) of each volume: the target receives at most that, plus a margin."""
     out = []
     for path in paths:
         try:
-            out.append(agent.storage.used_bytes(path))
+            out.append(agent.storage.usage(path))
         except OSError:
-            out.append(0)
+            out.append((0, 0))
     return out

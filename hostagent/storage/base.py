@@ -56,17 +56,23 @@ class StorageDriver(ABC):
     @staticmethod
     def used_bytes(path: Path) -> int:
         """Bytes a tree uses on disk (allocated blocks, hard links counted once)."""
+        return StorageDriver.usage(path)[0]
+
+    @staticmethod
+    def usage(path: Path) -> tuple[int, int]:
+        """(bytes a tree uses on disk, its number of entries): what a migration declares of a volume."""
         seen: set[tuple[int, int]] = set()
-        total = 0
+        total = entries = 0
         for root, dirs, files in os.walk(path):
             for name in dirs + files:
+                entries += 1
                 st = os.lstat(os.path.join(root, name))
                 key = (st.st_dev, st.st_ino)
                 if key in seen:
                     continue
                 seen.add(key)
                 total += st.st_blocks * 512
-        return total
+        return total, entries + 1
 
     @staticmethod
     def _remove_tree(path: Path) -> None:

@@ -191,6 +191,15 @@ def clean_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
 
 
+def file_size_limit(limit: int | None) -> list[str]:
+    """An argv prefix that keeps a receiving child from writing any file larger than ``limit`` bytes
+    (``prlimit --fsize``: the write fails with EFBIG), so one file cannot outgrow its whole volume's
+    declared size; empty without a limit or without prlimit."""
+    if limit is None or not shutil.which("prlimit"):
+        return []
+    return ["prlimit", f"--fsize={max(limit, 1)}", "--"]
+
+
 def grow_pipe(fd: int) -> None:
     """Ask for a 1 MiB pipe buffer (fewer wake-ups per MiB moved); harmless where refused."""
     with contextlib.suppress(OSError):

@@ -109,10 +109,12 @@ async def receive(
     refresh: bool,
     progress: Callable[[int], None],
     source_host: str | None = None,
+    check: Callable[[str | None, manifest.Manifest], None] | None = None,
 ) -> Any:
     """Target side: have the local LXD pull the container from the source LXD, verify what it wrote
-    against the source's manifests; returns the container's record. ``progress`` gets the bytes LXD
-    reports having moved (called from a worker thread)."""
+    against the source's manifests and pass each volume's manifest to ``check`` (the target's policy,
+    which raises to refuse); returns the container's record. ``progress`` gets the bytes LXD reports
+    having moved (called from a worker thread). A refused or unverified copy is deleted."""
     offer = parse_offer(await ch.recv(NAME), source_host)
     operations: list[str] = []  # the target LXD's operation, once it started
     pull = asyncio.ensure_future(
@@ -141,6 +143,8 @@ async def receive(
                     f"verification of {what} failed after LXD's migration ({got.count} entries here, "
                     f"{want.get('count')} on the source); the copy was discarded"
                 )
+            if check is not None:
+                check(snapshot, got)
     except BaseException:
         if not refresh:  # a copy LXD made but orch cannot vouch for must not look like a good one
             with contextlib.suppress(Exception):

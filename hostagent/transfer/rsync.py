@@ -41,6 +41,7 @@ from hostagent.transfer.base import (
     WriterSink,
     fd_reader,
     fd_writer,
+    file_size_limit,
 )
 from orchapi.errors import BadRequest, InternalError, Unavailable
 
@@ -68,6 +69,7 @@ SAFE_LONG = frozenset(
         "--one-file-system",
         "--ignore-times",
         "--checksum",
+        "--specials",
     }
 )
 _CHOICE = re.compile(r"^--(checksum|compress)-choice=[a-z0-9]+(,[a-z0-9]+)?\Z")
@@ -82,8 +84,11 @@ _WHY = {
 
 def client_options(features: frozenset[str], checksum: bool = False) -> list[str]:
     """The rsync client's options: archive, hard links, sparse, numeric ids, delete, xattrs/ACLs if both
-    filesystems keep them, ``--checksum`` on a repair pass."""
+    filesystems keep them, ``--checksum`` on a repair pass; device nodes only where the target accepts
+    them (``devices``: a privileged container)."""
     options = ["-aHS", "--numeric-ids", "--delete"]
+    if "devices" not in features:
+        options.append("--no-devices")
     if "xattrs" in features:
         options.append("-X")
     if "acls" in features:
@@ -93,11 +98,13 @@ def client_options(features: frozenset[str], checksum: bool = False) -> list[str
     return options
 
 
-def validate_server_argv(argv: Any, dest: Path) -> list[str]:
+def validate_server_argv(argv: Any, dest: Path, devices: bool = True) -> list[str]:
     """The command line to run for the peer's request, with our own destination; BadRequest if unsafe.
 
     ``argv`` is what the peer's rsync passed to its remote shell: ``[host, "rsync", "--server", options...,
-    ".", path]``. The host and the path are ignored: the destination is always ``dest``.
+    ".", path]``. The host and the path are ignored: the destination is always ``dest``. Without
+    ``devices`` (an unprivileged container), a request to receive device nodes (``-D``, ``--devices``)
+    is refused: the server never creates one.
     """
 
     def refuse(why: str) -> BadRequest:
@@ -119,12 +126,16 @@ def validate_server_argv(argv: Any, dest: Path) -> list[str]:
     for option in options:
         if option in _WHY:
             raise refuse(f"{option}: {_WHY[option]}")
-        match = _CLUSTER.match(option)
+        match = _CLUSTER.fullmatch(option)
         if match:
             bad = sorted(set(match.group(1)) - SAFE_SHORT)
             if bad:
                 raise refuse(f"option -{''.join(bad)} in {option!r} is not allowed")
+            if not devices and "D" in match.group(1):
+                raise refuse(f"{option!r} asks for device nodes (-D), and the container is unprivileged")
             continue
+        if not devices and option == "--devices":
+            raise refuse("--devices asks to create device nodes, and the container is unprivileged")
         if option in SAFE_LONG or _CHOICE.match(option):
             continue
         if not option.startswith("-"):
@@ -245,9 +256,9 @@ class RsyncMethod(TransferMethod):
     async def receive(self, ctx: ReceiveContext) -> Path:
         ch = ctx.channel
         msg = await ch.recv("rsync")
-        argv = validate_server_argv(msg.get("argv"), ctx.dest)
+        argv = validate_server_argv(msg.get("argv"), ctx.dest, devices=ctx.idmap is None)
         child = await Child.spawn(
-            argv,
+            file_size_limit(ctx.allowance) + argv,
             "rsync (target)",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -271,6 +282,11 @@ class RsyncMethod(TransferMethod):
                 raise Unavailable("the connection to the source agent closed unexpectedly")
             await ch.send("exit", code=code, message=child.last_error_line() if code else "")
             if code != 0:
+                if "file too large" in child.stderr().lower():
+                    raise BadRequest(
+                        f"the source sent a file larger than {ctx.what} may hold (its declared size); "
+                        "the transfer was stopped"
+                    )
                 raise child.failure(code, ctx.what)
             return ctx.dest
         finally:

@@ -1,0 +1,14 @@
+"""The target side of a migration: pull an image or a container from a source agent.
+
+``POST /1.0/images`` with ``{"source": {"type": "migration", ...}}`` (:mod:`.image`) and ``POST
+/1.0/containers`` with ``{"source": {"type": "migration", "mode": "pull", ...}}`` (:mod:`.session`) start
+operations that connect to the source agent over HTTPS with pinned certificates (:mod:`.connect`). The
+request's options are parsed in :mod:`.request`, the source's header in :mod:`.header`, and the volumes
+are received, verified and checked against this host's policy (hostagent/migration/policy.py) in
+:mod:`.volumes` before anything is committed.
+"""
+
+from hostagent.migration.target.image import start_image_pull
+from hostagent.migration.target.session import start_pull
+
+__all__ = ["start_image_pull", "start_pull"]

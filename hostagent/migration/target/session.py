@@ -1,0 +1,251 @@
+"""Pulling a container from a source agent (``POST /1.0/containers`` with a migration source).
+
+The session reads the source's header and decides, before any byte moves, what this host accepts
+(hostagent/migration/policy.py: privilege, config, devices, the id map), what it can honour (the runtime's
+``import_config``) and whether it has the room; then it negotiates the method, receives every volume into
+a staging dir nobody else can reach (hostagent/migration/target/volumes.py), and only then commits. Any
+failure (source error, disconnect, refusal, mismatch, no space, cancellation) kills the child processes
+and removes the staging dir, leaving no partial container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from hostagent.migration import policy
+from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, Channel
+from hostagent.migration.target.connect import CONNECT_TIMEOUT, check_peer, client, connect_error
+from hostagent.migration.target.header import Header, parse_header
+from hostagent.migration.target.request import PullSpec, parse_pull
+from hostagent.migration.target.volumes import VolumeReceiver
+from hostagent.operations import Operation
+from hostagent.runtimes.base import ImportStaging
+from hostagent.runtimes.idmap import IdMap
+from hostagent.transfer import lxd_migration
+from hostagent.transfer.base import get_method, negotiate, probe_features
+from orchapi.errors import Conflict, InsufficientStorage, Unavailable
+
+log = logging.getLogger(__name__)
+
+#: the operation metadata is refreshed this often while bytes move
+TICK = 0.25
+
+
+async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation:
+    """Validate the request and start the pull (a taken name is refused now, before any connection)."""
+    spec = parse_pull(source)
+    await agent.blocking(agent.runtime.import_check, name, spec.refresh)
+
+    async def work(op: Operation) -> dict[str, Any]:
+        return await pull_container(agent, op, name, spec)
+
+    resources = {"containers": [f"/1.0/containers/{name}"]}
+    return agent.operations.start(f"Copying container {name} from {spec.source.where}", work, resources)
+
+
+async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -> dict[str, Any]:
+    async with agent.container_lock(name):
+        await agent.blocking(agent.runtime.import_check, name, spec.refresh)
+        async with client(agent, spec.source) as session:
+            try:
+                ws = await asyncio.wait_for(
+                    session.ws_connect(
+                        spec.source.url + "/fs",
+                        headers={"Authorization": f"Bearer {spec.source.token}"},
+                        max_msg_size=MAX_MESSAGE,
+                        heartbeat=HEARTBEAT,
+                        compress=0,
+                    ),
+                    CONNECT_TIMEOUT,
+                )
+            except TimeoutError:
+                raise Unavailable(f"the source agent at {spec.source.where} did not answer in time") from None
+            except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
+                raise connect_error(spec.source, exc) from None
+            ch = Channel(ws, "source")
+            try:
+                check_peer(ws.get_extra_info, spec.source.fingerprint)
+                return await TargetSession(agent, op, name, spec, ch).run()
+            except BaseException as exc:
+                await ch.send_error(exc)
+                ch.abort()
+                raise
+            finally:
+                await ch.close()
+
+
+class TargetSession:
+    def __init__(self, agent: Any, op: Operation, name: str, spec: PullSpec, ch: Channel) -> None:
+        self.agent, self.op, self.name, self.spec, self.ch = agent, op, name, spec, ch
+        #: bytes LXD itself moved (the lxd-migration method), counted with the websocket's
+        self.lxd_bytes = 0
+
+    def _bytes(self) -> None:
+        self.op.progress(
+            bytes_received=self.ch.bytes_received + self.lxd_bytes, bytes_sent=self.ch.bytes_sent
+        )
+
+    def stage(self, stage: str, **fields: Any) -> None:
+        self.op.progress(stage=stage, **fields)
+        self._bytes()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self._bytes()
+
+    async def run(self) -> dict[str, Any]:
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            return await self._run()
+        finally:
+            ticker.cancel()
+            self._bytes()
+
+    async def _admit(self, header: Header) -> tuple[dict[str, str], bool]:
+        """What this host accepts of the header (policy first, then what the runtime can honour)."""
+        agent = self.agent
+        grants = policy.Grants.for_job(self.spec.allow_privileged, agent.trust.server_config())
+        privileged = policy.check_request(
+            header.container.get("config") or {}, header.instance, header.idmap, grants
+        )
+        if privileged:
+            log.warning("accepting privileged container %s (allowed by %s)", self.name, grants.source)
+        config = await agent.blocking(agent.runtime.import_config, header.container, header.instance)
+        return config, privileged
+
+    async def _run(self) -> dict[str, Any]:
+        agent, ch = self.agent, self.ch
+        header = parse_header(await ch.recv("header"))
+        config, privileged = await self._admit(header)
+        existing = await agent.blocking(agent.runtime.import_check, self.name, self.spec.refresh)
+        # btrfs streams carry whole volumes: only between runtimes that lay volumes out alike
+        usable = [m for m in agent.transfer_methods if m != "btrfs" or header.layout == agent.runtime.layout]
+        try:
+            method_name = negotiate(header.methods, usable, existing is not None, self.spec.method)
+        except Conflict as exc:
+            if header.methods_reason:  # the source said why it offers so few: that is the real cause
+                raise Conflict(f"{exc.message}: {header.methods_reason}", exc.hint) from None
+            raise
+        data = {
+            **header.container,
+            "config": config,
+            "snapshots": header.snapshots,
+            "instance": header.instance,
+        }
+        if method_name == lxd_migration.NAME:
+            return await self._lxd_migration(header, data)
+        method = get_method(method_name)
+        have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
+        skip = [s["name"] for s in header.snapshots if s["name"] in have]
+        todo = [v for v in header.volumes if v[0] is None or v[0] not in skip]
+        needed = sum(v[1] for v in todo)
+        free = agent.storage.free_bytes()
+        self.op.progress(method=method_name, total_bytes=needed, volume=0, volumes=len(todo))
+        if needed > free:
+            raise InsufficientStorage(
+                f"no space left on the target for container {self.name}: "
+                f"it needs {needed} bytes, {free} are free"
+            )
+        features = probe_features(agent.data_dir) & header.features
+        staging: ImportStaging = await agent.blocking(
+            agent.runtime.import_begin, self.name, self.spec.refresh
+        )
+        receiver = VolumeReceiver(self, header, staging, method, method_name, features)
+        committed = False
+        try:
+            # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
+            await ch.send(
+                "accept", method=method_name, skip=skip, features=sorted(features), devices=privileged
+            )
+            files = await receiver.receive_all(skip, len(todo))
+            self.stage("commit")
+            commit = asyncio.ensure_future(
+                agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
+            )
+            try:
+                record = await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # past the point of no return: the commit (a thread) runs to its end and its outcome is
+                # reported, so a cancelled job's rollback sees the container it must delete; removing
+                # the staging dir under a running commit could leave half a container
+                record = await commit
+            committed = True
+            with contextlib.suppress(Exception):
+                await ch.send("done")
+        except InsufficientStorage as exc:
+            if str(exc).startswith("no space left on the target"):
+                raise
+            raise InsufficientStorage(f"no space left on the target: {exc}") from None
+        finally:
+            if not committed:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(agent.blocking(agent.runtime.import_abort, staging))
+        log.info(
+            "received container %s from %s by %s: %d bytes in, %d out",
+            self.name,
+            self.spec.source.where,
+            method_name,
+            ch.bytes_received,
+            ch.bytes_sent,
+        )
+        result = {
+            "stage": "done",
+            "method": method_name,
+            "container": record.to_api(),
+            "verified": True,
+            "files": files,
+            "bytes_received": ch.bytes_received,
+            "bytes_sent": ch.bytes_sent,
+            "total_bytes": needed,
+            "volume": len(todo),
+            "volumes": len(todo),
+        }
+        if receiver.repaired:
+            result["repaired"] = receiver.repaired
+        return result
+
+    async def _lxd_migration(self, header: Header, data: dict[str, Any]) -> dict[str, Any]:
+        """The target's LXD pulls from the source's LXD (see hostagent/transfer/lxd_migration.py); what
+        it wrote is verified and checked like any received volume, and deleted if refused."""
+        self.op.progress(method=lxd_migration.NAME, total_bytes=header.size, volume=0, volumes=1)
+        await self.ch.send("accept", method=lxd_migration.NAME, skip=[], features=[])
+        self.stage("lxd-migration")
+        moved = [0]
+
+        def progress(n: int) -> None:  # from the worker thread following LXD's operation
+            moved[0] = max(moved[0], n)
+            self.lxd_bytes = moved[0]
+
+        idmap = IdMap.from_json(header.idmap) if header.idmap else None
+        declared = {v[0]: policy.VolumeRules(idmap, v[1], v[2]) for v in header.volumes}
+
+        def check(snapshot: str | None, received: Any) -> None:
+            what = "rootfs" if snapshot is None else f"snapshot {snapshot}"
+            policy.check_received(received, declared[snapshot], what)
+
+        source_host = urlsplit(self.spec.source.url).hostname
+        record = await lxd_migration.receive(
+            self.agent, self.ch, self.name, data, self.spec.refresh, progress, source_host, check
+        )
+        # LXD's last report may predate its last bytes; what it had to move is at least the volumes' size
+        self.lxd_bytes = max(moved[0], header.size)
+        log.info("received container %s from %s by LXD's migration", self.name, self.spec.source.where)
+        return {
+            "stage": "done",
+            "method": lxd_migration.NAME,
+            "container": record.to_api(),
+            "verified": True,
+            "bytes_received": self.ch.bytes_received + self.lxd_bytes,
+            "bytes_sent": self.ch.bytes_sent,
+            "total_bytes": header.size,
+            "volume": 1,
+            "volumes": 1,
+        }

@@ -1,0 +1,184 @@
+"""Receiving a container's volumes one by one: pre-fill, transfer, verify, check, place.
+
+For every volume the source announces (oldest snapshot first, the rootfs last) the target makes its
+staging copy (pre-filled from the closest volume it has, for rsync), lets the method receive the
+difference under the volume's allowance (:class:`~hostagent.migration.policy.VolumeRules`), compares the
+result's manifest with the source's (a mismatch after rsync gets one ``--checksum`` repair pass), refuses
+what the container may not hold, and only then moves the volume to its place in the staging dir.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hostagent.migration import manifest, policy
+from hostagent.migration.protocol import Channel, ProtocolError, require
+from hostagent.migration.target.header import Header
+from hostagent.runtimes.base import LAYOUT_ROOTFS, ImportStaging
+from hostagent.runtimes.idmap import IdMap
+from hostagent.transfer.base import ReceiveContext, TransferMethod
+from orchapi.errors import InternalError
+
+log = logging.getLogger(__name__)
+
+
+class VerificationFailed(InternalError):
+    """The received volume is not what the source sent."""
+
+
+class VolumeReceiver:
+    """The volume loop of one container pull (see :class:`~hostagent.migration.target.session.TargetSession`,
+    which owns the staging dir and reports progress through ``stage``)."""
+
+    def __init__(
+        self,
+        session: Any,
+        header: Header,
+        staging: ImportStaging,
+        method: TransferMethod,
+        method_name: str,
+        features: frozenset[str],
+    ) -> None:
+        self.session = session
+        self.agent = session.agent
+        self.ch: Channel = session.ch
+        self.header, self.staging, self.method = header, staging, method
+        self.method_name, self.features = method_name, features
+        self.idmap = IdMap.from_json(header.idmap) if header.idmap else None
+        #: volumes received again with --checksum after a mismatch
+        self.repaired: list[str] = []
+
+    async def receive_all(self, skip: list[str], todo: int) -> int:
+        """Receive every volume not skipped; returns the number of entries of the rootfs."""
+        staging, header = self.staging, self.header
+        existing_map = staging.existing.get("idmap") if staging.existing else None
+        base: tuple[Path, dict[str, int] | None] | None = None  # the closest volume the target has
+        files = index = 0
+        for snapshot, size, entries in header.volumes:
+            if snapshot is not None and snapshot in skip:
+                base = (staging.existing_volume(snapshot), existing_map)
+                continue
+            what = "rootfs" if snapshot is None else f"snapshot {snapshot}"
+            label = "rootfs" if snapshot is None else f"snapshot {snapshot} ({index + 1}/{todo})"
+            msg = await self.ch.recv("volume")
+            if msg.get("index") != index or msg.get("snapshot") != snapshot:
+                raise ProtocolError(
+                    f"migration protocol error: the source sent volume {msg.get('index')!r} out of order"
+                )
+            self.session.stage("prefill" if self.method.prefill else label, volume=index + 1)
+            dest = await self._dest(snapshot, base, existing_map)
+            self.session.stage(label)
+            rules = policy.VolumeRules(self.idmap, size, entries)
+            ours = await self._receive_verified(index, what, label, dest, rules)
+            received = ours[0]
+            await self.agent.blocking(self.agent.runtime.import_place, staging, snapshot, received)
+            await self.ch.send("verified", index=index)
+            if snapshot is None:
+                files = ours[1].count
+            base = (staging.volume(snapshot), header.idmap)
+            index += 1
+        return files
+
+    async def _dest(
+        self,
+        snapshot: str | None,
+        base: tuple[Path, dict[str, int] | None] | None,
+        existing_map: dict[str, int] | None,
+    ) -> Path:
+        """The staging volume to receive into: pre-filled for rsync, empty for tar, a dir for btrfs."""
+        agent, staging, header = self.agent, self.staging, self.header
+        if self.method_name == "btrfs":
+            return await agent.blocking(agent.runtime.import_receive_dir, staging, snapshot)
+        start = None
+        image = None
+        if self.method.prefill:
+            if snapshot is None and staging.existing is not None:
+                start = (staging.existing_volume(None), existing_map)
+            else:
+                start = base
+            if start is None:
+                image = self.session.spec.base_image or header.base_image or None
+        return await agent.blocking(
+            agent.runtime.import_prefill,
+            staging,
+            snapshot,
+            start[0] if start else None,
+            start[1] if start else None,
+            image,
+            header.idmap,
+        )
+
+    async def _receive_verified(
+        self, index: int, what: str, label: str, dest: Path, rules: policy.VolumeRules
+    ) -> tuple[Path, manifest.Manifest]:
+        """Receive, verify (with one repair pass for pre-filling methods) and check one volume."""
+        ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance)
+        received = await self._receive(ctx, rules)
+        ours = await self._verify(index, what, received)
+        if ours is None:  # a repair pass (rsync with --checksum), then verify again
+            self.session.stage(label)
+            received = await self._receive(ctx, rules)
+            ours = await self._verify(index, what, received, final=True)
+            self.repaired.append(what)
+        assert ours is not None
+        lxd_volume = self.method_name == "btrfs" and self.header.layout != LAYOUT_ROOTFS
+        policy.check_received(ours, rules, what, "rootfs" if lxd_volume else None)
+        return received, ours
+
+    async def _receive(self, ctx: ReceiveContext, rules: policy.VolumeRules) -> Path:
+        """One pass of the method, the channel refusing every byte beyond the volume's allowance."""
+        self.ch.limit(rules.allowance, ctx.what)
+        try:
+            received = await self.method.receive(ctx)
+        except Exception:
+            if self.ch.refused is not None:  # the real cause: what made the method's input end early
+                raise self.ch.refused from None
+            raise
+        finally:
+            self.ch.limit(None)
+        if self.ch.refused is not None:
+            raise self.ch.refused
+        return received
+
+    async def _verify(
+        self, index: int, what: str, received: Path, final: bool = False
+    ) -> manifest.Manifest | None:
+        """Compare the received volume's manifest with the source's; None asks for a repair pass."""
+        self.session.stage("verify")
+        ours = await self.agent.blocking(manifest.compute, received)
+        end = await self.ch.recv("volume-end")
+        if end.get("index") != index:
+            raise ProtocolError("migration protocol error: volume-end for another volume")
+        digest = require(end, "digest", str)
+        count = require(end, "count", int)
+        if digest == ours.digest:
+            return ours
+        if self.method.prefill and not final:
+            log.warning(
+                "%s of %s differs after the transfer; sending it again with --checksum",
+                what,
+                self.session.name,
+            )
+            await self.ch.send("retry", index=index)
+            return None
+        await self.ch.send("manifest-request", index=index)
+        lines: list[Any] = []
+        while True:
+            msg = await self.ch.recv("manifest", "manifest-end")
+            if msg["type"] == "manifest-end":
+                break
+            lines.extend(require(msg, "lines", list))
+            if len(lines) > count:
+                raise ProtocolError(
+                    "migration protocol error: the source's manifest is longer than announced"
+                )
+        theirs = manifest.parse_lines(lines)
+        if manifest.digest_of(lines) != digest:
+            raise ProtocolError("migration protocol error: the source's manifest does not match its digest")
+        diffs = manifest.differences(theirs, manifest.parse_lines(ours.lines))
+        raise VerificationFailed(
+            f"verification of {what} failed, the copy was discarded: "
+            + ("; ".join(diffs) if diffs else "the manifests differ")
+        )
