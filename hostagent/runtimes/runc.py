@@ -16,9 +16,10 @@ import ctypes
 import json
 import os
 import re
+import secrets
 import signal
+import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -141,15 +142,33 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-class Runc:
-    """runc with a private ``--root``, so two agents on one machine never see each other's containers."""
+def private_dir(path: Path) -> Path:
+    """Make ``path`` a directory only this user can enter, refusing one someone else owns or a symlink
+    (mkdir's ``exist_ok`` would accept either, and chmod would not change who controls it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise InternalError(f"refusing {path}: it is not a directory owned by uid {os.geteuid()}")
+    os.chmod(path, 0o700)
+    return path
 
-    def __init__(self, root: Path, binary: str = "runc", command_timeout: float = 120.0) -> None:
-        self.root = Path(root)
+
+class Runc:
+    """runc with a private ``--root``, so two agents on one machine never see each other's containers.
+
+    ``run_dir`` (default: ``run/`` beside the root) holds the pid and log files of execs. It is private
+    (0700, this user's) because the agent trusts what is in them: the pid file says which process tree
+    to SIGKILL on a timeout. In a shared ``/tmp`` a local user could pre-create the names runc writes
+    (the exec then fails) or plant a pid of their choosing.
+    """
+
+    def __init__(
+        self, root: Path, binary: str = "runc", command_timeout: float = 120.0, run_dir: Path | None = None
+    ) -> None:
+        self.root = private_dir(Path(root))
+        self.run_dir = private_dir(Path(run_dir) if run_dir is not None else self.root.parent / "run")
         self.binary = binary
         self.command_timeout = command_timeout
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
 
     def _argv(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.root), "--log-format", "json", *args]
@@ -245,11 +264,9 @@ class Runc:
         """
         if not args:
             raise InternalError("exec needs a command")
-        fd, pid_file = tempfile.mkstemp(prefix="orch-exec-", suffix=".pid")
-        os.close(fd)
-        os.unlink(pid_file)  # runc refuses nothing here, but an empty file would look like a bad pid
-        fd, log_file = tempfile.mkstemp(prefix="orch-exec-", suffix=".log")
-        os.close(fd)
+        base = self.run_dir / f"exec-{secrets.token_hex(8)}"
+        pid_file, log_file = f"{base}.pid", f"{base}.log"  # runc writes the pid file itself
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         argv = [self.binary, "--root", str(self.root), "--log", log_file, "--log-format", "json", "exec"]
         argv += ["--pid-file", pid_file]
         if cwd:
