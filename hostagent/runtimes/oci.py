@@ -8,6 +8,12 @@ few device nodes an OS needs from the host, and ``/sys`` is the host's bound rea
 rootless spec (a fresh sysfs also mounted in a test here, but the kernel refuses it in a user namespace
 wherever the host's /sys is partly hidden by overmounts). Privileged ones get a fresh read-only sysfs and
 real device nodes, fenced by a deny-all device cgroup. No cgroup filesystem is mounted in the container.
+
+Every container gets the default seccomp profile (:mod:`hostagent.runtimes.seccomp`: module loading,
+kexec, ``open_by_handle_at``, keyrings and forced unmounts fail with EPERM). Privileged ones too, as LXD
+does: for them those calls are not attack surface but direct escapes (a module or kexec runs code in
+the host kernel, ``open_by_handle_at`` opens host files outside the rootfs, the keyring of their uid 0
+is the host root's), and nothing a system container runs needs them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
+from hostagent.runtimes import seccomp
 from hostagent.runtimes.idmap import IdMap
 
 OCI_VERSION = "1.0.2-dev"
@@ -190,6 +197,7 @@ def make_spec(
         "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
+        "seccomp": seccomp.default_profile(),
     }
     # runc creates these nodes (bind-mounting the host's inside a user namespace, where mknod is not
     # allowed). Explicit bind mounts in "mounts" would clash with that: runc opens each target, and opening
