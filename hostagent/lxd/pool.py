@@ -45,7 +45,7 @@ class Pool:
         if self.driver == "btrfs":
             run_tool(["btrfs", "subvolume", "create", "--", str(path)], f"creating volume {path}")
         else:
-            path.mkdir(mode=0o711)
+            path.mkdir(mode=0o700)  # LXD gives it its own mode when it adopts and starts it
 
     @staticmethod
     def snapshot(source: Path, path: Path, readonly: bool) -> None:

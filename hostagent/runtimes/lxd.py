@@ -40,6 +40,7 @@ from hostagent.lxd import recover
 from hostagent.lxd.adoption import Adopter, LxdStaging
 from hostagent.lxd.client import LxdClient, path_of
 from hostagent.lxd.pool import CONTAINERS, ROOTFS, SNAPSHOTS, Pool
+from hostagent.runtimes import modes
 from hostagent.runtimes.base import (
     LAYOUT_LXD,
     RUNNING,
@@ -104,10 +105,11 @@ class LxdRuntime(Runtime):
         )
         #: rootfs trees are plain directories inside LXD's volumes, on either pool type
         self.trees = DirDriver(self.pool.dir)
-        self.work = self.pool.dir / WORK_DIR
-        self.work.mkdir(mode=0o711, exist_ok=True)
+        # the agent's corner is root's alone: staged volumes, scratch snapshots and the unpacked image
+        # cache hold setuid files no local user may reach (see hostagent/runtimes/modes.py)
+        self.work = modes.private_dir(self.pool.dir / WORK_DIR)
         for sub in ("staging", "exporting"):
-            (self.work / sub).mkdir(mode=0o711, exist_ok=True)
+            modes.private_dir(self.work / sub)
         self.images = LxdImageStore(self.client, ImageStore(self.work / "images", self.storage))
         self.adopter = Adopter(self.client, self.pool)
 
@@ -412,10 +414,9 @@ class LxdRuntime(Runtime):
 
     def import_begin(self, name: str, refresh: bool) -> ImportStaging:
         existing = self.import_check(name, refresh)
-        tmp = self.work / "staging" / f"{name}-{secrets.token_hex(4)}"
-        tmp.mkdir(mode=0o711)
-        (tmp / CONTAINERS).mkdir(mode=0o711)
-        (tmp / SNAPSHOTS / name).mkdir(mode=0o711, parents=True)
+        tmp = modes.private_dir(self.work / "staging" / f"{name}-{secrets.token_hex(4)}")
+        modes.private_dir(tmp / CONTAINERS)
+        modes.private_dir(tmp / SNAPSHOTS / name)
         return LxdStaging(name, tmp, existing, self.pool.dir if existing is not None else None)
 
     def import_prefill(

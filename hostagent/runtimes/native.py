@@ -36,6 +36,7 @@ from typing import Any
 
 from hostagent.images.store import ImageStore
 from hostagent.jsonfile import write_json
+from hostagent.runtimes import modes
 from hostagent.runtimes.base import (
     RUNNING,
     STATUS_CODES,
@@ -200,10 +201,9 @@ class NativeRuntime(Runtime):
         self.images = images
         self.idmap = idmap or default_idmap()
         self.containers_dir = self.data_dir / "containers"
-        self.containers_dir.mkdir(parents=True, exist_ok=True)
-        # unprivileged containers' root (a high host uid) must traverse down to its rootfs
-        os.chmod(self.data_dir, 0o711)
-        os.chmod(self.containers_dir, 0o711)
+        # unprivileged containers' root (a high host uid) must traverse down to its rootfs (see modes.py)
+        modes.traverse_dir(self.data_dir)
+        modes.traverse_dir(self.containers_dir)
         self.runc = Runc(self.data_dir / "runc", runc_binary)
         self.prefix = runc_prefix(self.data_dir)
         self._locks: dict[str, threading.RLock] = {}
@@ -389,14 +389,12 @@ class NativeRuntime(Runtime):
             image = self.images.get(image_fingerprint)
             privileged = config.get("security.privileged") == "true"
             idmap = None if privileged else self.idmap
-            tmp = self.containers_dir / f"{CREATING}{name}-{secrets.token_hex(4)}"
-            tmp.mkdir(mode=0o711)
-            os.chmod(tmp, 0o711)
+            tmp = modes.private_dir(self.containers_dir / f"{CREATING}{name}-{secrets.token_hex(4)}")
             try:
                 self.storage.clone_volume(self.images.rootfs(image.fingerprint), tmp / ROOTFS)
                 if idmap is not None:
                     shift_into(tmp / ROOTFS, idmap)
-                (tmp / SNAPSHOTS).mkdir(mode=0o711)
+                modes.private_dir(tmp / SNAPSHOTS)
                 data = {
                     "name": name,
                     "created_at": utc_now(),
@@ -409,6 +407,7 @@ class NativeRuntime(Runtime):
                     "idmap": idmap.to_json() if idmap else None,
                 }
                 write_json(tmp / RECORD, data)
+                modes.container_dir(tmp, idmap)
                 try:
                     os.rename(tmp, final)
                 except OSError as exc:  # someone made the name meanwhile (another agent process?)
@@ -542,6 +541,7 @@ class NativeRuntime(Runtime):
                 new_map = None if new_priv else self.idmap
                 self._reshift(name, data, old_map, new_map)
                 data["idmap"] = new_map.to_json() if new_map else None
+                modes.container_dir(self.container_dir(name), new_map)
             data["config"] = dict(config)
             self._save(name, data)
             return self._record(data, *self._live(name)[:2])
@@ -589,8 +589,8 @@ class NativeRuntime(Runtime):
                 raise Conflict(f"snapshot {name}/{snapshot} already exists")
             sdir = self.container_dir(name) / SNAPSHOTS / snapshot
             self._delete_tree(sdir)  # a leftover of a crashed attempt, never recorded
-            sdir.parent.mkdir(mode=0o711, exist_ok=True)
-            sdir.mkdir(mode=0o711)
+            modes.private_dir(sdir.parent)
+            sdir.mkdir(mode=modes.PRIVATE)
             try:
                 self.storage.snapshot_volume(self.container_dir(name) / ROOTFS, sdir / ROOTFS)
             except BaseException:
@@ -634,8 +634,8 @@ class NativeRuntime(Runtime):
     # ----------------------------------------------------------------- recovery
 
     def recover(self) -> None:
-        os.chmod(self.data_dir, 0o711)
-        os.chmod(self.containers_dir, 0o711)
+        modes.traverse_dir(self.data_dir)
+        modes.traverse_dir(self.containers_dir)
         known: set[str] = set()
         for entry in sorted(os.listdir(self.containers_dir)):
             path = self.containers_dir / entry
@@ -662,14 +662,15 @@ class NativeRuntime(Runtime):
         cdir = self.container_dir(name)
         self._settle_swap(cdir)
         recorded = {s["name"] for s in data.get("snapshots", [])}
-        snaps = cdir / SNAPSHOTS
-        snaps.mkdir(mode=0o711, exist_ok=True)
+        modes.container_dir(cdir, self._idmap_of(data))  # also tightens a data dir made by older agents
+        snaps = modes.private_dir(cdir / SNAPSHOTS)
         for sdir in snaps.iterdir():
             if sdir.name not in recorded:
                 log.info("removing unrecorded snapshot dir %s", sdir)
                 self._delete_tree(sdir)
             else:
                 self._settle_swap(sdir)
+                modes.private_dir(sdir)
         data["snapshots"] = [s for s in data.get("snapshots", []) if (snaps / s["name"] / ROOTFS).exists()]
         status, pid, st = self._live(name)
         if status != RUNNING and st is not None:
@@ -752,10 +753,9 @@ class NativeRuntime(Runtime):
 
     def import_begin(self, name: str, refresh: bool) -> ImportStaging:
         existing = self.import_check(name, refresh)
-        tmp = self.containers_dir / f"{CREATING}{name}-{secrets.token_hex(4)}"
-        tmp.mkdir(mode=0o711)
-        os.chmod(tmp, 0o711)
-        (tmp / SNAPSHOTS).mkdir(mode=0o711)
+        # private from the first received byte: nothing a source sends is reachable before it is checked
+        tmp = modes.private_dir(self.containers_dir / f"{CREATING}{name}-{secrets.token_hex(4)}")
+        modes.private_dir(tmp / SNAPSHOTS)
         return ImportStaging(name, tmp, existing, self.container_dir(name) if existing is not None else None)
 
     def import_prefill(
@@ -812,6 +812,7 @@ class NativeRuntime(Runtime):
             final = self.container_dir(name)
             if existing is None:
                 write_json(staging.path / RECORD, record)
+                modes.container_dir(staging.path, target_map)
                 if os.path.lexists(final):
                     raise Conflict(f"container {name} already exists")
                 try:
@@ -834,6 +835,7 @@ class NativeRuntime(Runtime):
             self._save(name, record)
             if os.path.lexists(final / (ROOTFS + NEW_SUFFIX)):
                 self._swap_in(final)
+            modes.container_dir(final, target_map)
             for snap in gone:  # snapshots the source no longer has (as LXD's refresh does)
                 self._delete_tree(final / SNAPSHOTS / snap)
             self._delete_tree(staging.path)

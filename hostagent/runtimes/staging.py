@@ -35,7 +35,7 @@ def prefill_volume(
     else of ``image``'s rootfs, else empty; its owners use ``idmap`` (the source's)."""
     dest = staging.volume(snapshot)
     if dest.parent != staging.path:
-        dest.parent.mkdir(mode=0o711, exist_ok=True)
+        dest.parent.mkdir(mode=0o700, exist_ok=True)
     want = IdMap.from_json(idmap) if idmap else None
     try:
         if base is not None:
@@ -67,7 +67,7 @@ def receive_dir(staging: ImportStaging, snapshot: str | None) -> Path:
         path.mkdir(mode=0o700)
     else:
         path = staging.volume(snapshot).parent
-        path.mkdir(mode=0o711)
+        path.mkdir(mode=0o700)
     return path
 
 
