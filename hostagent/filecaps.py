@@ -40,7 +40,8 @@ def parse(value: bytes) -> tuple[int, int | None] | None:
 def refusal(value: bytes, rootid: int | None) -> str | None:
     """Why a container whose host root is ``rootid`` may not hold this xattr; None if it may.
 
-    ``rootid`` None means a privileged container: its capabilities are the host's anyway.
+    ``rootid`` None means a privileged container: its capabilities are the host's anyway; 0 means a
+    volume whose owners are still the container's raw ids (not yet shifted into its map).
     """
     if rootid is None:
         return None
@@ -48,6 +49,10 @@ def refusal(value: bytes, rootid: int | None) -> str | None:
     if parsed is None:
         return "has a malformed file capability (security.capability)"
     revision, root = parsed
+    if rootid == 0 and revision in (V2, V3) and root == 0:
+        # raw container ids (an LXD container never started, whose files are shifted on first start):
+        # the container's root is uid 0 here, and the shift turns its v2 capability into a v3 one
+        return None
     if revision != V3:
         return (
             f"has a host-level (v{revision >> 24}) file capability, which would apply outside the "

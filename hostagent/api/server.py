@@ -6,6 +6,7 @@ from aiohttp import web
 
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import json_body, sync
+from hostagent.migration.policy import ALLOW_KEY
 from orchapi.errors import BadRequest
 
 routes = web.RouteTableDef()
@@ -17,6 +18,9 @@ SERVER_KEYS: dict[str, tuple[str, ...] | None] = {
     # refuses new containers while it is in REFUSING_STATES (containers.py), so no client can bypass a
     # cordon. "restoring" lets `orch restore` move containers back (the orchestrator's record is in Redis)
     "orch.status": ("", "cordoned", "evacuating", "evacuated", "restoring"),
+    # whether every migration may bring elevated containers here (privileged, raw.*, host devices ...);
+    # without it only a job's own --allow-privileged does (hostagent/migration/policy.py)
+    ALLOW_KEY: ("", "true", "false"),
 }
 
 
@@ -44,8 +48,9 @@ async def patch_server(request: web.Request) -> web.Response:
             raise BadRequest(f"invalid value {value!r} for {key}", expected)
     if "core.trust_password" in config:
         await agent.blocking(agent.trust.set_password, config["core.trust_password"])
-    if "orch.status" in config:
-        await agent.blocking(agent.trust.set_server_key, "orch.status", config["orch.status"])
+    for key in ("orch.status", ALLOW_KEY):
+        if key in config:
+            await agent.blocking(agent.trust.set_server_key, key, config[key])
     return sync({})
 
 

@@ -234,7 +234,7 @@ def parse_lines(lines: Any) -> list[list[Any]]:
             raise _bad(i, "not a string")
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _bad(i, "not JSON") from None
         if not isinstance(entry, list) or len(entry) != len(FIELDS):
             raise _bad(i, f"expected an array of {len(FIELDS)} fields")

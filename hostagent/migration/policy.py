@@ -8,8 +8,9 @@ request, checked against what this host grants before any byte moves:
   ``unix-*`` devices and the other device types that hand a container a host resource are *elevated*.
   They are refused unless the operator opted in for this job (``orch move … --allow-privileged``) or for
   this host (server config ``migration.allow_privileged=true``); the refusal names each item and both ways
-  to allow it. A header whose id map contradicts its privilege (raw ids for an unprivileged container) is
-  refused outright: the id map decides what the files may be, so it must agree with the config.
+  to allow it. An id map for a privileged container, or one reaching the host's own ids, is refused
+  outright: the id map decides what the files may be. (Raw ids for an unprivileged container are fine:
+  LXD keeps a never-started container unshifted; they are checked as container ids, 0..65535.)
 - **Volumes.** For an unprivileged container every received volume may only hold owners inside the
   source's id range, no device nodes, and no file capability other than a namespaced (v3) one whose
   root id is the container's host root — checked while the data arrives where the method lets the agent
@@ -40,6 +41,8 @@ VOLUME_MARGIN = 1024 * 1024
 ENTRY_MARGIN = 4096
 
 _TRUE = ("true", "1", "yes", "on")
+#: host ids an unprivileged container's map may not reach: the host's own users and groups
+HOST_IDS = 65536
 #: device types and NIC types a container may bring without being elevated (no host resource of its own)
 _PLAIN_NICS = ("bridged", "macvlan", "ipvlan", "p2p", "routed")
 
@@ -132,21 +135,20 @@ def check_request(
     says its files are in (None: raw ids).
     """
     privileged = _truthy(config.get("security.privileged", ""))
-    if privileged != (idmap is None):
-        raise BadRequest(
-            "migration header: the id map contradicts security.privileged "
-            + (
-                "(raw ids for an unprivileged container)"
-                if idmap is None
-                else "(an id map for a privileged one)"
+    if idmap is not None:
+        mapped = IdMap.from_json(idmap)
+        if min(mapped.host_base, mapped.gid_host_base) < HOST_IDS:
+            raise BadRequest(
+                f"migration header: the id map puts the container's ids on the host's own ids "
+                f"(from {min(mapped.host_base, mapped.gid_host_base)}): its files would be the host's"
             )
-        )
+    if privileged and idmap is not None:
+        raise BadRequest("migration header: an id map for a privileged container (whose ids are the host's)")
     asked = elevated_config(config)
     inst = instance or {}
     asked += elevated_devices(inst.get("devices"))
-    for key in ("config",):
-        if isinstance(inst.get(key), dict):
-            asked += [e for e in elevated_config(inst[key]) if e not in asked]
+    if isinstance(inst.get("config"), dict):  # LXD sources describe the instance's config again here
+        asked += [e for e in elevated_config(inst["config"]) if e not in asked]
     for snap in inst.get("snapshots") or []:
         if not isinstance(snap, dict):
             continue
@@ -163,6 +165,19 @@ def check_request(
             f"`orch config set <host>: {ALLOW_KEY} true`",
         )
     return privileged
+
+
+#: the ids of an unprivileged container's files before they are shifted into its map (an LXD container
+#: never started keeps them so on disk): 0..65535, checked like a map based at host uid 0
+RAW_IDS = IdMap(0, HOST_IDS)
+
+
+def volume_idmap(idmap: dict[str, int] | None, privileged: bool) -> IdMap | None:
+    """The ids a received volume's files may have: the source's map, the raw container ids of an
+    unprivileged container sent unshifted, or None (a privileged container: anything)."""
+    if idmap is not None:
+        return IdMap.from_json(idmap)
+    return None if privileged else RAW_IDS
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType
 
+from hostagent.jsoninput import parse_json
 from orchapi.errors import BadRequest, OrchError, Unavailable, error_for_status
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,8 @@ class Channel:
                     await self._deliver(msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     try:
-                        data = json.loads(msg.data)
-                    except ValueError:
+                        data = parse_json(msg.data, "control message")
+                    except BadRequest:
                         data = None
                     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
                         self._control.put_nowait(

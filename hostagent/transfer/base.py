@@ -151,6 +151,9 @@ class ReceiveContext:
     what: str  # "snapshot s1", "rootfs": for messages
     #: the most bytes the volume may bring (its declared size plus a margin; None: unbounded)
     allowance: int | None = None
+    #: the container's tree inside the volume when the volume holds more (an LXD volume: "rootfs",
+    #: beside metadata files the host's root owns); None: the volume is the tree
+    tree: str | None = None
 
 
 class TransferMethod(ABC):

@@ -2,7 +2,9 @@
 
 The source sends read-only subvolumes only: its snapshots as they are, the container's rootfs as a
 temporary read-only snapshot (deleted afterwards). Each volume after the first is sent incrementally
-(``-p <previous volume>``), so a snapshot chain costs only its differences. The target receives each
+(``-p <previous volume>``), so a snapshot chain costs only its differences. The target reads the stream
+as it passes (hostagent/transfer/btrfs_stream.py) and refuses device nodes, foreign owners and host file
+capabilities of unprivileged containers before ``btrfs receive`` sees them. The target receives each
 volume into its own empty directory inside the staging dir (``btrfs receive --chroot``, so a hostile
 stream cannot name paths outside it; every volume is sent named ``rootfs`` and must arrive so named);
 incremental streams find their parent among the volumes received before. Nothing is pre-filled (LXD
@@ -26,8 +28,10 @@ from hostagent.transfer.base import (
     SendContext,
     TransferMethod,
     WriterSink,
+    file_size_limit,
     relay_child_stdout,
 )
+from hostagent.transfer.btrfs_stream import SendStreamGuard
 from orchapi.errors import InternalError, Unavailable
 
 
@@ -53,21 +57,33 @@ class BtrfsMethod(TransferMethod):
         ch = ctx.channel
         await ch.recv("btrfs")
         child = await Child.spawn(
-            ["btrfs", "receive", "--chroot", "-q", str(ctx.dest)],
+            [*file_size_limit(ctx.allowance), "btrfs", "receive", "--chroot", "-q", str(ctx.dest)],
             "btrfs receive",
             stdin=asyncio.subprocess.PIPE,
         )
         try:
             assert child.proc.stdin is not None
-            ch.set_sink(WriterSink(child.proc.stdin))
+            idmap = ctx.idmap
+            guard = SendStreamGuard(
+                WriterSink(child.proc.stdin),
+                ctx.what,
+                range(idmap.host_base, idmap.host_base + idmap.size) if idmap else None,
+                range(idmap.gid_host_base, idmap.gid_host_base + idmap.size) if idmap else None,
+                idmap.host_base if idmap else None,
+                ctx.tree,
+            )
+            ch.set_sink(guard)
             await ch.send("ready")
             code = await child.wait()
             ch.set_sink(None)
             if ch.ws.closed:
                 raise Unavailable("the connection to the source agent closed unexpectedly")
             await ch.send("exit", code=code, message=child.last_error_line() if code else "")
+            if ch.refused is not None:
+                raise ch.refused
             if code != 0:
                 raise child.failure(code, ctx.what)
+            guard.finish()
         finally:
             ch.set_sink(None)
             await child.kill()

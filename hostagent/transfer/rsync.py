@@ -284,8 +284,8 @@ class RsyncMethod(TransferMethod):
             if code != 0:
                 if "file too large" in child.stderr().lower():
                     raise BadRequest(
-                        f"the source sent a file larger than {ctx.what} may hold (its declared size); "
-                        "the transfer was stopped"
+                        f"the source sent more than it declared for {ctx.what} (a file outgrew the "
+                        "volume's declared size); the transfer was stopped"
                     )
                 raise child.failure(code, ctx.what)
             return ctx.dest

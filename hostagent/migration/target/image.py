@@ -22,7 +22,7 @@ import aiohttp
 from hostagent.images.store import has_image
 from hostagent.migration.target.connect import check_peer, client, connect_error
 from hostagent.migration.target.request import SourceRef, parse_image_pull
-from hostagent.operations import Operation
+from hostagent.operations import Operation, run_cancellable
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, error_for_status
 
 CHUNK = 1024 * 1024
@@ -71,19 +71,22 @@ async def pull_image(agent: Any, op: Operation, ref: SourceRef, fingerprint: str
                         response.status, f"source agent: {message or f'{response.status} {response.reason}'}"
                     )
                 total = response.content_length
-                if total is not None:
-                    op.progress(total_bytes=total)
-                    free = agent.storage.free_bytes()
-                    if total > free:
-                        raise InsufficientStorage(
-                            f"no space left on the target for image {fingerprint[:12]}: "
-                            f"it needs {total} bytes, {free} are free"
-                        )
+                if total is None:  # an image of unknown size could fill the disk before it is checked
+                    raise BadRequest(f"the source sent image {fingerprint[:12]} without its size")
+                op.progress(total_bytes=total)
+                free = agent.storage.free_bytes()
+                if total > free:
+                    raise InsufficientStorage(
+                        f"no space left on the target for image {fingerprint[:12]}: "
+                        f"it needs {total} bytes, {free} are free"
+                    )
                 with open(upload, "wb") as fh:
                     async for chunk in response.content.iter_chunked(CHUNK):
+                        received += len(chunk)
+                        if received > total:
+                            raise BadRequest(f"the source sent more of image {fingerprint[:12]} than it said")
                         fh.write(chunk)
                         digest.update(chunk)
-                        received += len(chunk)
                         op.progress(bytes_received=received)
         if digest.hexdigest() != fingerprint:
             raise BadRequest(
@@ -91,7 +94,10 @@ async def pull_image(agent: Any, op: Operation, ref: SourceRef, fingerprint: str
                 f"(got {digest.hexdigest()[:12]})"
             )
         try:
-            record = await agent.blocking(agent.images.import_tarball, upload, [], fingerprint)
+            # validated like an upload (bounded, hostile archives refused) and stoppable by cancelling
+            record = await run_cancellable(
+                agent.executor, agent.images.import_tarball, upload, [], fingerprint
+            )
         except Conflict:
             # imported meanwhile through another path (an upload): wait for that import to commit
             for _ in range(600):

@@ -27,7 +27,6 @@ from hostagent.migration.target.request import PullSpec, parse_pull
 from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import Operation
 from hostagent.runtimes.base import ImportStaging
-from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer import lxd_migration
 from hostagent.transfer.base import get_method, negotiate, probe_features
 from orchapi.errors import Conflict, InsufficientStorage, Unavailable
@@ -141,7 +140,7 @@ class TargetSession:
             "instance": header.instance,
         }
         if method_name == lxd_migration.NAME:
-            return await self._lxd_migration(header, data)
+            return await self._lxd_migration(header, data, privileged)
         method = get_method(method_name)
         have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
@@ -158,7 +157,7 @@ class TargetSession:
         staging: ImportStaging = await agent.blocking(
             agent.runtime.import_begin, self.name, self.spec.refresh
         )
-        receiver = VolumeReceiver(self, header, staging, method, method_name, features)
+        receiver = VolumeReceiver(self, header, staging, method, method_name, features, privileged)
         committed = False
         try:
             # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
@@ -212,7 +211,7 @@ class TargetSession:
             result["repaired"] = receiver.repaired
         return result
 
-    async def _lxd_migration(self, header: Header, data: dict[str, Any]) -> dict[str, Any]:
+    async def _lxd_migration(self, header: Header, data: dict[str, Any], privileged: bool) -> dict[str, Any]:
         """The target's LXD pulls from the source's LXD (see hostagent/transfer/lxd_migration.py); what
         it wrote is verified and checked like any received volume, and deleted if refused."""
         self.op.progress(method=lxd_migration.NAME, total_bytes=header.size, volume=0, volumes=1)
@@ -224,7 +223,7 @@ class TargetSession:
             moved[0] = max(moved[0], n)
             self.lxd_bytes = moved[0]
 
-        idmap = IdMap.from_json(header.idmap) if header.idmap else None
+        idmap = policy.volume_idmap(header.idmap, privileged)
         declared = {v[0]: policy.VolumeRules(idmap, v[1], v[2]) for v in header.volumes}
 
         def check(snapshot: str | None, received: Any) -> None:

@@ -17,7 +17,6 @@ from hostagent.migration import manifest, policy
 from hostagent.migration.protocol import Channel, ProtocolError, require
 from hostagent.migration.target.header import Header
 from hostagent.runtimes.base import LAYOUT_ROOTFS, ImportStaging
-from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer.base import ReceiveContext, TransferMethod
 from orchapi.errors import InternalError
 
@@ -40,13 +39,15 @@ class VolumeReceiver:
         method: TransferMethod,
         method_name: str,
         features: frozenset[str],
+        privileged: bool,
     ) -> None:
         self.session = session
         self.agent = session.agent
         self.ch: Channel = session.ch
         self.header, self.staging, self.method = header, staging, method
         self.method_name, self.features = method_name, features
-        self.idmap = IdMap.from_json(header.idmap) if header.idmap else None
+        #: the ids the volumes' files may have (None: a privileged container, anything goes)
+        self.idmap = policy.volume_idmap(header.idmap, privileged)
         #: volumes received again with --checksum after a mismatch
         self.repaired: list[str] = []
 
@@ -114,7 +115,9 @@ class VolumeReceiver:
         self, index: int, what: str, label: str, dest: Path, rules: policy.VolumeRules
     ) -> tuple[Path, manifest.Manifest]:
         """Receive, verify (with one repair pass for pre-filling methods) and check one volume."""
-        ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance)
+        lxd_volume = self.method_name == "btrfs" and self.header.layout != LAYOUT_ROOTFS
+        tree = "rootfs" if lxd_volume else None
+        ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance, tree)
         received = await self._receive(ctx, rules)
         ours = await self._verify(index, what, received)
         if ours is None:  # a repair pass (rsync with --checksum), then verify again
@@ -123,8 +126,7 @@ class VolumeReceiver:
             ours = await self._verify(index, what, received, final=True)
             self.repaired.append(what)
         assert ours is not None
-        lxd_volume = self.method_name == "btrfs" and self.header.layout != LAYOUT_ROOTFS
-        policy.check_received(ours, rules, what, "rootfs" if lxd_volume else None)
+        policy.check_received(ours, rules, what, tree)
         return received, ours
 
     async def _receive(self, ctx: ReceiveContext, rules: policy.VolumeRules) -> Path:
