@@ -25,55 +25,6 @@ MiB = 1024 * 1024
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def agents(tmpdir755: Path):
-    """Factory: ``agents("a", fs="dir"|"btrfs"|"tmpfs", env={...})``; stops agents, then unmounts."""
-    started: list[AgentProcess] = []
-    mounts: list[Path] = []
-
-    def start(
-        name: str, fs: str = "dir", env: dict[str, str] | None = None, size: str = "16m"
-    ) -> AgentProcess:
-        data = tmpdir755 / name
-        data.mkdir(mode=0o755)
-        if fs == "btrfs":
-            image = tmpdir755 / f"{name}.btrfs"
-            subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
-            made = subprocess.run(["mkfs.btrfs", "-q", str(image)], capture_output=True, text=True)
-            if made.returncode != 0:
-                pytest.skip(f"mkfs.btrfs failed: {made.stderr.strip()}")
-            mounted = subprocess.run(
-                ["mount", "-o", "loop", str(image), str(data)], capture_output=True, text=True
-            )
-            if mounted.returncode != 0:
-                pytest.skip(f"cannot mount a loop-mounted btrfs here: {mounted.stderr.strip()}")
-            mounts.append(data)
-        elif fs == "tmpfs":
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(data)], check=True
-            )
-            mounts.append(data)
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})
-        try:
-            agent = AgentProcess(data, name).start()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop(kill_containers=True)
-    for path in reversed(mounts):
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def api(agent: AgentProcess) -> AgentClient:
     return AgentClient(f"unix://{agent.socket}", timeout=60)
 

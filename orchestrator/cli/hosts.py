@@ -115,12 +115,17 @@ PLAN_HEADERS = [
     "--action", type=click.Choice(["migrate", "stop", "skip"]), help="Override every container's policy."
 )
 @click.option("--plan", "plan_only", is_flag=True, help="Only show the plan; change nothing.")
+@click.option(
+    "--allow-privileged",
+    is_flag=True,
+    help="Let the targets accept privileged containers, raw.* config or host devices from this host.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
 @format_option
 @pass_ctx
 def evacuate(
     ctx: Context, source: str, to: str | None, parallel: int, per_host: int, action: str | None,
-    plan_only: bool, yes: bool, fmt: str,
+    plan_only: bool, allow_privileged: bool, yes: bool, fmt: str,
 ) -> None:  # fmt: skip
     """Drain SOURCE: (cordon it, move its containers away, restart on the targets what ran)."""
     from orchestrator.evacuation.placement import MIGRATE, STOP, plan
@@ -165,7 +170,7 @@ def evacuate(
     mirror_quietly(states, source_host.id, "evacuating", ctx.client(host))
     target_ids = {t.remote: t.host_id for t in targets}
     jobs = _submit_evacuation_jobs(
-        host, source_host.id, target_ids, placements, record, store, parallel, per_host
+        host, source_host.id, target_ids, placements, record, store, parallel, per_host, allow_privileged
     )
     for p in placements:
         if p.action == STOP and p.state == "RUNNING":
@@ -184,7 +189,8 @@ def evacuate(
         )
 
 
-def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store, parallel, per_host):  # type: ignore[no-untyped-def]
+def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store, parallel, per_host,  # type: ignore[no-untyped-def]
+                            allow_privileged=False):  # fmt: skip
     """One move chain per container to migrate; jobs of an earlier run are reused (idempotent).
 
     The slots and the recorded origin are keyed by host identity, so limits hold across a host's names
@@ -213,6 +219,8 @@ def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store
             (host_slot(target_ids[p.target]), per_host),
         ]
         options = {"stateless": True, "origin": host_id}
+        if allow_privileged:  # and `orch restore` moves them back with the same opt-in (the origin says)
+            options["allow_privileged"] = True
         try:
             job = submit("move", Ref(host, p.container), Ref(p.target, p.container), options, slots)
         except OrchError as exc:
@@ -285,8 +293,10 @@ def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> Non
                 (host_slot(restored.id), per_host),
                 (host_slot(identify(ctx.config, entry["target"])), per_host),
             ]
-            job = submit("move", Ref(entry["target"], name), Ref(host, name),
-                         {"stateless": True, "restore": True}, slots)  # fmt: skip
+            options = {"stateless": True, "restore": True}
+            if entry.get("allow_privileged"):  # it came here with the operator's opt-in; it goes back so
+                options["allow_privileged"] = True
+            job = submit("move", Ref(entry["target"], name), Ref(host, name), options, slots)
         except OrchError as exc:
             click.echo(f"{name}: not submitted: {exc}", err=True)
             continue

@@ -56,6 +56,11 @@ def _submit_and_follow(
 
 
 wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+allow_privileged_option = click.option(
+    "--allow-privileged",
+    is_flag=True,
+    help="Let the target accept a privileged container, raw.* config or host devices for this job.",
+)
 method_option = click.option(
     "--method",
     type=click.Choice(["btrfs", "rsync", "tar", "lxd-migration"]),
@@ -69,6 +74,7 @@ method_option = click.option(
 @click.option("--refresh", is_flag=True, help="Update an existing copy with only what changed.")
 @click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
 @method_option
+@allow_privileged_option
 @wait_option
 @pass_ctx
 def copy(
@@ -78,10 +84,13 @@ def copy(
     refresh: bool,
     instance_only: bool,
     method: str | None,
+    allow_privileged: bool,
     no_wait: bool,
 ) -> None:
     """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
     options = {"refresh": refresh, "instance_only": instance_only, "method": method}
+    if allow_privileged:
+        options["allow_privileged"] = True
     _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
 
 
@@ -93,6 +102,7 @@ def copy(
     "--instance-only", is_flag=True, help="Move without snapshots (they are deleted with the source)."
 )
 @method_option
+@allow_privileged_option
 @wait_option
 @pass_ctx
 def move(
@@ -102,10 +112,13 @@ def move(
     stateless: bool,
     instance_only: bool,
     method: str | None,
+    allow_privileged: bool,
     no_wait: bool,
 ) -> None:
     """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
     options = {"stateless": stateless, "instance_only": instance_only, "method": method}
+    if allow_privileged:
+        options["allow_privileged"] = True
     _submit_and_follow(ctx, "move", source, target, options, not no_wait)
 
 

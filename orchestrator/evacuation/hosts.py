@@ -116,10 +116,19 @@ class HostStates:
 
     # -- origins of evacuated containers ---------------------------------------------------------------
     def record_origin(
-        self, origin_id: str, container: str, target: str, was_running: bool, job_id: str
+        self,
+        origin_id: str,
+        container: str,
+        target: str,
+        was_running: bool,
+        job_id: str,
+        allow_privileged: bool = False,
     ) -> None:
-        """``container`` of host ``origin_id`` now lives on remote ``target``."""
+        """``container`` of host ``origin_id`` now lives on remote ``target`` (moved there with the
+        operator's ``--allow-privileged`` or not: its way back needs the same)."""
         entry = {"target": target, "was_running": was_running, "job": job_id, "at": now_iso()}
+        if allow_privileged:
+            entry["allow_privileged"] = True
         self.r.hset(origins_key(origin_id), container, json.dumps(entry))
 
     def origins(self, host_id: str) -> dict[str, dict]:

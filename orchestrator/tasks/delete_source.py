@@ -32,7 +32,12 @@ def delete(ctx: StepContext, job: Job) -> None:
     origin = job.options.get("origin")
     if origin:  # an evacuation: remember where the container came from, for `orch restore`
         HostStates(ctx.redis).record_origin(
-            origin, s["target_name"], s["target_remote"], bool(s.get("source_was_running")), job.id
+            origin,
+            s["target_name"],
+            s["target_remote"],
+            bool(s.get("source_was_running")),
+            job.id,
+            bool(job.options.get("allow_privileged")),
         )
     complete(ctx, ctx.jobs.get(job.id))
 

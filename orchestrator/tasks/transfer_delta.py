@@ -40,6 +40,8 @@ def start_transfer(ctx: StepContext, job: Job) -> str:
             "base-image": s.get("base_image", ""),
             "refresh": bool(job.options.get("refresh")),
             "method": job.options.get("method") or None,
+            # the operator's opt-in for this job; the target decides everything else itself
+            "allow_privileged": bool(job.options.get("allow_privileged")),
         },
     }
     response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
