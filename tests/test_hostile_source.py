@@ -383,3 +383,83 @@ def test_staging_is_closed_to_local_users_from_the_first_byte(agents, peer, tmpd
     for path in (staged.parents[1], staged.parents[0], staged):  # the staging dir's name is all it sees
         assert as_nobody(f"test -e {path}").returncode != 0, path
     assert api(target).wait(operation)["verified"] is True
+
+
+# ------------------------------------------------------------------------------------------ btrfs
+
+
+@pytest.fixture
+def btrfs_tree(tmpdir755: Path) -> Iterator:  # type: ignore[type-arg]
+    """Factory for read-only subvolumes named ``rootfs`` on a loop-mounted btrfs of the peer's own."""
+    image, mount = tmpdir755 / "peer.btrfs", tmpdir755 / "peerfs"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", "512M", str(image)], check=True)
+    if subprocess.run(["mkfs.btrfs", "-q", str(image)], capture_output=True).returncode != 0:
+        pytest.skip("mkfs.btrfs failed")
+    if subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a loop-mounted btrfs here")
+    made: list[Path] = []
+
+    def make(fill) -> Path:  # type: ignore[no-untyped-def]
+        parent = mount / f"v{len(made)}"
+        parent.mkdir()
+        path = parent / "rootfs"
+        subprocess.run(["btrfs", "subvolume", "create", str(path)], check=True, capture_output=True)
+        tree(path)
+        fill(path)
+        subprocess.run(["btrfs", "property", "set", "-ts", str(path), "ro", "true"], check=True)
+        made.append(path)
+        return path
+
+    yield make
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _device(path: Path) -> None:
+    os.mknod(path / "bin" / "mem", stat.S_IFCHR | 0o666, os.makedev(1, 1))
+    os.chown(path / "bin" / "mem", ROOT, ROOT)
+
+
+def _host_cap(path: Path) -> None:
+    os.setxattr(path / "bin" / "tool", "security.capability", cap(2))
+
+
+def _root_owned(path: Path) -> None:
+    os.chown(path / "bin" / "tool", 0, 0)
+    os.chmod(path / "bin" / "tool", 0o4755)
+
+
+@pytest.mark.parametrize(
+    ("fill", "match"),
+    [
+        (_device, "is a device node, and the container is unprivileged"),  # (named as btrfs names it)
+        (_host_cap, r"host-level \(v2\) file capability"),
+        (_root_owned, "would be owned by 0:0, outside the container's ids"),
+    ],
+)
+def test_btrfs_streams_are_checked_as_they_arrive(agents, peer, btrfs_tree, fill, match):
+    target = agents("t", fs="btrfs")
+    source = btrfs_tree(fill)
+    peer.script = script(by_method("btrfs", source, features=frozenset()))
+    assert "refusing the btrfs stream of rootfs" in refused(target, peer, BadRequest, match)
+
+
+def test_btrfs_volume_larger_than_declared_and_honest_capabilities(agents, peer, btrfs_tree):
+    target = agents("t", fs="btrfs")
+
+    def big(path: Path) -> None:
+        (path / "big").write_bytes(os.urandom(20 * MiB))
+        os.chown(path / "big", ROOT, ROOT)
+
+    lie = {"snapshot": None, "size": 0, "entries": 4}
+    peer.script = script(by_method("btrfs", btrfs_tree(big), declaration=lie, features=frozenset()))
+    refused(target, peer, BadRequest, "more than it declared")
+
+    def own_cap(path: Path) -> None:
+        os.setxattr(path / "bin" / "tool", "security.capability", cap(3, ROOT))
+
+    peer.errors.clear()
+    peer.script = script(by_method("btrfs", btrfs_tree(own_cap), features=frozenset()))
+    assert pull(target, peer)["verified"] is True, peer.errors
+    tool = target.data_dir / "containers/evil/rootfs/bin/tool"
+    assert os.getxattr(tool, "security.capability") == cap(3, ROOT)
