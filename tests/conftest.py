@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.lxd import BTRFS_POOL, LxdLab
+from tests.lxdlab import lxd_agent
 from tests.procs import AgentProcess, Orch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,6 +129,43 @@ def agents(tmpdir755: Path):
     for path in reversed(mounts):
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def lab(workdir: Path, busybox_image: Path) -> Iterator[LxdLab]:
+    """Two LXD daemons, a and b; the busybox image is in a only (b gets it through orch)."""
+    with LxdLab(workdir / "lxd", names=("a", "b"), btrfs=True, btrfs_size=1 << 30) as lab:
+        lab.lxc("image", "import", str(busybox_image), "a:", "--alias", "bb", "-q")
+        yield lab
+
+
+@pytest.fixture
+def clean_lab(lab: LxdLab) -> Iterator[LxdLab]:
+    """Every test starts and ends with no containers on either daemon."""
+    yield lab
+    for remote in lab.daemons:
+        for inst in json.loads(lab.lxc("list", f"{remote}:", "--format", "json")):
+            lab.lxc("delete", "--force", f"{remote}:{inst['name']}")
+
+
+@pytest.fixture
+def lxd_cluster(clean_lab: LxdLab, make_agent, orch_env, start_worker):  # type: ignore[no-untyped-def]
+    """Agents la (LXD a) and lb (LXD b) as remotes, a Redis and a worker."""
+    la = lxd_agent(make_agent, clean_lab, "a", "la")
+    lb = lxd_agent(make_agent, clean_lab, "b", "lb")
+    orch_env.add_remote("la", la)
+    orch_env.add_remote("lb", lb)
+    start_worker("w1")
+    return clean_lab
+
+
+@pytest.fixture
+def btrfs_cluster(clean_lab: LxdLab, make_agent, orch_env, start_worker):  # type: ignore[no-untyped-def]
+    """Agents on the daemons' btrfs pools."""
+    orch_env.add_remote("la", lxd_agent(make_agent, clean_lab, "a", "la", BTRFS_POOL))
+    orch_env.add_remote("lb", lxd_agent(make_agent, clean_lab, "b", "lb", BTRFS_POOL))
+    start_worker("w1")
+    return clean_lab
 
 
 os.environ.setdefault("ORCH_TEST", "1")

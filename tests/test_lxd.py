@@ -13,87 +13,24 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from bench.lxd import BTRFS_POOL, LxdLab
+from bench.lxd import BTRFS_POOL
+from tests.lxdlab import (
+    check_snapshot_content,
+    in_container,
+    instance,
+    last_job,
+    lxc_json,
+    lxd_agent,
+    make_with_snapshots,
+    snapshot_names,
+)
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("lxd"), reason="lxd is not installed (scripts/test installs it)"
 )
-
-
-@pytest.fixture(scope="module")
-def lab(workdir: Path, busybox_image: Path) -> Iterator[LxdLab]:
-    """Two LXD daemons, a and b; the busybox image is in a only (b gets it through orch)."""
-    with LxdLab(workdir / "lxd", names=("a", "b"), btrfs=True, btrfs_size=1 << 30) as lab:
-        lab.lxc("image", "import", str(busybox_image), "a:", "--alias", "bb", "-q")
-        yield lab
-
-
-@pytest.fixture
-def clean_lab(lab: LxdLab) -> Iterator[LxdLab]:
-    """Every test starts and ends with no containers on either daemon."""
-    yield lab
-    for remote in lab.daemons:
-        for inst in json.loads(lab.lxc("list", f"{remote}:", "--format", "json")):
-            lab.lxc("delete", "--force", f"{remote}:{inst['name']}")
-
-
-def lxd_agent(make_agent, lab: LxdLab, remote: str, name: str, pool: str | None = None):  # type: ignore[no-untyped-def]
-    args = ["--runtime", "lxd", "--lxd-socket", str(lab.daemons[remote].dir / "unix.socket")]
-    if pool:
-        args += ["--lxd-pool", pool]
-    return make_agent(name, args=tuple(args))
-
-
-@pytest.fixture
-def lxd_cluster(clean_lab: LxdLab, make_agent, orch_env, start_worker):  # type: ignore[no-untyped-def]
-    """Agents la (LXD a) and lb (LXD b) as remotes, a Redis and a worker."""
-    la = lxd_agent(make_agent, clean_lab, "a", "la")
-    lb = lxd_agent(make_agent, clean_lab, "b", "lb")
-    orch_env.add_remote("la", la)
-    orch_env.add_remote("lb", lb)
-    start_worker("w1")
-    return clean_lab
-
-
-def lxc_json(lab: LxdLab, *args: str) -> object:
-    return json.loads(lab.lxc(*args, "--format", "json"))
-
-
-def instance(lab: LxdLab, remote: str, name: str) -> dict:
-    return json.loads(lab.lxc("query", f"{remote}:/1.0/instances/{name}?recursion=1"))
-
-
-def snapshot_names(lab: LxdLab, remote: str, name: str) -> list[str]:
-    snaps = json.loads(lab.lxc("query", f"{remote}:/1.0/instances/{name}/snapshots?recursion=1"))
-    return [s["name"] for s in sorted(snaps, key=lambda s: s["created_at"])]
-
-
-def in_container(lab: LxdLab, remote: str, name: str, script: str) -> str:
-    return lab.lxc("exec", f"{remote}:{name}", "--", "sh", "-c", script)
-
-
-def make_with_snapshots(lab: LxdLab, remote: str = "a", name: str = "c1") -> None:
-    """A container with two snapshots, each holding different files, made with lxc itself."""
-    lab.lxc("launch", f"{remote}:bb", f"{remote}:{name}", "-q")
-    in_container(lab, remote, name, "echo one > /root/a")
-    lab.lxc("snapshot", f"{remote}:{name}", "s1")
-    in_container(lab, remote, name, "echo two > /root/b; rm /root/a")
-    lab.lxc("snapshot", f"{remote}:{name}", "s2")
-    in_container(lab, remote, name, "echo three > /root/c")
-    lab.lxc("stop", f"{remote}:{name}")
-
-
-def check_snapshot_content(lab: LxdLab, remote: str, name: str) -> None:
-    """Restore each snapshot into a copy and look inside: the files each one had, and only those."""
-    lab.lxc("copy", f"{remote}:{name}/s1", f"{remote}:{name}-s1")
-    lab.lxc("start", f"{remote}:{name}-s1")
-    assert in_container(lab, remote, f"{name}-s1", "cat /root/a; ls /root") == "one\na\n"
-    lab.lxc("delete", "--force", f"{remote}:{name}-s1")
 
 
 def test_lxd_agent_lists_and_drives_lxd_containers(clean_lab, make_agent, orch):
@@ -183,10 +120,6 @@ def test_move_between_lxd_hosts_with_snapshots(lxd_cluster, orch_env):
     check_snapshot_content(lab, "b", "c1")
     info = lab.lxc("info", "b:c1")
     assert "s1" in info and "s2" in info
-
-
-def last_job(orch) -> dict:  # type: ignore[no-untyped-def]
-    return json.loads(orch.run("jobs", "--format", "json").stdout)[0]
 
 
 def test_copy_prefills_from_the_image_and_refresh_sends_the_change(lxd_cluster, orch_env):
@@ -285,15 +218,6 @@ def test_a_profile_missing_on_the_target_is_refused_before_anything_moves(lxd_cl
     finally:
         lab.lxc("delete", "--force", "a:c1")
         lab.lxc("profile", "delete", "a:extra")
-
-
-@pytest.fixture
-def btrfs_cluster(clean_lab: LxdLab, make_agent, orch_env, start_worker):  # type: ignore[no-untyped-def]
-    """Agents on the daemons' btrfs pools."""
-    orch_env.add_remote("la", lxd_agent(make_agent, clean_lab, "a", "la", BTRFS_POOL))
-    orch_env.add_remote("lb", lxd_agent(make_agent, clean_lab, "b", "lb", BTRFS_POOL))
-    start_worker("w1")
-    return clean_lab
 
 
 def test_copy_between_btrfs_pools_sends_subvolumes_then_refreshes(btrfs_cluster, orch_env):
