@@ -26,11 +26,12 @@ import re
 import shutil
 import threading
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hostagent.images.record import ImageRecord
 from hostagent.images.tarball import ImageMetadata, extract_rootfs, inspect_tarball
 from hostagent.safetar.cancel import CancelFlag, checker
 from hostagent.storage.base import StorageDriver
@@ -43,35 +44,6 @@ _HASH_CHUNK = 1024 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _LIST_HINT = "see the images with `orch image list`"
 _ALIAS_HINT = "see the aliases with `orch image alias list`"
-
-
-@dataclass
-class ImageRecord:
-    fingerprint: str
-    size: int
-    filename: str
-    uploaded_at: str
-    created_at: str
-    architecture: str
-    properties: dict[str, str] = field(default_factory=dict)
-    aliases: list[dict[str, str]] = field(default_factory=list)  # [{"name":..., "description":...}]
-    #: the image's init program, from metadata.yaml (``properties.init``), default /sbin/init
-    init: str = "/sbin/init"
-
-    def to_api(self) -> dict[str, Any]:
-        """The LXD-shaped JSON form (``GET /1.0/images/<fingerprint>``)."""
-        return {
-            "fingerprint": self.fingerprint,
-            "size": self.size,
-            "filename": self.filename,
-            "uploaded_at": self.uploaded_at,
-            "created_at": self.created_at,
-            "architecture": self.architecture,
-            "properties": dict(self.properties),
-            "aliases": [dict(a) for a in self.aliases],
-            "public": False,
-            "type": "container",
-        }
 
 
 class ImageStore:
