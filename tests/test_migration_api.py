@@ -20,6 +20,7 @@ from tests.procs import AgentProcess
 
 ROOT_UID = 100000  # container root in the default id map (what an unprivileged container's files use)
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -510,6 +511,24 @@ def test_a_target_filling_up_during_the_transfer_fails_cleanly(agents, busybox_i
     filler.unlink()  # and the space is free again: a small container fits
     create(a, "tiny", fingerprint)
     assert copy(a, small, "tiny")["verified"] is True
+
+
+def test_sparse_files_travel_and_land_sparse_by_tar(agents, busybox_image):
+    """A 1 GiB file with 4 KiB of data is sent as its data and a map (GNU tar --sparse), lands as holes,
+    and fits the allowance the source declared (its size on disk)."""
+    env = {"ORCH_AGENT_TRANSFER_METHODS": "tar"}
+    a, b = agents("a", env=env), agents("b", env=env)
+    create(a, "s1", import_image(a, busybox_image))
+    holes = write(a, "s1", "root/holes", b"")
+    with open(holes, "r+b") as fh:
+        fh.truncate(GiB)
+        fh.seek(GiB // 2)
+        fh.write(b"x" * 4096)
+    result = copy(a, b, "s1")
+    assert result["verified"] is True and result["method"] == "tar"
+    assert result["bytes_received"] < 16 * MiB  # not the gigabyte of zeros
+    landed = os.stat(rootfs(b, "s1") / "root/holes")
+    assert landed.st_size == GiB and landed.st_blocks * 512 <= 1 * MiB
 
 
 def test_verification_catches_what_rsync_quick_check_misses(pair):

@@ -215,13 +215,14 @@ class Validator:
                 + self.policy.refuse_text(member.name, f"needs {member.data} bytes, {free} are free")
             )
         if budget is not None and self.used + member.data > budget:
-            raise InsufficientStorage(
-                self.policy.refuse_text(
-                    member.name,
-                    f"would bring the data written to {self.used + member.data} bytes, more than the "
-                    f"{budget} allowed for {'the image' if self.layout.image else 'this volume'}",
-                )
+            text = self.policy.refuse_text(
+                member.name,
+                f"would bring the data written to {self.used + member.data} bytes, more than the "
+                f"{budget} allowed for {'the image' if self.layout.image else 'this volume'}",
             )
+            if not self.layout.image:  # a volume's budget is what its source declared: the source lied
+                raise BadRequest(f"the source sent more than it declared for the volume: {text}")
+            raise InsufficientStorage(text)
         self.used += member.data
 
     def _where(self) -> str:

@@ -1,9 +1,11 @@
 """tar: the fallback, a plain stream of each volume (no delta, no pre-fill).
 
-The source runs GNU tar (``--numeric-owner --xattrs --xattrs-include=*``, POSIX format: owners, modes,
-nanosecond mtimes, hard links, symlinks, fifos, xattrs including file capabilities and ACLs, which travel
-as ``system.posix_acl_*`` xattrs). The target reads the stream in a thread with hostagent/safetar, the
-same validator and writer as images, under the volume policy built from the :class:`ReceiveContext`:
+The source runs GNU tar (``--numeric-owner --xattrs --xattrs-include=* --sparse``, POSIX format: owners,
+modes, nanosecond mtimes, hard links, symlinks, fifos, xattrs including file capabilities and ACLs, which
+travel as ``system.posix_acl_*`` xattrs; sparse files as their data and a map of the holes, so they
+travel and land as big as their data, not their length). The target reads the stream in a thread with
+hostagent/safetar, the same validator and writer as images, under the volume policy built from the
+:class:`ReceiveContext`:
 no absolute names, no ``..``, nothing written through a symlink or below a non-directory, hard links only
 to earlier regular files, every directory opened with ``O_NOFOLLOW`` relative to the volume's own file
 descriptor; for an unprivileged container owners inside the source's id range, no device nodes, file
@@ -46,6 +48,7 @@ def tar_argv(path: Path) -> list[str]:
         "--numeric-owner",
         "--xattrs",
         "--xattrs-include=*",
+        "--sparse",
         "--format=posix",
         "--pax-option=delete=atime,delete=ctime",
         ".",
@@ -62,7 +65,7 @@ def extract(
     """Extract into ``dest`` with the volume policy; returns the number of members.
 
     ``idmap`` is the source's (None: privileged); ``allowance`` the most data bytes the volume may bring.
-    No space (or a stream beyond its allowance) becomes InsufficientStorage; a refused member BadRequest.
+    No space becomes InsufficientStorage; a refused member, or a stream beyond its allowance, BadRequest.
     """
     try:
         return safetar.extract(stream, dest, safetar.volume_policy(idmap, allowance), cancel=cancel).members
