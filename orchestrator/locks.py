@@ -26,8 +26,9 @@ return 0
 """
 
 
-def lock_key(remote: str, container: str) -> str:
-    return f"orch:lock:{remote}:{container}"
+def lock_key(host: str, container: str) -> str:
+    """A container's lock, keyed by its host's identity (hostid.py), so two names of one host share it."""
+    return f"orch:lock:{host}:{container}"
 
 
 class ContainerLocks:
@@ -41,8 +42,19 @@ class ContainerLocks:
     def holder(self, remote: str, container: str) -> str | None:
         return self.r.get(lock_key(remote, container))
 
-    def acquire(self, job_id: str, remote: str, container: str, lease_seconds: int, what: str = "") -> None:
-        """Take the lock for ``job_id`` or raise :class:`Conflict` naming the job that holds it."""
+    def acquire(
+        self,
+        job_id: str,
+        remote: str,
+        container: str,
+        lease_seconds: int,
+        what: str = "",
+        label: str | None = None,
+    ) -> None:
+        """Take the lock for ``job_id`` or raise :class:`Conflict` naming the job that holds it.
+
+        ``remote`` is the host's identity (or a remote name); ``label`` how the user named the container.
+        """
         key = lock_key(remote, container)
         ms = lease_seconds * 1000
         if self.r.set(key, job_id, nx=True, px=ms):
@@ -55,7 +67,7 @@ class ContainerLocks:
                 return
             other = self.r.get(key) or "?"
         raise Conflict(
-            f"container {remote}:{container} is busy: job {other} is working on it{what}",
+            f"container {label or f'{remote}:{container}'} is busy: job {other} is working on it{what}",
             f"wait for it (orch jobs show {other}) or cancel it (orch jobs cancel {other})",
         )
 

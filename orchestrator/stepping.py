@@ -86,14 +86,14 @@ class StepContext:
 
     def renew_locks(self, job: Job) -> None:
         """Extend the job's container locks and concurrency slots (called while it works)."""
-        for remote, name in lock_targets(job):
-            self.locks.renew(job.id, remote, name, self.settings.lock_lease)
+        for host, name, _label in lock_targets(job):
+            self.locks.renew(job.id, host, name, self.settings.lock_lease)
         for name, _limit in job.state.get("slots", []):
             self.semaphores.renew(name, job.id, self.settings.lock_lease)
 
     def release_locks(self, job: Job) -> None:
-        for remote, name in lock_targets(job):
-            self.locks.release(job.id, remote, name)
+        for host, name, _label in lock_targets(job):
+            self.locks.release(job.id, host, name)
         for name, _limit in job.state.get("slots", []):
             self.semaphores.release(name, job.id)
 
@@ -111,10 +111,18 @@ class StepContext:
         return int(count)
 
 
-def lock_targets(job: Job) -> list[tuple[str, str]]:
-    """The containers a job locks: its source and its target."""
+def lock_targets(job: Job) -> list[tuple[str, str, str]]:
+    """The containers a job locks, its source and its target: (host identity, name, label). Jobs
+    recorded before hosts had identities lock by remote name."""
     s = job.state
-    return [(s["source_remote"], s["source_name"]), (s["target_remote"], s["target_name"])]
+    return [
+        (
+            s.get(f"{side}_host") or s[f"{side}_remote"],
+            s[f"{side}_name"],
+            f"{s[f'{side}_remote']}:{s[f'{side}_name']}",
+        )
+        for side in ("source", "target")
+    ]
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -25,10 +25,12 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
     """
     if kind == "move" and src.snapshot:
         raise BadRequest("a snapshot can't be moved", "copy it instead: orch copy")
-    same = (src.remote, src.name) == (dst.remote, dst.name)
-    if same:
-        raise BadRequest(f"{src} and {dst} are the same container")
-    kind = "rename" if kind == "move" and src.remote == dst.remote else kind
+    src_host, dst_host = _host(src.remote), _host(dst.remote)
+    if (src_host, src.name) == (dst_host, dst.name) and not src.snapshot:
+        also = "" if src.remote == dst.remote else f" ({src.remote} and {dst.remote} name the same host)"
+        raise BadRequest(f"{src} and {dst} are the same container{also}")
+    # two names of one host: a move is a rename on that agent, not a transfer to itself
+    kind = "rename" if kind == "move" and src_host == dst_host else kind
     settings = Settings.from_env()
     client = connect(redis_url(settings))
     store, locks = JobStore(client), ContainerLocks(client)
@@ -38,15 +40,18 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
         "source_snapshot": src.snapshot,
         "target_remote": dst.remote,
         "target_name": dst.name,
+        "source_host": src_host,
+        "target_host": dst_host,
         "slots": [list(slot) for slot in slots],
     }
     job = store.create(kind, str(src), f"{dst.remote}:{dst.name}", options, state)
     try:
-        locks.acquire(job.id, src.remote, src.name, settings.lock_lease, f" ({kind} {job.label})")
+        what = f" ({kind} {job.label})"
+        locks.acquire(job.id, src_host, src.name, settings.lock_lease, what, label=str(src))
         try:
-            locks.acquire(job.id, dst.remote, dst.name, settings.lock_lease)
+            locks.acquire(job.id, dst_host, dst.name, settings.lock_lease, label=f"{dst.remote}:{dst.name}")
         except Conflict:
-            locks.release(job.id, src.remote, src.name)
+            locks.release(job.id, src_host, src.name)
             raise
     except OrchError:
         client.delete(f"orch:job:{job.id}")
@@ -54,6 +59,18 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
         raise
     _signature(kind, job).apply_async()
     return job
+
+
+def _host(remote: str) -> str:
+    """The identity of the host ``remote`` names (hostid.py); the remote name if it can't be known now
+    (an unreachable unix remote: the job then fails on it with a clear error)."""
+    from orchestrator.clientconfig import ClientConfig
+    from orchestrator.hostid import identify
+
+    try:
+        return identify(ClientConfig(), remote)
+    except OrchError:
+        return remote
 
 
 def _signature(kind: str, job: Job):  # type: ignore[no-untyped-def]

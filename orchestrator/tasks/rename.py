@@ -12,8 +12,8 @@ from orchestrator.tasks.common import source
 def rename_container(ctx: StepContext, job: Job) -> None:
     s = job.state
     src = source(ctx, job)
-    for remote, name in lock_targets(job):
-        ctx.locks.acquire(job.id, remote, name, ctx.settings.lock_lease)
+    for host, name, label in lock_targets(job):
+        ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
     if src.get(f"/1.0/containers/{s['source_name']}")["status"] == "Running":
         raise Conflict(f"container {job.source} is running", "stop it before renaming it")
     src.run("POST", f"/1.0/containers/{s['source_name']}", json={"name": s["target_name"]})

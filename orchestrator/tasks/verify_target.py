@@ -80,8 +80,8 @@ def verify(ctx: StepContext, job: Job) -> None:
     free = target_info["environment"].get("storage_free", 0)
     if existing is None and usage > free:
         raise InsufficientStorage(f"{job.source} needs {usage} bytes, {s['target_remote']} has {free} free")
-    for remote, name in lock_targets(job):
-        ctx.locks.acquire(job.id, remote, name, ctx.settings.lock_lease)
+    for host, name, label in lock_targets(job):
+        ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
     ctx.jobs.update_state(job.id, target_preexisted=existing is not None, methods=sorted(common))
     if running:
         ctx.jobs.update_state(job.id, source_was_running=True)
