@@ -224,3 +224,22 @@ def test_a_container_is_never_copied_onto_itself_under_another_name(aliased, orc
         assert "same" in err, err
     assert marker.read_text() == "still here"
     assert "c1" in {c["name"] for c in json.loads(o.run("list", "ux-a2:", "--format", "json").stdout)}
+
+
+def test_two_names_of_one_host_share_its_container_locks_and_a_move_between_them_renames(
+    aliased, orch_env, start_worker
+):
+    a, _ = aliased
+    o = orch_env
+    big = a.data_dir / "containers" / "c1" / "rootfs" / "root" / "big"
+    big.write_bytes(b"\0" * (64 << 20))
+    first = o.run("copy", "ux-a:c1", "ux-b:", "--no-wait").stdout.strip()
+    err = o.fails("copy", "ux-a2:c1", "ux-b:other")  # the same container, through its other name
+    assert "is busy" in err and first in err and "ux-a2:c1" in err
+    start_worker("w1")
+    o.run("jobs", "show", first)  # (the first job runs on)
+    o.run("move", "ux-a2:c2", "admin-foo:c3")
+    record = json.loads(o.run("jobs", "--format", "json").stdout)[0]
+    assert record["kind"] == "rename" and record["bytes_done"] == 0
+    names = {c["name"] for c in json.loads(o.run("list", "ux-a:", "--format", "json").stdout)}
+    assert "c3" in names and "c2" not in names
