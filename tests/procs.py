@@ -238,3 +238,16 @@ class WorkerProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def as_nobody(command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in a shell as an unprivileged local user (uid/gid 65534, no groups).
+
+    The shell is what setpriv starts, so the command itself never runs with root's capabilities (setpriv
+    opens the program it is given while still privileged)."""
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -10,7 +10,6 @@ import re
 import socket
 import ssl
 import stat
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from hostagent.runtimes.runc import Runc
 from orchapi import certs
 from orchapi.client import AgentClient
 from orchapi.errors import BadRequest, InternalError
-from tests.procs import AgentProcess, Orch
+from tests.procs import AgentProcess, Orch, as_nobody
 
 UNIX_BASE = "http://orch-agent"  # what AgentClient mounts its unix socket adapter on
 
@@ -238,11 +237,7 @@ def test_exec_pid_and_log_files_are_in_the_agents_private_dir(running: Clients) 
     assert os.listdir(run_dir) == []  # removed when the exec ended
     assert {p for p in os.listdir("/tmp") if p.startswith("orch-exec-")} == before
     # a local user can't even look (runc's pid file decides which processes a timeout kills)
-    peek = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", f"ls {run_dir}"],
-        capture_output=True,
-        text=True,
-    )
+    peek = as_nobody(f"ls {run_dir}")
     assert peek.returncode != 0 and "Permission denied" in peek.stderr
 
 

@@ -23,7 +23,7 @@ import pytest
 from orchapi.client import AgentClient
 from orchapi.errors import BadRequest, Forbidden, OrchError
 from tests import hostile_peer as hp
-from tests.procs import AgentProcess
+from tests.procs import AgentProcess, as_nobody
 
 ROOT = 100000  # the container root's host uid in the default map
 MiB = 1 << 20
@@ -339,15 +339,6 @@ def test_a_tiny_tar_stream_cannot_make_a_huge_allocated_file(agents, peer, tmpdi
 
 
 # --------------------------------------------------------------- nothing reachable meanwhile
-
-
-def as_nobody(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_staging_is_closed_to_local_users_from_the_first_byte(agents, peer, tmpdir755):

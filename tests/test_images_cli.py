@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import as_nobody
 from tests.test_image_tarball import METADATA, dir_, reg, sym, write_tar
 
 
@@ -209,9 +210,5 @@ def test_unpacked_images_are_out_of_reach_of_local_users(make_agent, orch, busyb
     orch.run("image", "import", str(busybox_image), "foo:")
     images = foo.data_dir / "images"
     assert images.stat().st_mode & 0o777 == 0o700
-    probe = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", f"ls {images}/"],
-        capture_output=True,
-        text=True,
-    )
+    probe = as_nobody(f"ls {images}/")
     assert probe.returncode != 0 and "Permission denied" in probe.stderr

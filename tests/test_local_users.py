@@ -15,28 +15,18 @@ import base64
 import os
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchapi.client import AgentClient
-from tests.procs import AgentProcess
+from tests.procs import AgentProcess, as_nobody
 
 pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
 
 
 def api(agent: AgentProcess) -> AgentClient:
     return AgentClient(f"unix://{agent.socket}", timeout=120)
-
-
-def as_nobody(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def plant_setuid(rootfs: Path, owner: int) -> Path:

@@ -12,24 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 
 import pytest
 
 from tests.lxdlab import in_container, instance, last_job, lxc_json
+from tests.procs import as_nobody
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("lxd"), reason="lxd is not installed (scripts/test installs it)"
 )
-
-
-def as_nobody(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.mark.parametrize(
