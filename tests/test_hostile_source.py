@@ -454,3 +454,21 @@ def test_btrfs_volume_larger_than_declared_and_honest_capabilities(agents, peer,
     assert pull(target, peer)["verified"] is True, peer.errors
     tool = target.data_dir / "containers/evil/rootfs/bin/tool"
     assert os.getxattr(tool, "security.capability") == cap(3, ROOT)
+
+
+# ------------------------------------------------------------------------------ base images
+
+
+@pytest.mark.parametrize("declared", [1 << 40, 10**13], ids=["1TiB", "1e13"])
+def test_a_base_image_bomb_from_a_source_is_refused_at_once(agents, peer, tmpdir755, declared):
+    """The same tiny image declaring a huge member, pulled from a malicious source as a base image."""
+    from tests.test_images_cli import _tiny_image_declaring
+
+    target = agents("t")
+    bomb = _tiny_image_declaring(tmpdir755 / "bomb.tar.gz", declared).read_bytes()
+    before = files_of(target)
+    started = time.monotonic()
+    with pytest.raises(BadRequest, match="image member 'rootfs/big' declares"):
+        api(target).run("POST", "/1.0/images", json=peer.image_pull_body(bomb))
+    assert time.monotonic() - started < 5
+    assert api(target).get("/1.0/images") == [] and files_of(target) - before == set()
