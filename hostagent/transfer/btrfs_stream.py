@@ -76,12 +76,28 @@ class SendStreamGuard:
         return BadRequest(f"refusing the btrfs stream of {self.what} from the source: {why}")
 
     async def write(self, data: bytes) -> None:
-        self._pending += data
-        ready = self._scan()
-        if ready:
-            chunk = bytes(self._pending[:ready])
-            del self._pending[:ready]
-            await self.sink.write(chunk)
+        """Inspect ``data`` and forward every whole command in it; a command cut by the frame's end is
+        held back (at most one command, copied) until the next frame completes it. The rest of the
+        frame is forwarded as it came, uncopied: the data of WRITE commands is never looked at."""
+        view = memoryview(data)
+        pos = 0
+        held = self._pending
+        while held:  # complete the held-back unit with the start of this frame
+            size = self._unit_size(held)
+            take = min(size - len(held), len(view) - pos)
+            held += view[pos : pos + take]
+            pos += take
+            if len(held) < self._unit_size(held):
+                if pos == len(view):
+                    return  # still incomplete: all of this frame is held
+                continue  # its header just completed: now its size is known
+            self._unit(memoryview(held))
+            await self.sink.write(bytes(held))
+            held.clear()
+        end = self._scan(view, pos)
+        if end > pos:
+            await self.sink.write(view[pos:end])
+        held += view[end:]
 
     async def close(self) -> None:
         await self.sink.close()
@@ -92,36 +108,57 @@ class SendStreamGuard:
             raise self._refuse("the stream ended in the middle of a command or without END")
 
     # -- parsing ---------------------------------------------------------------------------------------
-    def _scan(self) -> int:
-        """Inspect every whole command in the pending bytes; returns how many bytes may be forwarded."""
-        buf = self._pending
-        pos = 0
+    def _unit_size(self, buf: bytearray) -> int:
+        """The size of the unit starting ``buf`` (the stream header, or a command) as far as known:
+        a command's header size until its header is complete, then the whole command's."""
         if not self._header_seen:
-            if len(buf) < HEADER:
-                return 0
-            if bytes(buf[: len(MAGIC)]) != MAGIC:
-                raise self._refuse("it does not start with a btrfs send stream header")
-            version = struct.unpack_from("<I", buf, len(MAGIC))[0]
-            if version != 1:
-                raise self._refuse(f"stream version {version} is not accepted (only version 1)")
-            self._header_seen = True
-            pos = HEADER
-        view = memoryview(buf)
-        try:
-            while len(buf) - pos >= _CMD.size:
-                if self._ended:
-                    raise self._refuse("it has data after its END command")
-                length, command, _crc = _CMD.unpack_from(buf, pos)
-                if length > MAX_COMMAND:
-                    raise self._refuse(f"a command of {length} bytes is larger than any btrfs send makes")
-                end = pos + _CMD.size + length
-                if end > len(buf):
-                    break
-                self._command(command, view[pos + _CMD.size : end])
-                self.commands += 1
-                pos = end
-        finally:
-            view.release()
+            return HEADER
+        if len(buf) < _CMD.size:
+            return _CMD.size
+        length = _CMD.unpack_from(buf, 0)[0]
+        if length > MAX_COMMAND:
+            raise self._refuse(f"a command of {length} bytes is larger than any btrfs send makes")
+        return _CMD.size + length
+
+    def _unit(self, unit: memoryview) -> None:
+        """Inspect one whole unit: the stream header or a command."""
+        if not self._header_seen:
+            self._header(unit)
+            return
+        self._whole_command(unit, 0)
+
+    def _header(self, buf: memoryview) -> None:
+        if bytes(buf[: len(MAGIC)]) != MAGIC:
+            raise self._refuse("it does not start with a btrfs send stream header")
+        version = struct.unpack_from("<I", buf, len(MAGIC))[0]
+        if version != 1:
+            raise self._refuse(f"stream version {version} is not accepted (only version 1)")
+        self._header_seen = True
+
+    def _whole_command(self, buf: memoryview, pos: int) -> int:
+        """Inspect the whole command at ``pos``; returns where the next one starts."""
+        if self._ended:
+            raise self._refuse("it has data after its END command")
+        length, command, _crc = _CMD.unpack_from(buf, pos)
+        end = pos + _CMD.size + length
+        self._command(command, buf[pos + _CMD.size : end])
+        self.commands += 1
+        return end
+
+    def _scan(self, view: memoryview, pos: int) -> int:
+        """Inspect every whole unit of ``view`` from ``pos``; returns where the first partial one starts."""
+        if not self._header_seen:
+            if len(view) - pos < HEADER:
+                return pos
+            self._header(view[pos : pos + HEADER])
+            pos += HEADER
+        while len(view) - pos >= _CMD.size:
+            length = _CMD.unpack_from(view, pos)[0]
+            if length > MAX_COMMAND:
+                raise self._refuse(f"a command of {length} bytes is larger than any btrfs send makes")
+            if pos + _CMD.size + length > len(view):
+                break
+            pos = self._whole_command(view, pos)
         return pos
 
     def _command(self, command: int, body: memoryview) -> None:
