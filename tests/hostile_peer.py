@@ -54,6 +54,7 @@ class HostilePeer:
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self._scripts: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -63,8 +64,9 @@ class HostilePeer:
         return self
 
     def stop(self) -> None:
+        """Stop serving; a script still running (blocked on a target that hung up) is cancelled."""
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -73,6 +75,13 @@ class HostilePeer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    async def _shutdown(self) -> None:
+        for task in list(self._scripts):
+            task.cancel()
+        await asyncio.gather(*self._scripts, return_exceptions=True)
+        assert self._runner is not None
+        await self._runner.cleanup()
 
     async def _serve(self) -> None:
         app = web.Application()
@@ -91,12 +100,17 @@ class HostilePeer:
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=HEARTBEAT, compress=False)
         await ws.prepare(request)
         ch = Channel(ws, "target")
+        task = asyncio.current_task()
+        assert task is not None
+        self._scripts.add(task)
         try:
             assert self.script is not None, "no script set"
             await self.script(ch)
         except Exception as exc:  # noqa: BLE001 - the target refusing is the expected end
             self.errors.append(exc)
         finally:
+            self._scripts.discard(task)
+            ch.abort()
             await ch.close()
             self.finished.set()
         return ws
