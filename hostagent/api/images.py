@@ -38,7 +38,7 @@ async def import_image(request: web.Request) -> web.Response:
     """Body: the tarball (``application/octet-stream``); ``?alias=NAME`` (repeatable) adds aliases.
 
     With ``Content-Type: application/json`` and ``{"source": {"type": "migration", ...}}`` the agent pulls
-    the image from a source agent instead (see hostagent/migration/target.py).
+    the image from a source agent instead (see hostagent/migration/target/image.py).
     """
     agent = request.app[AGENT_KEY]
     if request.content_type == "application/json":

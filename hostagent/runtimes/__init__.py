@@ -1,7 +1,7 @@
 """Runtime drivers: what runs containers on this host.
 
-``base.py`` defines the interface the API endpoints use; ``native.py`` runs containers itself (a rootfs
-per container, started through runc), ``lxd.py`` fronts a local LXD daemon. Each driver brings its
+``base.py`` defines the interface the API endpoints use; ``native/`` runs containers itself (a rootfs
+per container, started through runc), ``lxd/`` fronts a local LXD daemon. Each driver brings its
 storage driver and image store: the native one on the agent's data dir, LXD's in its storage pool.
 """
 

@@ -220,7 +220,7 @@ def _volume(root: Path, snapshot: str | None) -> Path:
 
 
 class MigrationHooks:
-    """What migrations need from a runtime driver (the native runtime implements it; see native.py).
+    """What migrations need from a runtime driver (the native runtime implements it; see native/migration.py).
 
     Source side: :meth:`export_plan` and a scratch dir for temporary read-only snapshots. Target side:
     :meth:`import_check` before connecting, :meth:`import_begin` for the staging dir, a volume per

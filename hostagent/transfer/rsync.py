@@ -17,7 +17,7 @@ so rsync's quick check (size + mtime) skips unchanged files and its delta algori
 blocks of the others. No compression: these are LAN transfers, where it costs more CPU than it saves.
 A pre-filled file with the same size and mtime as the source's but other content would be skipped by the
 quick check; the manifest comparison catches that, and the volume is then sent once more with
-``--checksum`` (see target.py).
+``--checksum`` (see hostagent/migration/target/volumes.py).
 """
 
 from __future__ import annotations
