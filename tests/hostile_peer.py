@@ -28,7 +28,8 @@ from aiohttp import web
 from hostagent.migration import manifest
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, PROTOCOL_VERSION, Channel, pump
 from hostagent.storage.base import StorageDriver
-from hostagent.transfer.base import SendContext, get_method
+from hostagent.transfer.base import SendContext
+from hostagent.transfer.registry import get_method
 from orchapi import certs, tlsconfig
 
 Script = Callable[[Channel], Awaitable[None]]

@@ -17,7 +17,8 @@ from hostagent.migration import manifest
 from hostagent.migration.protocol import MANIFEST_CHUNK, PROTOCOL_VERSION, Channel, ProtocolError, require
 from hostagent.migration.tokens import Migration
 from hostagent.transfer import lxd_migration
-from hostagent.transfer.base import SendContext, TransferMethod, get_method, probe_features
+from hostagent.transfer.base import SendContext, TransferMethod, probe_features
+from hostagent.transfer.registry import get_method
 from orchapi.errors import BadRequest, Conflict, OrchError
 
 log = logging.getLogger(__name__)

@@ -170,22 +170,6 @@ class TransferMethod(ABC):
         """Target side: receive one volume; returns the path of the received volume."""
 
 
-def get_method(name: str) -> TransferMethod:
-    if name == "rsync":
-        from hostagent.transfer.rsync import RsyncMethod
-
-        return RsyncMethod()
-    if name == "btrfs":
-        from hostagent.transfer.btrfs import BtrfsMethod
-
-        return BtrfsMethod()
-    if name == "tar":
-        from hostagent.transfer.tar import TarMethod
-
-        return TarMethod()
-    raise BadRequest(f"unknown transfer method {name!r}")
-
-
 # -------------------------------------------------------------------------------------------- processes
 
 

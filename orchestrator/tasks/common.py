@@ -6,7 +6,7 @@ from orchapi.errors import BadRequest
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import RemoteClient
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext
+from orchestrator.stepcontext import StepContext
 
 
 def source(ctx: StepContext, job: Job, timeout: float = 30.0) -> RemoteClient:

@@ -12,7 +12,7 @@ import logging
 
 from orchapi.errors import NotFound, OrchError
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext
+from orchestrator.stepcontext import StepContext
 from orchestrator.tasks.common import source, target
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import Operation
 from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer import lxd_migration
-from hostagent.transfer.base import get_method, negotiate, probe_features
+from hostagent.transfer.base import negotiate, probe_features
+from hostagent.transfer.registry import get_method
 from orchapi.errors import Conflict, InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)

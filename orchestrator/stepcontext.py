@@ -1,0 +1,113 @@
+"""What a step runs with: the per-process handles (Redis, job store, locks, agent clients), the
+containers a job locks, and the exception that says the user cancelled it.
+
+Apart from :mod:`orchestrator.stepping` (what every step does around its work) so that the modules the
+steps use — the rollback among them — can have these without importing the step machinery.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Task
+
+from orchestrator.clientconfig import ClientConfig
+from orchestrator.connect import RemoteClient, connect
+from orchestrator.jobs import Job, JobStore
+from orchestrator.limits import Semaphores
+from orchestrator.locks import ContainerLocks
+from orchestrator.redisserver import connect as redis_connect
+from orchestrator.redisserver import redis_url
+from orchestrator.settings import Settings
+
+
+class Cancelled(Exception):
+    """The user asked to cancel the job."""
+
+
+class StepContext:
+    """Per-process handles a step needs (Redis, job store, locks, agent clients)."""
+
+    _instance: StepContext | None = None
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        self.redis = redis_connect(redis_url(self.settings))
+        self.jobs = JobStore(self.redis)
+        self.locks = ContainerLocks(self.redis)
+        self.semaphores = Semaphores(self.redis)
+        self._local = threading.local()
+
+    @property
+    def task(self) -> Task | None:
+        """The task this thread is running (the worker's threads pool runs several at once)."""
+        return getattr(self._local, "task", None)
+
+    @task.setter
+    def task(self, value: Task | None) -> None:
+        self._local.task = value
+
+    @classmethod
+    def get(cls) -> StepContext:
+        if cls._instance is None:
+            cls._instance = StepContext()
+        return cls._instance
+
+    def client(self, remote: str, timeout: float = 30.0) -> RemoteClient:
+        """A client for ``remote``, kept per thread so that steps reuse its TLS connections.
+
+        The config file is checked on every call, so remotes added or changed after the worker started
+        are picked up (the cache is dropped when the file changes).
+        """
+        config = ClientConfig()
+        stamp = config.path.stat().st_mtime_ns if config.path.exists() else 0
+        cache = getattr(self._local, "clients", None)
+        if cache is None or self._local.stamp != stamp:
+            for old in (cache or {}).values():
+                old.close()
+            cache = self._local.clients = {}
+            self._local.stamp = stamp
+        key = (remote, timeout)
+        if key not in cache:
+            cache[key] = connect(config, remote, timeout=timeout)
+        return cache[key]
+
+    def renew_locks(self, job: Job) -> None:
+        """Extend the job's container locks and concurrency slots (called while it works)."""
+        for host, name, _label in lock_targets(job):
+            self.locks.renew(job.id, host, name, self.settings.lock_lease)
+        for name, _limit in job.state.get("slots", []):
+            self.semaphores.renew(name, job.id, self.settings.lock_lease)
+
+    def release_locks(self, job: Job) -> None:
+        for host, name, _label in lock_targets(job):
+            self.locks.release(job.id, host, name)
+        for name, _limit in job.state.get("slots", []):
+            self.semaphores.release(name, job.id)
+
+    def take_slots(self, job: Job) -> bool:
+        """The job's concurrency slots (evacuations: global and per host), all or none."""
+        slots = [(name, int(limit)) for name, limit in job.state.get("slots", [])]
+        return not slots or self.semaphores.acquire_all(slots, job.id, self.settings.lock_lease)
+
+    def transient_failures(self, job_id: str, step: str) -> int:
+        """Count one more transient failure of ``step`` (kept apart from Celery's retry counter, which
+        also counts the waits for a concurrency slot)."""
+        key = f"orch:job:{job_id}:transient:{step}"
+        count = self.redis.incr(key)
+        self.redis.expire(key, 86400)
+        return int(count)
+
+
+def lock_targets(job: Job) -> list[tuple[str, str, str]]:
+    """The containers a job locks, its source and its target: (host identity, name, label). Jobs
+    recorded before hosts had identities lock by remote name."""
+    s = job.state
+    return [
+        (
+            s.get(f"{side}_host") or s[f"{side}_remote"],
+            s[f"{side}_name"],
+            f"{s[f'{side}_remote']}:{s[f'{side}_name']}",
+        )
+        for side in ("source", "target")
+    ]
