@@ -66,6 +66,22 @@ def refusal(value: bytes, rootid: int | None) -> str | None:
     return None
 
 
+def encode(body: bytes, rootid: int, effective: bool) -> bytes:
+    """The xattr for capability masks ``body`` (16 bytes: permitted and inheritable, low and high
+    words) valid in the namespace rooted at host uid ``rootid``: v2 for the host's own root, else v3."""
+    flags = 1 if effective else 0
+    if rootid == 0:
+        return struct.pack("<I", V2 | flags) + body
+    return struct.pack("<I", V3 | flags) + body + struct.pack("<I", rootid)
+
+
+def granting(permitted: int, rootid: int = 0, effective: bool = True) -> bytes:
+    """An xattr granting the capabilities whose bits are set in ``permitted`` (e.g. ``1 << 13`` for
+    cap_net_raw), for the namespace rooted at ``rootid`` (0: the host's)."""
+    body = struct.pack("<IIII", permitted & 0xFFFFFFFF, 0, permitted >> 32, 0)
+    return encode(body, rootid, effective)
+
+
 def shifted(value: bytes, delta_uid: int) -> bytes:
     """The xattr for a file whose owners move by ``delta_uid``: a v3 naming the new root, or a v2 when
     the new root is the host's (a file shifted out of a container, into a privileged one)."""
@@ -74,9 +90,5 @@ def shifted(value: bytes, delta_uid: int) -> bytes:
         return value
     _revision, root = parsed
     magic = struct.unpack_from("<I", value)[0]
-    flags = magic & ~REVISION_MASK
     body = value[4:V2_SIZE] if len(value) >= V2_SIZE else value[4:] + bytes(V2_SIZE - len(value))
-    new_root = (root or 0) + delta_uid
-    if new_root == 0:
-        return struct.pack("<I", V2 | flags) + body
-    return struct.pack("<I", V3 | flags) + body + struct.pack("<I", new_root)
+    return encode(body, (root or 0) + delta_uid, bool(magic & 1))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
 import subprocess
 import tarfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from hostagent import filecaps
 from orchapi.client import AgentClient
 from orchapi.errors import BadRequest, Forbidden, OrchError
 from tests import hostile_peer as hp
@@ -78,14 +78,6 @@ def tree(path: Path, uid: int = ROOT) -> Path:
     for p in (path, path / "bin", path / "bin" / "tool"):
         os.chown(p, uid, uid)
     return path
-
-
-def cap(revision: int, rootid: int = 0) -> bytes:
-    """security.capability granting cap_dac_read_search, effective (v2: for the whole host)."""
-    body = struct.pack("<IIII", 1 << 2, 0, 0, 0)
-    if revision == 3:
-        return struct.pack("<I", 0x03000001) + body + struct.pack("<I", rootid)
-    return struct.pack("<I", 0x02000001) + body
 
 
 def script(volume_of, **header_over):  # type: ignore[no-untyped-def]
@@ -225,7 +217,7 @@ def test_host_file_capabilities_are_refused(agents, peer, tmpdir755, method):
     """A v2 (initial namespace) capability would give nobody cap_dac_read_search on the host."""
     target = agents("t")
     src = tree(tmpdir755 / "src")
-    os.setxattr(src / "bin" / "tool", "security.capability", cap(2))
+    os.setxattr(src / "bin" / "tool", "security.capability", filecaps.granting(1 << 2))
     peer.script = script(by_method(method, src))
     refused(target, peer, BadRequest, "host-level \\(v2\\) file capability")
 
@@ -234,11 +226,11 @@ def test_host_file_capabilities_are_refused(agents, peer, tmpdir755, method):
 def test_the_containers_own_capabilities_travel(agents, peer, tmpdir755, method):
     target = agents("t")
     src = tree(tmpdir755 / "src")
-    os.setxattr(src / "bin" / "tool", "security.capability", cap(3, ROOT))
+    os.setxattr(src / "bin" / "tool", "security.capability", filecaps.granting(1 << 2, ROOT))
     peer.script = script(by_method(method, src))
     assert pull(target, peer)["verified"] is True, peer.errors
     tool = target.data_dir / "containers/evil/rootfs/bin/tool"
-    assert os.getxattr(tool, "security.capability") == cap(3, ROOT)
+    assert os.getxattr(tool, "security.capability") == filecaps.granting(1 << 2, ROOT)
 
 
 def test_rsync_device_nodes_are_refused_at_receipt(agents, peer, tmpdir755):
@@ -412,7 +404,7 @@ def _device(path: Path) -> None:
 
 
 def _host_cap(path: Path) -> None:
-    os.setxattr(path / "bin" / "tool", "security.capability", cap(2))
+    os.setxattr(path / "bin" / "tool", "security.capability", filecaps.granting(1 << 2))
 
 
 def _root_owned(path: Path) -> None:
@@ -447,13 +439,13 @@ def test_btrfs_volume_larger_than_declared_and_honest_capabilities(agents, peer,
     refused(target, peer, BadRequest, "more than it declared")
 
     def own_cap(path: Path) -> None:
-        os.setxattr(path / "bin" / "tool", "security.capability", cap(3, ROOT))
+        os.setxattr(path / "bin" / "tool", "security.capability", filecaps.granting(1 << 2, ROOT))
 
     peer.errors.clear()
     peer.script = script(by_method("btrfs", btrfs_tree(own_cap), features=frozenset()))
     assert pull(target, peer)["verified"] is True, peer.errors
     tool = target.data_dir / "containers/evil/rootfs/bin/tool"
-    assert os.getxattr(tool, "security.capability") == cap(3, ROOT)
+    assert os.getxattr(tool, "security.capability") == filecaps.granting(1 << 2, ROOT)
 
 
 # ------------------------------------------------------------------------------ base images

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 
 import pytest
 
+from hostagent import filecaps
 from tests.lxdlab import in_container, instance, last_job, lxc_json
 from tests.procs import as_nobody
 
@@ -60,13 +60,6 @@ def test_an_lxd_target_refuses_host_privileges_unless_the_job_allows_them(
         assert setup[4] in got["devices"]
 
 
-def cap(revision: int, rootid: int = 0) -> bytes:
-    body = struct.pack("<IIII", 1 << 2, 0, 0, 0)  # cap_dac_read_search, effective
-    if revision == 3:
-        return struct.pack("<I", 0x03000001) + body + struct.pack("<I", rootid)
-    return struct.pack("<I", 0x02000001) + body
-
-
 def test_a_host_capability_is_refused_after_lxds_own_migration(lxd_cluster, orch_env):
     """A compromised source host plants a v2 capability in a started (shifted) container's rootfs; LXD
     moves it (``--method lxd-migration``), orch's check refuses it and the copy is deleted."""
@@ -75,7 +68,7 @@ def test_a_host_capability_is_refused_after_lxds_own_migration(lxd_cluster, orch
     lab.lxc("stop", "a:c1")
     rootfs = lab.daemons["a"].dir / "storage-pools" / "dir" / "containers" / "c1" / "rootfs"
     tool = rootfs / "bin" / "busybox"
-    os.setxattr(tool, "security.capability", cap(2))
+    os.setxattr(tool, "security.capability", filecaps.granting(1 << 2))
     err = orch_env.fails("copy", "la:c1", "lb:", "--method", "lxd-migration")
     assert "host-level (v2) file capability" in err, err
     assert lxc_json(lab, "list", "b:") == []

@@ -200,16 +200,6 @@ def test_received_volumes_must_fit_the_container(tmp_path):
     policy.check_received(manifest.compute(vol), rules(UNPRIVILEGED), "rootfs")
 
 
-def cap(revision: int, rootid: int | None = None) -> bytes:
-    """A security.capability value granting cap_dac_read_search (bit 2), effective."""
-    import struct
-
-    body = struct.pack("<IIII", 1 << 2, 0, 0, 0)
-    if revision == 3:
-        return struct.pack("<I", 0x03000001) + body + struct.pack("<I", rootid or 0)
-    return struct.pack("<I", 0x02000001) + body
-
-
 def test_received_file_capabilities_must_be_the_containers_own(tmp_path):
     """A host-level (v2) capability or one for another namespace would let a local user run the file
     with real capabilities: refused; the container's own namespaced (v3) ones are kept."""
@@ -219,23 +209,25 @@ def test_received_file_capabilities_must_be_the_containers_own(tmp_path):
     tool.write_bytes(b"\x7fELF")
     for p in (vol, tool):
         os.chown(p, 100000, 100000)
-    os.setxattr(tool, "security.capability", cap(3, 100000))
+    os.setxattr(tool, "security.capability", filecaps.granting(1 << 2, 100000))
     made = manifest.compute(vol)
-    assert json.loads(made.lines[-1])[10] == cap(3, 100000).hex()  # caps are part of what is verified
+    assert (
+        json.loads(made.lines[-1])[10] == filecaps.granting(1 << 2, 100000).hex()
+    )  # caps are part of what is verified
     policy.check_received(made, rules(UNPRIVILEGED), "rootfs")
     # (the kernel itself stores a v3 naming host root as v2, and refuses malformed values)
     for bad, why in (
-        (cap(2), "host-level"),
-        (cap(3, 0), "host-level"),
-        (cap(3, 200000), "not this container"),
+        (filecaps.granting(1 << 2), "host-level"),
+        (filecaps.granting(1 << 2, 0), "host-level"),
+        (filecaps.granting(1 << 2, 200000), "not this container"),
     ):
         os.setxattr(tool, "security.capability", bad)
         with pytest.raises(BadRequest, match=why):
             policy.check_received(manifest.compute(vol), rules(UNPRIVILEGED), "rootfs")
         policy.check_received(manifest.compute(vol), rules(None), "rootfs")  # privileged: host caps anyway
     assert "malformed" in (filecaps.refusal(b"\x01\x02", 100000) or "")
-    assert filecaps.refusal(cap(3, 100000)[:-1], 100000) is not None
-    assert filecaps.refusal(cap(2), None) is None
+    assert filecaps.refusal(filecaps.granting(1 << 2, 100000)[:-1], 100000) is not None
+    assert filecaps.refusal(filecaps.granting(1 << 2), None) is None
 
 
 def test_received_volumes_may_not_outgrow_their_declared_size(tmp_path):
