@@ -29,9 +29,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.cpu import Sample, measure
 
 DIR_POOL = "dir"
 BTRFS_POOL = "btrfs"
@@ -250,12 +251,10 @@ class LxdLab:
             raise RuntimeError(f"lxc {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
         return res.stdout
 
-    def timed(self, *args: str) -> float:
-        """Wall time of ``lxc ARGS`` (client start-up included, as a user would see it)."""
+    def timed(self, *args: str) -> Sample:
+        """Wall time and CPU-seconds of ``lxc ARGS`` (client start-up included, as a user would see it)."""
         os.sync()  # untimed: earlier runs' dirty pages must not be written back during this one
-        t0 = time.perf_counter()
-        self.lxc(*args)
-        return time.perf_counter() - t0
+        return measure(self.lxc, *args)
 
     def import_image(self, tarball: Path, alias: str = "bb") -> None:
         for d in self.daemons.values():

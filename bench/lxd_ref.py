@@ -46,7 +46,7 @@ def measure_move(lab: LxdLab, case: str, pool: str, runs: int, with_content: boo
     result = Result(case, pool, LXD, command="lxc " + " ".join(args), bytes=payload)
     try:
         for i in range(runs):
-            result.samples.append(lab.timed(*args))
+            result.add(lab.timed(*args))
             if i == 0:
                 moved = lab.rootfs("b", pool, name)
                 got = content.tree_digest(moved / CONTENT_DIR if with_content else moved)
@@ -67,7 +67,7 @@ def measure_refresh(lab: LxdLab, pool: str, runs: int) -> Result:
         lab.lxc("copy", f"a:{name}", f"b:{name}", "-s", pool, "-q")
         for i in range(runs):
             content.change_fraction(source, 0.01, seed=i + 1)
-            result.samples.append(lab.timed(*args))
+            result.add(lab.timed(*args))
         if content.tree_digest(lab.rootfs("b", pool, name) / CONTENT_DIR) != content.tree_digest(source):
             raise RuntimeError(f"lxc copy --refresh {name} on {pool}: target differs from the source")
     finally:

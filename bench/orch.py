@@ -17,12 +17,12 @@ import json
 import re
 import subprocess
 import threading
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import content, lxd_ref
+from bench.cpu import Sample, measure
 from bench.stats import CHAIN_EMPTY, MOVE_EMPTY, MOVE_FULL, MOVE_GIB, ORCH, REFRESH, Result
 from tests.procs import AgentProcess, Orch, RedisServer, WorkerProcess
 
@@ -67,20 +67,18 @@ class Controller:
         worker = WorkerProcess(dict(self.orch.env), self.dir / "worker.log").start()
         self.cleanup.callback(worker.stop)
 
-    def timed(self, *args: str) -> float:
-        started = time.perf_counter()
-        self.orch.run(*args, timeout=1800)
-        return time.perf_counter() - started
+    def timed(self, *args: str) -> Sample:
+        return measure(self.orch.run, *args, timeout=1800)
 
-    def timed_job(self, *args: str) -> tuple[float, dict]:
-        """Wall time of ``orch ARGS`` (a copy or move that waits) and the record of the job it ran."""
-        started = time.perf_counter()
-        out = self.orch.run(*args, timeout=1800).stdout
-        wall = time.perf_counter() - started
+    def timed_job(self, *args: str) -> tuple[Sample, dict]:
+        """Wall time and CPU-seconds of ``orch ARGS`` (a copy or move that waits) and its job's record."""
+        ran: list[str] = []
+        sample = measure(lambda: ran.append(self.orch.run(*args, timeout=1800).stdout))
+        out = ran[0]
         found = re.match(r"Job (\S+):", out)
         if not found:
             raise RuntimeError(f"orch {' '.join(args)}: no job id in its output: {out!r}")
-        return wall, self.job(found.group(1))
+        return sample, self.job(found.group(1))
 
     def job(self, job_id: str) -> dict:
         return json.loads(self.orch.run("jobs", "show", job_id, "--format", "json").stdout)
@@ -120,7 +118,7 @@ class OrchLab:
     def rootfs(self, agent: str, name: str) -> Path:
         return self.agents[agent].data_dir / "containers" / name / "rootfs"
 
-    def timed(self, *args: str) -> float:
+    def timed(self, *args: str) -> Sample:
         return self.ctl.timed(*args)
 
     def last_job(self) -> dict:
@@ -146,7 +144,7 @@ def _measure_move(lab: OrchLab, case: str, runs: int, spec: content.TreeSpec | N
     chain = Result(CHAIN_EMPTY, lab.pool, ORCH, command="job duration of orch move a:empty b:")
     for _ in range(runs):
         subprocess.run(["sync"], check=True)
-        result.samples.append(lab.timed("move", f"a:{name}", "b:"))
+        result.add(lab.timed("move", f"a:{name}", "b:"))
         chain.samples.append(lab.last_job()["duration"])
         moved = lab.rootfs("b", name)
         if content.tree_digest(moved / lxd_ref.CONTENT_DIR if spec else moved) != digest:
@@ -164,7 +162,7 @@ def _measure_refresh(lab: OrchLab, runs: int) -> Result:
     for i in range(runs):
         content.change_fraction(payload, 0.01, seed=i + 1)
         subprocess.run(["sync"], check=True)
-        result.samples.append(lab.timed("copy", "a:refresh", "b:", "--refresh"))
+        result.add(lab.timed("copy", "a:refresh", "b:", "--refresh"))
     if content.tree_digest(lab.rootfs("b", "refresh") / lxd_ref.CONTENT_DIR) != content.tree_digest(payload):
         raise RuntimeError(f"orch copy --refresh on {lab.pool}: target differs from the source")
     lab.orch.run("delete", "a:refresh", "b:refresh")
@@ -216,5 +214,6 @@ def measure_orch(ctx: OrchContext) -> list[Result]:
                 gib = _measure_move(lab, MOVE_GIB, max(1, min(ctx.runs, 3)), content.GIB)[0]
             mib = 2**20
             gib.command += f" (agents' RSS: {rss.base / mib:.0f} MiB before, peak {rss.peak / mib:.0f} MiB)"
+            gib.rss = (rss.base, rss.peak)
             results.append(gib)
     return results

@@ -101,7 +101,7 @@ def _measure_move(
             subprocess.run(["sync"], check=True)  # untimed, as before LXD's timed moves
             wall, job = ctl.timed_job("move", there, f"{agents.remote['b']}:", "--method", method)
             _check_moved(agents, name, job, method, with_content, digest)
-            result.samples.append(wall)
+            result.add(wall)
             jobs.seconds.append(job["finished_ts"] - job["started_ts"])
             jobs.bytes_done.append(int(job["bytes_done"]))
             ctl.orch.run("move", back, f"{agents.remote['a']}:", "--method", method, timeout=1800)

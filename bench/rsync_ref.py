@@ -28,11 +28,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench import content
+from bench.cpu import Sample, measure
 from bench.stats import RSYNC, RSYNC_LXD_FLAGS, Result
 
 RELAY = """#!/bin/sh
@@ -84,12 +84,11 @@ class RsyncReference:
             return [*LXD_SENDER, "-e", str(self.lxd_relay), f"{src}/", f"localhost:{dst}/"]
         return ["rsync", "-a", "--numeric-ids", "-e", str(self.relay), f"{src}/", f"localhost:{dst}/"]
 
-    def _sync(self, src: Path, dst: Path, lxd_flags: bool = False) -> float:
+    def _sync(self, src: Path, dst: Path, lxd_flags: bool = False) -> Sample:
         args = self.command(src, dst, lxd_flags)
         os.sync()  # untimed: earlier runs' dirty pages must not be written back during this one
-        t0 = time.perf_counter()
-        subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # -v noise
-        return time.perf_counter() - t0
+        # stdout: LXD's flags include -v, noise here
+        return measure(subprocess.run, args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def _verify(self, src: Path, dst: Path) -> None:
         if content.tree_digest(src) != content.tree_digest(dst):
@@ -105,7 +104,7 @@ class RsyncReference:
         result = Result(case, "-", tool, command=" ".join(self.command(src, dst, lxd_flags)), bytes=payload)
         for i in range(runs):
             shutil.rmtree(dst, ignore_errors=True)
-            result.samples.append(self._sync(src, dst, lxd_flags))
+            result.add(self._sync(src, dst, lxd_flags))
             if verify and i == 0:
                 self._verify(src, dst)
         shutil.rmtree(dst, ignore_errors=True)
@@ -121,7 +120,7 @@ class RsyncReference:
         result = Result(case, "-", RSYNC, command=" ".join(self.command(src, dst)))
         for i in range(runs):
             change(i)
-            result.samples.append(self._sync(src, dst))
+            result.add(self._sync(src, dst))
         if verify:
             self._verify(src, dst)
         shutil.rmtree(dst, ignore_errors=True)

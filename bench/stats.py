@@ -15,6 +15,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.cpu import Sample
+
 RSYNC = "rsync"
 RSYNC_LXD_FLAGS = "rsync-lxdflags"  # rsync with the flags LXD's migration uses (compression included)
 LXD = "lxd"
@@ -52,10 +54,22 @@ class Result:
     samples: list[float] = field(default_factory=list)
     command: str = ""  # what was timed, for the reader
     bytes: int = 0  # payload, for a throughput column
+    #: CPU-seconds the machine spent in each run (bench/cpu.py), beside ``samples``; empty where not timed
+    cpu: list[float] = field(default_factory=list)
+    #: resident memory of the agents before and at the peak of the runs (bytes), where sampled
+    rss: tuple[int, int] | None = None
+
+    def add(self, sample: Sample) -> None:
+        self.samples.append(sample.wall)
+        self.cpu.append(sample.cpu)
 
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
+
+    @property
+    def cpu_median(self) -> float | None:
+        return statistics.median(self.cpu) if self.cpu else None
 
 
 def fmt_seconds(s: float) -> str:
@@ -67,6 +81,17 @@ def fmt_ratio(num: float | None, den: float | None) -> str:
     if not num or not den:
         return "-"
     return f"{num / den:.2f}x"
+
+
+def fmt_cpu(result: Result) -> str:
+    """The median CPU-seconds of a result, and per GiB moved when it moved at least one."""
+    cpu = result.cpu_median
+    if cpu is None:
+        return "-"
+    text = f"{cpu:.2f}"
+    if result.bytes >= 1 << 30:
+        text += f" ({cpu / (result.bytes / (1 << 30)):.2f}/GiB)"
+    return text
 
 
 def fmt_rate(nbytes: int, seconds: float) -> str:
@@ -91,7 +116,7 @@ def _rsync_base(results: list[Result], case: str) -> Result | None:
     return None
 
 
-HEADERS = ["case", "pool", "tool", "median", "min", "max", "runs", "rate", "vs rsync", "vs LXD"]
+HEADERS = ["case", "pool", "tool", "median", "min", "max", "runs", "CPU-s", "rate", "vs rsync", "vs LXD"]
 
 
 def rows(results: list[Result], tools: tuple[str, ...] | None = None) -> list[list[str]]:
@@ -111,6 +136,7 @@ def rows(results: list[Result], tools: tuple[str, ...] | None = None) -> list[li
                 fmt_seconds(min(r.samples)),
                 fmt_seconds(max(r.samples)),
                 str(len(r.samples)),
+                fmt_cpu(r),
                 fmt_rate(r.bytes, r.median),
                 fmt_ratio(r.median, base.median if base else None),
                 fmt_ratio(r.median, lxd.median if lxd else None),
