@@ -137,7 +137,7 @@ def test_manifest_covers_types_modes_owners_links_and_content(tmp_path):
     entries = {json.loads(line)[0]: json.loads(line) for line in made.lines}
     assert list(entries) == [".", "d", "fifo", "hard", "link", "d/f"]  # a directory's entries, then below
     assert entries["d/f"][1:3] == ["f", 0o4750] and entries["d/f"][5] == 4
-    assert entries["d/f"][8] == entries["hard"][8] == __import__("hashlib").sha256(b"data").hexdigest()
+    assert entries["d/f"][8] == entries["hard"][8] == __import__("blake3").blake3(b"data").hexdigest()
     assert entries["link"][7] == "/etc/passwd" and entries["d"][6] is None  # no dir mtimes
     assert made.files == 2 and made.digest == manifest.digest_of(made.lines)
     # a copy has the same digest; any change to content, mode or owner changes it
@@ -149,7 +149,7 @@ def test_manifest_covers_types_modes_owners_links_and_content(tmp_path):
     changed = manifest.compute(copy)
     assert changed.digest != made.digest
     diffs = manifest.differences(manifest.parse_lines(made.lines), manifest.parse_lines(changed.lines))
-    assert diffs == ["hard: sha256 differ", "d/f: sha256 differ"]
+    assert diffs == ["hard: blake3 differ", "d/f: blake3 differ"]
     (copy / "extra").write_text("x")
     (copy / "fifo").unlink()
     diffs = manifest.differences(
@@ -169,7 +169,7 @@ def test_manifest_covers_types_modes_owners_links_and_content(tmp_path):
         (["x", "f", 0o17777, 0, 0, 1, 0, None, "0" * 64, None, None], "mode"),
         (["x", "f", 420, -1, 0, 1, 0, None, "0" * 64, None, None], "uid"),
         (["x", "d", 420, 0, 0, None, None, "/etc", None, None, None], "only symlinks"),
-        (["x", "f", 420, 0, 0, 1, 0, None, "zz", None, None], "sha256"),
+        (["x", "f", 420, 0, 0, 1, 0, None, "zz", None, None], "blake3"),
         (["x", "d", 493, 0, 0, None, None, None, None, None, "01000002"], "caps"),
         (["x", "f", 420, 0, 0, 1, 0, None, "0" * 64, None, "XYZ"], "caps"),
         (["x", "f", 420, 0, 0], "array"),

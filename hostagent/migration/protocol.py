@@ -42,8 +42,8 @@ from orchapi.errors import BadRequest, OrchError, Unavailable, error_for_status
 
 log = logging.getLogger(__name__)
 
-#: 2: manifests carry file capabilities; volumes declare their entry count
-PROTOCOL_VERSION = 2
+#: 2: manifests carry file capabilities; volumes declare their entry count. 3: manifests hash with BLAKE3
+PROTOCOL_VERSION = 3
 #: payload bytes per binary frame (at most)
 CHUNK = 1024 * 1024
 #: the largest websocket message either side accepts (manifest chunks are far smaller)
