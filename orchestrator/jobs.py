@@ -4,7 +4,8 @@ One hash per job (``orch:job:<id>``) with the user-visible fields (kind, source,
 step, attempts, bytes, rate, times, error) and a JSON ``state`` field holding what the steps hand to each
 other (migration id, the target's operation URL, what was created or stopped, so rollback knows what to
 undo). Migration secrets live in a separate key with a TTL, never in task arguments (Flower shows those).
-A sorted set indexes jobs by creation time.
+A sorted set indexes jobs by creation time. When a job ends, its status is also pushed to a short list
+(``orch:job:<id>:ended``) that followers block on, so the CLI learns of the end at once, without polling.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ SECRETS_TTL = 3600
 
 def _key(job_id: str) -> str:
     return f"orch:job:{job_id}"
+
+
+def _ended_key(job_id: str) -> str:
+    return f"orch:job:{job_id}:ended"
 
 
 def now_iso() -> str:
@@ -178,6 +183,20 @@ class JobStore:
         ended = {"finished_at": now_iso(), "finished_ts": time.time()}
         self.update(job_id, status=status, error=error, stage="", **ended)
         self.r.delete(f"{_key(job_id)}:secrets")
+        with self.r.pipeline() as pipe:  # wake whoever follows the job (see wait_end)
+            pipe.delete(_ended_key(job_id))
+            pipe.lpush(_ended_key(job_id), status)
+            pipe.expire(_ended_key(job_id), SECRETS_TTL)
+            pipe.execute()
+
+    def wait_end(self, job_id: str, timeout: float) -> bool:
+        """Block until the job has ended or ``timeout`` seconds passed; whether it ended.
+
+        Non-destructive (the status is moved back onto its own list), so any number of followers can wait
+        on one job. Callers still read the record: a job that ended before this key existed is seen there.
+        """
+        key = _ended_key(job_id)
+        return self.r.brpoplpush(key, key, timeout=max(timeout, 0.01)) is not None
 
     def request_cancel(self, job_id: str) -> Job:
         job = self.get(job_id)

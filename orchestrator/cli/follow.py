@@ -11,7 +11,11 @@ from orchapi.errors import OrchError
 from orchestrator.cli.progress import transfer_progress
 from orchestrator.jobs import SUCCEEDED, Job, JobStore
 
-POLL = 0.05  # a Redis HGETALL: cheap enough to notice the end of short jobs at once
+#: how often a terminal's progress bar is refreshed; the end of the job itself is noticed at once (a blocking
+#: read on its "ended" list), so this is no latency
+REFRESH = 0.25
+#: without a terminal: how long each blocking wait lasts before the record is read again
+WAIT = 2.0
 NO_WORKER_HINT_AFTER = 5.0
 POLL_MANY = 0.25  # following many jobs: one HGETALL per job per poll
 
@@ -35,11 +39,11 @@ def follow(store: JobStore, job_id: str) -> Job:
                 if job.finished:
                     break
                 hinted = _hint(job, started, hinted)
-                time.sleep(POLL)
+                store.wait_end(job_id, REFRESH)
     else:
         while not (job := store.get(job_id)).finished:
             hinted = _hint(job, started, hinted)
-            time.sleep(POLL)
+            store.wait_end(job_id, WAIT)
     if job.status != SUCCEEDED:
         raise JobFailed(f"job {job.id} {job.status}: {job.error}")
     return job
