@@ -8,6 +8,7 @@ state changes per container so that, say, a stop and a delete of one container n
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 import socket
 import ssl
@@ -17,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hostagent.datalink import ktls
+from hostagent.datalink.listener import DataListener
 from hostagent.enrolment import Enrolment
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
@@ -63,7 +66,19 @@ class Agent:
         #: the storage's transfer methods whose tools exist, restricted by ORCH_AGENT_TRANSFER_METHODS
         self.transfer_methods = available_methods(self.runtime.transfer_methods)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: the data port of the migrations this agent sends (None: their bytes go over the websocket)
+        self.datalink: DataListener | None = None
+        #: whether this agent, as a target, takes the data links sources offer
+        self.use_datalinks = os.environ.get("ORCH_AGENT_DATA_LINK", "on") != "off"
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-work")
+
+    def start_datalink(self, sock: socket.socket) -> None:
+        self.datalink = DataListener(sock, self.cert_path, self.key_path).start()
+
+    def stop_datalink(self) -> None:
+        if self.datalink is not None:
+            self.datalink.close()
+            self.datalink = None
 
     def make_ssl_context(self) -> ssl.SSLContext:
         """The listener's TLS context, trusting the certificates in the store now."""
@@ -112,6 +127,10 @@ class Agent:
                     "storage_free": self.storage.free_bytes(),
                     "storage_total": self.storage.total_bytes(),
                     "addresses": list(self.addresses),
+                    "data_link": {
+                        "port": self.datalink.port if self.datalink else None,
+                        "kernel_tls": ktls.available(),
+                    },
                 }
             )
             server = self.trust.server_config()

@@ -3,7 +3,9 @@
 First start creates the data dir, the agent's key and certificate. The agent then serves the API on the
 local unix socket ``<data-dir>/unix.socket`` (mode 0660, no certificate needed: the local admin path) and,
 with ``--listen``, on HTTPS. The bound address is written to ``<data-dir>/listen.addr`` so that tools (and
-tests using port 0) can find it.
+tests using port 0) can find it. Beside the HTTPS port, the agent listens on its data port (``--data-listen``,
+default the HTTPS port + 1 on the same address, or any free port when HTTPS was given port 0): the bulk
+bytes of the migrations it sends go there (hostagent/datalink/).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiohttp import web
 
 from hostagent.agent import Agent
 from hostagent.api import build_app
+from hostagent.datalink import ktls
 from hostagent.runtimes import RuntimeOptions
 from orchapi.errors import OrchError
 
@@ -55,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen", type=parse_listen, help="HTTPS address, e.g. [::]:8443 or 127.0.0.1:0")
     parser.add_argument(
+        "--data-listen",
+        default=os.environ.get("ORCH_AGENT_DATA_LISTEN", "auto"),
+        help="data port for migrations this agent sends: HOST:PORT, 'auto' (the HTTPS port + 1, same "
+        "address) or 'off' (bytes then travel over the HTTPS websocket)",
+    )
+    parser.add_argument(
         "--runtime",
         default=os.environ.get("ORCH_AGENT_RUNTIME", "native"),
         choices=("native", "lxd"),
@@ -81,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int, blocking: bool = False) -> socket.socket:
     """A listening socket; ``::`` is dual-stack (IPv4 clients too), as operators expect of ``[::]:8443``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -90,11 +99,21 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind((host, port))
     sock.listen(512)
-    sock.setblocking(False)
+    sock.setblocking(blocking)
     return sock
 
 
-async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
+def data_address(value: str, listen: tuple[str, int]) -> tuple[str, int] | None:
+    """Where the data port listens: ``off``, ``auto`` (beside ``listen``), or an address."""
+    if value == "off":
+        return None
+    if value == "auto":
+        host, port = listen
+        return host, (port + 1 if 0 < port < 65535 else 0)
+    return parse_listen(value)
+
+
+async def serve(agent: Agent, listen: tuple[str, int] | None, data_listen: str = "auto") -> None:
     """Run the listeners until SIGTERM or SIGINT."""
     runner = web.AppRunner(build_app(agent), handle_signals=False, access_log=None)
     await runner.setup()
@@ -113,6 +132,11 @@ async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
         addr_file.write_text(shown + "\n")
         agent.addresses = [shown]
         log.info("listening on https://%s (certificate fingerprint %s)", shown, agent.fingerprint)
+        data = data_address(data_listen, listen)
+        if data is not None:
+            agent.start_datalink(listen_socket(*data, blocking=True))
+            log.info("data port %s (kernel TLS: %s)", agent.datalink.port if agent.datalink else "-",
+                     "yes" if ktls.available() else "no")  # fmt: skip
     log.info("local socket %s", sock_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,6 +146,7 @@ async def serve(agent: Agent, listen: tuple[str, int] | None) -> None:
         await stop.wait()
     finally:
         log.info("shutting down (containers keep running)")
+        agent.stop_datalink()
         await runner.cleanup()
         addr_file.unlink(missing_ok=True)
 
@@ -136,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         options = RuntimeOptions(args.lxd_socket, args.lxd_dir, args.lxd_pool)
         agent = Agent(data_dir, runtime=args.runtime, name=args.name, options=options)
         agent.runtime.recover()
-        asyncio.run(serve(agent, args.listen))
+        if args.data_listen not in ("auto", "off"):
+            parse_listen(args.data_listen)  # a bad address is an error now, not at the first migration
+        asyncio.run(serve(agent, args.listen, args.data_listen))
     except (OSError, ValueError, OrchError) as exc:
         print(f"orch-agent: error: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import ssl
 import tarfile
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hostagent.datalink.listener import DataListener
 from hostagent.migration import manifest
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, PROTOCOL_VERSION, Channel, pump
 from hostagent.storage.base import StorageDriver
@@ -62,10 +64,21 @@ class HostilePeer:
     def start(self) -> HostilePeer:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        self.datalink = DataListener(sock, self.cert, self.key).start()
         return self
+
+    def offers(self, target_pem: str):  # type: ignore[no-untyped-def]
+        """What a script passes as ``link`` to send a volume over this peer's data port: the offer
+        maker for the target agent whose certificate is ``target_pem``."""
+        return lambda: self.datalink.offer(target_pem)
 
     def stop(self) -> None:
         """Stop serving; a script still running (blocked on a target that hung up) is cancelled."""
+        if getattr(self, "datalink", None) is not None:
+            self.datalink.close()
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -200,12 +213,13 @@ async def finish_volume(ch: Channel, index: int, path: Path | None) -> None:
 
 
 async def send_with_method(
-    ch: Channel, method: str, path: Path, features: frozenset[str], index: int = 0
+    ch: Channel, method: str, path: Path, features: frozenset[str], index: int = 0, link: Any = None
 ) -> None:
     """One volume sent by the real source side of ``method`` (rsync, tar, btrfs) from ``path``; the
-    ``features`` decide its options (e.g. ``devices`` makes rsync send device nodes)."""
+    ``features`` decide its options (e.g. ``devices`` makes rsync send device nodes); with ``link``
+    (:meth:`HostilePeer.offers`) its bytes go over the peer's data port."""
     await ch.send("volume", index=index, snapshot=None)
-    await get_method(method).send(SendContext(ch, path, None, features))
+    await get_method(method).send(SendContext(ch, path, None, features, link=link))
     await finish_volume(ch, index, path)
 
 

@@ -94,11 +94,14 @@ def script(volume_of, **header_over):  # type: ignore[no-untyped-def]
     return run
 
 
-def by_method(method: str, path: Path, declaration: dict | None = None, features=None):  # type: ignore[no-untyped-def]
+def by_method(method: str, path: Path, declaration: dict | None = None, features=None, link=None):  # type: ignore[no-untyped-def]
+    """A volume sent by the real sender of ``method``; ``link``: over the peer's data port."""
+
     def volume_of():  # type: ignore[no-untyped-def]
         async def send(ch, accept):  # type: ignore[no-untyped-def]
             wanted = features if features is not None else frozenset(accept.get("features") or [])
-            await hp.send_with_method(ch, method, path, frozenset(wanted))
+            offer = link if accept.get("link") else None
+            await hp.send_with_method(ch, method, path, frozenset(wanted), link=offer)
 
         return send, declaration or hp.declared(path)
 
@@ -269,15 +272,29 @@ def test_rsync_foreign_owners_are_refused(agents, peer, tmpdir755):
 # ------------------------------------------------------------------------------------ sizes
 
 
+def link_of(peer: hp.HostilePeer, target: AgentProcess, over_link: bool) -> dict:  # type: ignore[type-arg]
+    """Script arguments that send the volume over the peer's data port (or not)."""
+    if not over_link:
+        return {}
+    return {"link": peer.offers((target.data_dir / "server.crt").read_text())}
+
+
+def header_link(peer: hp.HostilePeer, over_link: bool) -> dict:  # type: ignore[type-arg]
+    return {"link": {"port": peer.datalink.port}} if over_link else {}
+
+
+@pytest.mark.parametrize("over_link", [False, True], ids=["websocket", "link"])
 @pytest.mark.parametrize("method", ["tar", "rsync"])
-def test_a_volume_larger_than_declared_is_refused(agents, peer, tmpdir755, method):
-    """Declared as 0 bytes, sent as 20 MiB: the target stops at its allowance (declared + a margin)."""
+def test_a_volume_larger_than_declared_is_refused(agents, peer, tmpdir755, method, over_link):
+    """Declared as 0 bytes, sent as 20 MiB: the target stops at its allowance (declared + a margin),
+    whether the bytes come over the websocket or the data link."""
     target = agents("t")
     src = tree(tmpdir755 / "src")
     (src / "big").write_bytes(os.urandom(20 * MiB))
     os.chown(src / "big", ROOT, ROOT)
     lie = {"snapshot": None, "size": 0, "entries": 4}
-    peer.script = script(by_method(method, src, declaration=lie))
+    volume = by_method(method, src, declaration=lie, **link_of(peer, target, over_link))
+    peer.script = script(volume, **header_link(peer, over_link))
     message = refused(target, peer, BadRequest, "more than")
     assert "declared" in message
 
@@ -412,6 +429,7 @@ def _root_owned(path: Path) -> None:
     os.chmod(path / "bin" / "tool", 0o4755)
 
 
+@pytest.mark.parametrize("over_link", [False, True], ids=["websocket", "link"])
 @pytest.mark.parametrize(
     ("fill", "match"),
     [
@@ -420,10 +438,11 @@ def _root_owned(path: Path) -> None:
         (_root_owned, "would be owned by 0:0, outside the container's ids"),
     ],
 )
-def test_btrfs_streams_are_checked_as_they_arrive(agents, peer, btrfs_tree, fill, match):
+def test_btrfs_streams_are_checked_as_they_arrive(agents, peer, btrfs_tree, fill, match, over_link):
     target = agents("t", fs="btrfs")
     source = btrfs_tree(fill)
-    peer.script = script(by_method("btrfs", source, features=frozenset()))
+    volume = by_method("btrfs", source, features=frozenset(), **link_of(peer, target, over_link))
+    peer.script = script(volume, **header_link(peer, over_link))
     assert "refusing the btrfs stream of rootfs" in refused(target, peer, BadRequest, match)
 
 

@@ -197,6 +197,7 @@ def test_copy_stopped_container_with_two_snapshots(pair):
     assert result["verified"] is True and result["method"] == "rsync" and result["stage"] == "done"
     assert result["files"] > 100 and result["volumes"] == 3 and result["total_bytes"] > 0
     assert result["bytes_received"] > 0 and result["bytes_sent"] > 0
+    assert result["data_links"] == 3  # the bytes of each volume over the source's data port
     record = result["container"]
     assert record["name"] == "c1" and record["status"] == "Stopped" and record["snapshots"] == ["s1", "s2"]
     assert record["created_at"] == before["created_at"] and record["config"] == before["config"]

@@ -77,8 +77,10 @@ class Channel:
     def __init__(self, ws: Any, peer: str) -> None:
         self.ws = ws
         self.peer = peer  # "source" or "target", for messages
-        self.bytes_received = 0
-        self.bytes_sent = 0
+        self.ws_received = 0  # payload bytes that came over this websocket
+        self.ws_sent = 0
+        #: the live counters of the data links this conversation's volumes use (hostagent/datalink/)
+        self._links: list[Any] = []
         self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._sink: Sink | None = None
         self.discarded = 0
@@ -89,12 +91,31 @@ class Channel:
         self._budget_what = ""
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
+    # -- counting -------------------------------------------------------------------------------------
+    def count(self, link: Any) -> None:
+        """Count a data link's bytes (an object with live ``sent``/``received``) as this channel's."""
+        self._links.append(link)
+
+    @property
+    def links_used(self) -> int:
+        """How many data links carried this conversation's bytes."""
+        return len(self._links)
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes received, over the websocket and the data links together (for progress)."""
+        return self.ws_received + sum(link.received for link in self._links)
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.ws_sent + sum(link.sent for link in self._links)
+
     # -- sending --------------------------------------------------------------------------------------
     async def send(self, kind: str, **fields: Any) -> None:
         await self.ws.send_str(json.dumps({"type": kind, **fields}))
 
     async def send_data(self, data: bytes) -> None:
-        self.bytes_sent += len(data)
+        self.ws_sent += len(data)
         await self.ws.send_bytes(data)
 
     async def send_eof(self) -> None:
@@ -138,7 +159,7 @@ class Channel:
         Counted as frames arrive, before they reach the sink: a peer sending more than it declared is
         refused at the first byte too many, whatever the method does with them.
         """
-        self._budget, self._budget_start, self._budget_what = budget, self.bytes_received, what
+        self._budget, self._budget_start, self._budget_what = budget, self.ws_received, what
 
     def refuse(self, exc: OrchError) -> None:
         """Stop taking the peer's data because of ``exc``: the sink is closed (its process sees the end
@@ -152,11 +173,11 @@ class Channel:
         self._control.put_nowait(_REFUSED)
 
     async def _deliver(self, data: bytes) -> None:
-        self.bytes_received += len(data)
+        self.ws_received += len(data)
         if self.refused is not None:
             self.discarded += len(data)
             return
-        if self._budget is not None and self.bytes_received - self._budget_start > self._budget:
+        if self._budget is not None and self.ws_received - self._budget_start > self._budget:
             self.refuse(
                 BadRequest(
                     f"the source sent more than it declared for {self._budget_what or 'the volume'} "

@@ -71,6 +71,8 @@ class SourceSession:
                     instance=plan.instance,
                     size=sum(n for n, _ in sizes),
                     features=sorted(features),
+                    # the data port the volumes' bytes may take instead of this websocket
+                    link={"port": agent.datalink.port} if agent.datalink is not None else None,
                 )
                 accept = await ch.recv("accept")
                 name = require(accept, "method", str)
@@ -88,6 +90,13 @@ class SourceSession:
                 common = features & frozenset(x for x in accept.get("features") or [] if isinstance(x, str))
                 if accept.get("devices") is True:  # the target takes device nodes (privileged only)
                     common |= {"devices"}
+                make_offer = None
+                if accept.get("link") is True and agent.datalink is not None:
+                    listener = agent.datalink
+
+                    def make_offer() -> Any:
+                        return listener.offer(m.target_certificate)
+
                 method = get_method(name)
                 volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]
                 if name == "btrfs":
@@ -109,7 +118,7 @@ class SourceSession:
                                 agent.storage.snapshot_volume, volume.subvolume or volume.path, path
                             )
                     await ch.send("volume", index=index, snapshot=volume.snapshot)
-                    await self._send_volume(ch, method, index, path, previous, common)
+                    await self._send_volume(ch, method, index, path, previous, common, make_offer)
                     previous = path
                 if scratch is not None:  # every volume is sent: drop the temporary snapshots now
                     await agent.blocking(agent.runtime.export_scratch_remove, scratch)
@@ -150,6 +159,7 @@ class SourceSession:
         path: Path,
         previous: Path | None,
         features: frozenset[str],
+        make_offer: Any = None,
     ) -> None:
         # the manifest is computed while the volume streams (the volume does not change: it is a stopped
         # container's, or a snapshot), by one hashing thread: the relay needs the rest of the CPU
@@ -157,7 +167,7 @@ class SourceSession:
         try:
             checksum = False
             while True:
-                await method.send(SendContext(ch, path, previous, features, checksum))
+                await method.send(SendContext(ch, path, previous, features, checksum, make_offer))
                 ours = await computing
                 await ch.send("volume-end", index=index, digest=ours.digest, count=ours.count)
                 while True:

@@ -138,6 +138,8 @@ class SendContext:
     parent: Path | None  # the volume sent just before, which the target has (incremental methods)
     features: frozenset[str]
     checksum: bool = False  # a repair pass: compare contents, not size and mtime (rsync)
+    #: makes a data-link offer for this volume (hostagent/transfer/link.py); None: the websocket only
+    link: Any = None
 
 
 @dataclass
@@ -154,6 +156,8 @@ class ReceiveContext:
     #: the container's tree inside the volume when the volume holds more (an LXD volume: "rootfs",
     #: beside metadata files the host's root owns); None: the volume is the tree
     tree: str | None = None
+    #: dials the source's data-link offer (hostagent/transfer/link.py); None: the websocket only
+    link: Any = None
 
 
 class TransferMethod(ABC):

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from hostagent.storage.btrfs import is_subvolume
+from hostagent.transfer import link
 from hostagent.transfer.base import (
     Child,
     ReceiveContext,
@@ -34,6 +35,18 @@ from hostagent.transfer.base import (
 from hostagent.transfer.btrfs_stream import SendStreamGuard
 from orchapi.errors import InternalError, Unavailable
 
+FAILED = "btrfs receive on the target failed"
+
+
+class _Discard:
+    """The guard's sink over a data link: the relay delivers, the guard only inspects."""
+
+    async def write(self, data: bytes) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
 
 class BtrfsMethod(TransferMethod):
     name = "btrfs"
@@ -45,36 +58,50 @@ class BtrfsMethod(TransferMethod):
         if ctx.parent is not None:
             argv += ["-p", str(ctx.parent)]
         argv.append(str(ctx.path))
+        sock = await link.offer(ch, ctx.link, "btrfs", incremental=ctx.parent is not None)
+        if sock is not None:
+            await link.send_output(ch, sock, argv, "btrfs send", FAILED)
+            return
         child = await Child.spawn(argv, "btrfs send", stdout=asyncio.subprocess.PIPE)
         try:
-            await ch.send("btrfs", incremental=ctx.parent is not None)
-            await ch.recv("ready")
-            await relay_child_stdout(ch, child, "btrfs send", "btrfs receive on the target failed")
+            await relay_child_stdout(ch, child, "btrfs send", FAILED)
         finally:
             await child.kill()
 
     async def receive(self, ctx: ReceiveContext) -> Path:
         ch = ctx.channel
-        await ch.recv("btrfs")
-        child = await Child.spawn(
-            [*file_size_limit(ctx.allowance), "btrfs", "receive", "--chroot", "-q", str(ctx.dest)],
-            "btrfs receive",
-            stdin=asyncio.subprocess.PIPE,
-        )
+        sock = await link.accept(await ch.recv("btrfs"), ctx.link, ctx.what)
+        argv = [*file_size_limit(ctx.allowance), "btrfs", "receive", "--chroot", "-q", str(ctx.dest)]
+        stdin_r, stdin_w = link.pipe() if sock is not None else (None, None)
+        relaying = None
         try:
-            assert child.proc.stdin is not None
+            child = await Child.spawn(
+                argv, "btrfs receive", stdin=stdin_r if sock is not None else asyncio.subprocess.PIPE
+            )
+        except BaseException:
+            link.close(stdin_r, stdin_w)
+            raise
+        link.close(stdin_r)
+        try:
             idmap = ctx.idmap
             guard = SendStreamGuard(
-                WriterSink(child.proc.stdin),
+                WriterSink(child.proc.stdin) if child.proc.stdin is not None else _Discard(),
                 ctx.what,
                 range(idmap.host_base, idmap.host_base + idmap.size) if idmap else None,
                 range(idmap.gid_host_base, idmap.gid_host_base + idmap.size) if idmap else None,
                 idmap.host_base if idmap else None,
                 ctx.tree,
             )
-            ch.set_sink(guard)
-            await ch.send("ready")
-            code = await child.wait()
+            if sock is None:
+                ch.set_sink(guard)
+                await ch.send("ready", link=False)
+                code = await child.wait()
+            else:
+                await ch.send("ready", link=True)
+                assert stdin_w is not None
+                relaying = link.receive_relay(ch, sock, stdin_w, ctx.what, ctx.allowance, guard.inspect)
+                stdin_w = None
+                code, _ = await asyncio.gather(child.wait(), relaying)
             ch.set_sink(None)
             if ch.ws.closed:
                 raise Unavailable("the connection to the source agent closed unexpectedly")
@@ -86,6 +113,8 @@ class BtrfsMethod(TransferMethod):
             guard.finish()
         finally:
             ch.set_sink(None)
+            await link.settle(relaying)
+            link.close(stdin_w)
             await child.kill()
         # the stream names the subvolume; accept nothing but exactly one subvolume called "rootfs"
         entries = os.listdir(ctx.dest)

@@ -79,7 +79,19 @@ class SendStreamGuard:
         """Inspect ``data`` and forward every whole command in it; a command cut by the frame's end is
         held back (at most one command, copied) until the next frame completes it. The rest of the
         frame is forwarded as it came, uncopied: the data of WRITE commands is never looked at."""
-        view = memoryview(data)
+        for ready in self._advance(memoryview(data)):
+            await self.sink.write(ready)
+
+    def inspect(self, data: memoryview) -> None:
+        """The same checks for bytes that reach ``btrfs receive`` another way (a data link's relay):
+        refuse, don't forward. Safe because ``btrfs receive`` executes a command only once it has all
+        of it, and a refused command's remainder is never delivered."""
+        for _ready in self._advance(data):
+            pass
+
+    def _advance(self, view: memoryview) -> list[bytes | memoryview]:
+        """Inspect ``view``; what may be forwarded, in order."""
+        out: list[bytes | memoryview] = []
         pos = 0
         held = self._pending
         while held:  # complete the held-back unit with the start of this frame
@@ -89,15 +101,16 @@ class SendStreamGuard:
             pos += take
             if len(held) < self._unit_size(held):
                 if pos == len(view):
-                    return  # still incomplete: all of this frame is held
+                    return out  # still incomplete: all of this frame is held
                 continue  # its header just completed: now its size is known
             self._unit(memoryview(held))
-            await self.sink.write(bytes(held))
+            out.append(bytes(held))
             held.clear()
         end = self._scan(view, pos)
         if end > pos:
-            await self.sink.write(view[pos:end])
+            out.append(view[pos:end])
         held += view[end:]
+        return out
 
     async def close(self) -> None:
         await self.sink.close()

@@ -32,7 +32,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hostagent.datalink.relay import LOCAL, PEER, Relay
 from hostagent.migration.protocol import pump, require
+from hostagent.transfer import link
 from hostagent.transfer.base import (
     Child,
     ReceiveContext,
@@ -195,6 +197,11 @@ async def _receive_fds(sock: socket.socket, child: Child) -> tuple[list[str], li
     return argv, fds
 
 
+async def _drain(reader: asyncio.StreamReader) -> None:
+    while await reader.read(1 << 20):
+        pass
+
+
 class RsyncMethod(TransferMethod):
     name = "rsync"
     prefill = True
@@ -204,7 +211,8 @@ class RsyncMethod(TransferMethod):
         parent, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child: Child | None = None
         writer: asyncio.StreamWriter | None = None
-        pumping: asyncio.Task[int] | None = None
+        moving: asyncio.Future[Any] | None = None
+        fds: list[int] = []
         try:
             rsh = f"{sys.executable} -I -S {RSH} {child_end.fileno()}"
             argv = [
@@ -218,21 +226,34 @@ class RsyncMethod(TransferMethod):
             child = await Child.spawn(argv, "rsync (source)", pass_fds=[child_end.fileno()])
             child_end.close()
             server_argv, fds = await _receive_fds(parent, child)
-            reader = await fd_reader(fds[0])  # what the rsync client writes
-            writer = await fd_writer(fds[1])  # what the rsync client reads
-            ch.set_sink(WriterSink(writer))
-            await ch.send("rsync", argv=server_argv)
-            await ch.recv("ready")
-            pumping = asyncio.ensure_future(pump(reader.read, ch))
+            sock = await link.offer(ch, ctx.link, "rsync", argv=server_argv)
+            if sock is not None:
+                # the client's pipes go straight to the data link; its part ends once all of the
+                # server's output reached the client (which then waits for the server's status)
+                relay = Relay(sock, fds[0], fds[1], what="rsync (source)", until=PEER)
+                fds = [fds[0]]  # the relay closes the client's input; its output is closed below
+                moving = asyncio.ensure_future(link.relay(relay, ch))
+            else:
+                reader = await fd_reader(fds[0])  # what the rsync client writes
+                writer = await fd_writer(fds[1])  # what the rsync client reads
+                fds = []
+                ch.set_sink(WriterSink(writer))
+                moving = asyncio.ensure_future(pump(reader.read, ch))
             done = await ch.recv("exit")
             code = require(done, "code", int)
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(moving), 30)
+                # whatever the client still writes goes nowhere (the server is gone), but must be read,
+                # or a full pipe would keep the client from ever exiting
+                moving = asyncio.ensure_future(_drain(await fd_reader(fds.pop())))
             # the helper exits with the server's status, then the client finishes
             with contextlib.suppress(OSError):
                 parent.setblocking(True)
                 parent.send(bytes([code if 0 <= code <= 255 else 255]))
             rc = await child.wait()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pumping, 30)
+                await asyncio.wait_for(moving, 30)
             if code != 0:
                 raise InternalError(
                     f"rsync on the target failed: {done.get('message') or f'exit status {code}'}"
@@ -243,13 +264,13 @@ class RsyncMethod(TransferMethod):
                 )
         finally:
             ch.set_sink(None)
-            if pumping is not None and not pumping.done():
-                pumping.cancel()
+            await link.settle(moving)
             if child is not None:
                 await child.kill()
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.close()
+            link.close(*fds)
             parent.close()
             child_end.close()
 
@@ -257,22 +278,39 @@ class RsyncMethod(TransferMethod):
         ch = ctx.channel
         msg = await ch.recv("rsync")
         argv = validate_server_argv(msg.get("argv"), ctx.dest, devices=ctx.idmap is None)
-        child = await Child.spawn(
-            file_size_limit(ctx.allowance) + argv,
-            "rsync (target)",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ctx.dest,
-        )
-        pumping: asyncio.Task[int] | None = None
+        sock = await link.accept(msg, ctx.link, ctx.what)
+        ends: list[int] = []
+        if sock is not None:
+            stdin_r, stdin_w = link.pipe()
+            stdout_r, stdout_w = link.pipe()
+            ends = [stdin_r, stdin_w, stdout_r, stdout_w]
+            stdio: dict[str, Any] = {"stdin": stdin_r, "stdout": stdout_w}
+        else:
+            stdio = {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE}
         try:
-            assert child.proc.stdin is not None and child.proc.stdout is not None
-            ch.set_sink(WriterSink(child.proc.stdin))
-            await ch.send("ready")
-            pumping = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
+            child = await Child.spawn(
+                file_size_limit(ctx.allowance) + argv, "rsync (target)", cwd=ctx.dest, **stdio
+            )
+        except BaseException:
+            link.close(*ends)
+            raise
+        moving: asyncio.Future[Any] | None = None
+        try:
+            if sock is not None:
+                link.close(ends[0], ends[3])  # the child's ends
+                # the server's output ends the conversation: its status then goes over the websocket
+                relay = Relay(sock, ends[2], ends[1], limit=ctx.allowance, what=ctx.what, until=LOCAL)
+                ends = [ends[2]]  # the relay closes the server's input; its output is closed below
+                await ch.send("ready", link=True)
+                moving = asyncio.ensure_future(link.relay(relay, ch))
+            else:
+                assert child.proc.stdin is not None and child.proc.stdout is not None
+                ch.set_sink(WriterSink(child.proc.stdin))
+                await ch.send("ready", link=False)
+                moving = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
             try:
-                # together: if the websocket fails, the pump stops and rsync would block on a full pipe
-                _, code = await asyncio.gather(pumping, child.wait())
+                # together: if the connection fails, the relay stops and rsync would block on a full pipe
+                _, code = await asyncio.gather(moving, child.wait())
             except Exception:
                 if ch.ws.closed:
                     raise Unavailable("the connection to the source agent closed unexpectedly") from None
@@ -291,6 +329,6 @@ class RsyncMethod(TransferMethod):
             return ctx.dest
         finally:
             ch.set_sink(None)
-            if pumping is not None and not pumping.done():
-                pumping.cancel()
+            await link.settle(moving)
             await child.kill()
+            link.close(*ends)

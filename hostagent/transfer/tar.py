@@ -26,6 +26,7 @@ from typing import IO, Any
 from hostagent import safetar
 from hostagent.migration.protocol import CHUNK
 from hostagent.runtimes.idmap import IdMap
+from hostagent.transfer import link
 from hostagent.transfer.base import (
     Child,
     ReceiveContext,
@@ -76,36 +77,50 @@ def extract(
             stream.close()
 
 
+FAILED = "extracting on the target failed"
+
+
 class TarMethod(TransferMethod):
     name = "tar"
     prefill = False
 
     async def send(self, ctx: SendContext) -> None:
         ch = ctx.channel
+        sock = await link.offer(ch, ctx.link, "tar")
+        if sock is not None:
+            await link.send_output(ch, sock, tar_argv(ctx.path), "tar (source)", FAILED)
+            return
         child = await Child.spawn(tar_argv(ctx.path), "tar (source)", stdout=asyncio.subprocess.PIPE)
         try:
-            await ch.send("tar")
-            await ch.recv("ready")
-            await relay_child_stdout(ch, child, "tar (source)", "extracting on the target failed")
+            await relay_child_stdout(ch, child, "tar (source)", FAILED)
         finally:
             await child.kill()
 
     async def receive(self, ctx: ReceiveContext) -> Path:
         ch = ctx.channel
-        await ch.recv("tar")
+        sock = await link.accept(await ch.recv("tar"), ctx.link, ctx.what)
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
         grow_pipe(write_fd)
         stream = os.fdopen(read_fd, "rb", buffering=CHUNK)
-        writer = await fd_writer(write_fd)
-        sink = WriterSink(writer)
-        ch.set_sink(sink)
+        sink: WriterSink | None = None
+        relaying: asyncio.Future[Any] | None = None
+        if sock is None:
+            sink = WriterSink(await fd_writer(write_fd))
+            ch.set_sink(sink)
         cancel = threading.Event()
         work: asyncio.Future[Any] = loop.run_in_executor(
             None, extract, stream, ctx.dest, ctx.idmap, ctx.allowance, cancel
         )
         try:
-            await ch.send("ready")
+            await ch.send("ready", link=sock is not None)
+            if sock is not None:
+                relaying = link.receive_relay(ch, sock, write_fd, ctx.what, ctx.allowance)
+                # whichever ends first with an error is the cause (a refused member, a stream too long)
+                await asyncio.wait({work, relaying}, return_when=asyncio.FIRST_EXCEPTION)
+                if relaying.done() and relaying.exception() is not None:
+                    cancel.set()
+                    raise relaying.exception()  # type: ignore[misc]
             try:
                 await work
             except Exception as exc:
@@ -123,7 +138,9 @@ class TarMethod(TransferMethod):
             ch.set_sink(None)
             if not work.done():
                 cancel.set()  # cancelled, or the channel failed: stop at the next chunk
-            await sink.close()
+            await link.settle(relaying)
+            if sink is not None:
+                await sink.close()
             # the thread stops at the end of the pipe; wait for it so nothing writes after a cleanup
             with contextlib.suppress(BaseException):
                 await asyncio.shield(work)

@@ -34,6 +34,8 @@ class Header:
     instance: dict[str, Any] | None
     #: why the source offers only some of its methods for this container ("" if it offers all)
     methods_reason: str = ""
+    #: the source's data port (hostagent/datalink/), or None: the bytes go over the websocket
+    link_port: int | None = None
 
 
 def parse_header(msg: dict[str, Any]) -> Header:
@@ -108,7 +110,17 @@ def parse_header(msg: dict[str, Any]) -> Header:
         layout,
         instance,
         str(msg.get("methods_reason") or "")[:500],
+        _link_port(msg.get("link")),
     )
+
+
+def _link_port(link: Any) -> int | None:
+    if link is None:
+        return None
+    port = link.get("port") if isinstance(link, dict) else None
+    if not _count(port, 65535) or port == 0:
+        raise BadRequest("migration header: invalid data link")
+    return port
 
 
 def _count(value: Any, limit: int) -> bool:

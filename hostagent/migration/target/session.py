@@ -19,9 +19,17 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from hostagent.datalink import client as datalink_client
+from hostagent.datalink import ktls
 from hostagent.migration import policy
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, Channel
-from hostagent.migration.target.connect import CONNECT_TIMEOUT, check_peer, client, connect_error
+from hostagent.migration.target.connect import (
+    CONNECT_TIMEOUT,
+    check_peer,
+    client,
+    client_context,
+    connect_error,
+)
 from hostagent.migration.target.header import Header, parse_header
 from hostagent.migration.target.request import PullSpec, parse_pull
 from hostagent.migration.target.volumes import VolumeReceiver
@@ -30,7 +38,7 @@ from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer import lxd_migration
 from hostagent.transfer.base import negotiate, probe_features
 from hostagent.transfer.registry import get_method
-from orchapi.errors import Conflict, InsufficientStorage, Unavailable
+from orchapi.errors import BadRequest, Conflict, InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +166,18 @@ class TargetSession:
         staging: ImportStaging = await agent.blocking(
             agent.runtime.import_begin, self.name, self.spec.refresh
         )
-        receiver = VolumeReceiver(self, header, staging, method, method_name, features, privileged)
+        dial = self._dialer(header)
+        receiver = VolumeReceiver(self, header, staging, method, method_name, features, privileged, dial)
         committed = False
         try:
             # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
             await ch.send(
-                "accept", method=method_name, skip=skip, features=sorted(features), devices=privileged
+                "accept",
+                method=method_name,
+                skip=skip,
+                features=sorted(features),
+                devices=privileged,
+                link=dial is not None,
             )
             files = await receiver.receive_all(skip, len(todo))
             self.stage("commit")
@@ -204,6 +218,8 @@ class TargetSession:
             "files": files,
             "bytes_received": ch.bytes_received,
             "bytes_sent": ch.bytes_sent,
+            # how the bytes went: a data link per volume (and repair pass), or the websocket
+            "data_links": ch.links_used,
             "total_bytes": needed,
             "volume": len(todo),
             "volumes": len(todo),
@@ -211,6 +227,24 @@ class TargetSession:
         if receiver.repaired:
             result["repaired"] = receiver.repaired
         return result
+
+    def _dialer(self, header: Header) -> Any:
+        """How this session dials the source's data-link offers (None: keep the bytes on the websocket):
+        to the source's data port on the host its agent was reached at, with the migration's own TLS
+        context (our certificate, the source's pinned)."""
+        if header.link_port is None or not self.agent.use_datalinks:
+            return None
+        agent, ref, port = self.agent, self.spec.source, header.link_port
+        host = urlsplit(ref.url).hostname or ""
+        ctx = ktls.enable(client_context(agent, ref.certificate))
+
+        async def dial(offer: dict[str, Any]) -> Any:
+            token = offer.get("token")
+            if not isinstance(token, str) or not 0 < len(token) <= 128:
+                raise BadRequest("migration protocol error: invalid data link offer")
+            return await agent.blocking(datalink_client.dial, host, port, token, ctx, ref.fingerprint)
+
+        return dial
 
     async def _lxd_migration(self, header: Header, data: dict[str, Any], privileged: bool) -> dict[str, Any]:
         """The target's LXD pulls from the source's LXD (see hostagent/transfer/lxd_migration.py); what

@@ -40,12 +40,15 @@ class VolumeReceiver:
         method_name: str,
         features: frozenset[str],
         privileged: bool,
+        dial: Any = None,
     ) -> None:
         self.session = session
         self.agent = session.agent
         self.ch: Channel = session.ch
         self.header, self.staging, self.method = header, staging, method
         self.method_name, self.features = method_name, features
+        #: dials the source's data-link offers (hostagent/transfer/link.py); None: the websocket only
+        self.dial = dial
         #: the ids the volumes' files may have (None: a privileged container, anything goes)
         self.idmap = policy.volume_idmap(header.idmap, privileged)
         #: volumes received again with --checksum after a mismatch
@@ -117,7 +120,7 @@ class VolumeReceiver:
         """Receive, verify (with one repair pass for pre-filling methods) and check one volume."""
         lxd_volume = self.method_name == "btrfs" and self.header.layout != LAYOUT_ROOTFS
         tree = "rootfs" if lxd_volume else None
-        ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance, tree)
+        ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance, tree, self.dial)
         received = await self._receive(ctx, rules)
         ours = await self._verify(index, what, received)
         if ours is None:  # a repair pass (rsync with --checksum), then verify again
