@@ -472,6 +472,49 @@ def test_tar_fallback_keeps_links_modes_xattrs(agents, busybox_image):
     assert (rootfs(b, "c1", "s1") / "root/tool").read_bytes() == b"#!/bin/sh\necho hi\n"
 
 
+@pytest.mark.parametrize(
+    ("source_env", "target_env"),
+    [({"ORCH_AGENT_DATA_LISTEN": "off"}, {}), ({}, {"ORCH_AGENT_DATA_LINK": "off"})],
+    ids=["source-without-data-port", "target-refusing-links"],
+)
+@pytest.mark.parametrize("method", ["rsync", "tar"])
+def test_without_a_data_link_the_bytes_take_the_websocket(
+    agents, busybox_image, source_env, target_env, method
+):
+    methods = {"ORCH_AGENT_TRANSFER_METHODS": method}
+    a, b = agents("a", env={**methods, **source_env}), agents("b", env={**methods, **target_env})
+    link = api(a).get("/1.0")["environment"]["data_link"]
+    assert (link["port"] is None) == ("ORCH_AGENT_DATA_LISTEN" in source_env)
+    create(a, "c1", import_image(a, busybox_image))
+    write(a, "c1", "root/data", os.urandom(3 * MiB))
+    result = copy(a, b, "c1")
+    assert result["verified"] is True and result["method"] == method and result["data_links"] == 0
+    assert result["bytes_received"] > 3 * MiB
+    assert (rootfs(b, "c1") / "root/data").read_bytes() == (rootfs(a, "c1") / "root/data").read_bytes()
+
+
+def test_the_data_port_gives_strangers_nothing(pair):
+    """Without a pending offer a connection is closed before any TLS work; an anonymous TLS client of
+    an agent with offers pending fails its handshake (the port requires an agent certificate)."""
+    import socket as socket_
+    import ssl as ssl_
+
+    a, _, _ = pair
+    env = api(a).get("/1.0")["environment"]
+    assert env["data_link"]["port"] and env["data_link"]["kernel_tls"] in (True, False)
+    host = a.addr.rsplit(":", 1)[0]
+    with socket_.create_connection((host, env["data_link"]["port"]), timeout=5) as raw:
+        raw.settimeout(5)
+        assert raw.recv(1) == b""  # closed at once
+    ctx = ssl_.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl_.CERT_NONE
+    with socket_.create_connection((host, env["data_link"]["port"]), timeout=5) as raw:
+        with pytest.raises((ssl_.SSLError, OSError)):
+            with ctx.wrap_socket(raw) as tls:
+                tls.settimeout(5)
+                tls.recv(1) or (_ for _ in ()).throw(OSError("closed"))
+
+
 def test_a_full_target_fails_cleanly(agents, busybox_image):
     a = agents("a", env={"ORCH_AGENT_TRANSFER_METHODS": "rsync,tar"})
     small = agents("small", fs="tmpfs", size="16m")

@@ -10,6 +10,8 @@ Both directions share the connection (rsync talks both ways: the receiver sends 
 so the bytes are framed: ``u32 length`` (big-endian) then the payload; a length of 0 ends a direction
 (the peer's process then sees the end of its input). The loop polls the socket and the two pipes,
 handling OpenSSL's want-read/want-write and the records it has already decrypted (``pending()``).
+Bytes are copied once each way: a frame is assembled once for OpenSSL and sent from an offset; what
+OpenSSL decrypts lands in one reused buffer and is written to the pipe from there.
 
 What arrives is the peer's, not trusted: frames are bounded, the payload is counted against the
 volume's allowance and may be inspected before it reaches the local process (``inspect`` raises to
@@ -25,6 +27,7 @@ import select
 import ssl
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,14 +39,23 @@ CHUNK = 1 << 20
 MAX_FRAME = 4 << 20
 #: outbound bytes kept pending before the local process is read again (backpressure)
 HIGH_WATER = 2 << 20
+#: decrypted bytes gathered before they are written to the local process (OpenSSL hands out at most
+#: one record per read: a pipe write per record would be 16 times the system calls)
+RECV_BUFFER = 1 << 20
+RECORD = 16 << 10
 _LEN = struct.Struct(">I")
 #: how often the loop looks at the stop flag while nothing happens
 _TICK = 0.5
 
+#: when a relay is done: once all of the local process's output went out (the side whose process ends
+#: the conversation: rsync's server, a one-way sender), once all of the peer's arrived (the other side),
+#: or both
+LOCAL, PEER, BOTH = "local", "peer", "both"
+
 
 @dataclass
 class RelayResult:
-    """What a relay moved: payload bytes sent to and received from the peer."""
+    """What a relay moved: payload bytes sent to and received from the peer (live while it runs)."""
 
     sent: int = 0
     received: int = 0
@@ -52,12 +64,6 @@ class RelayResult:
 def _nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-
-
-#: when a relay is done: once all of the local process's output went out (the side whose process ends
-#: the conversation: rsync's server, a one-way sender), once all of the peer's arrived (the other side),
-#: or both
-LOCAL, PEER, BOTH = "local", "peer", "both"
 
 
 class Relay:
@@ -82,18 +88,26 @@ class Relay:
         until: str = BOTH,
     ) -> None:
         self.sock, self.out_fd, self.in_fd = sock, out_fd, in_fd
-        self.until = until
-        self.limit, self.inspect, self.what = limit, inspect, what
+        self.limit, self.inspect, self.what, self.until = limit, inspect, what, until
         self.result = RelayResult()
         self._stop = threading.Event()
-        self._send = bytearray()  # framed bytes waiting for the socket
-        self._recv = bytearray()  # decrypted bytes not yet parsed into frames
-        self._deliver = memoryview(b"")  # payload waiting for the local process
+        # outbound: whole frames waiting for the socket, the first one partly sent
+        self._lbuf = bytearray(CHUNK)  # what the local process wrote, before it is framed
+        self._lview = memoryview(self._lbuf)
+        self._frames: deque[memoryview] = deque()
+        self._pending_out = 0
         self._out_done = out_fd is None  # the local process's output has ended (EOF frame queued)
-        self._peer_done = False  # the peer's EOF frame arrived
-        self._want_write = False  # OpenSSL asked to wait for the socket to be writable
         if self._out_done:
-            self._send += _LEN.pack(0)
+            self._queue(_LEN.pack(0))
+        self._want_write = False  # OpenSSL asked to wait for the socket to be writable
+        # inbound: decrypted bytes in one reused buffer, [start, end) not yet handled
+        self._rbuf = bytearray(RECV_BUFFER)
+        self._rview = memoryview(self._rbuf)
+        self._start = self._end = 0
+        self._header = bytearray()  # a frame header cut by a read
+        self._remaining = 0  # payload bytes left of the current frame
+        self._deliver = memoryview(b"")  # payload the local process has not taken yet
+        self._peer_done = False  # the peer's EOF frame arrived
 
     def stop(self) -> None:
         """Make :meth:`run` end soon (it raises :class:`Unavailable`)."""
@@ -110,7 +124,7 @@ class Relay:
             while not self._finished():
                 if self._stop.is_set():
                     raise Unavailable(f"the transfer of {self.what} was stopped")
-                if sock.pending() and not self._deliver:
+                if sock.pending() and self._idle_inbound():
                     self._read_socket()  # records OpenSSL already decrypted: poll() would not see them
                     continue
                 for fd, mask in self._poll():
@@ -118,14 +132,13 @@ class Relay:
                         self._read_local()
                     elif fd == self.in_fd:
                         self._write_local()
+                        self._handle()
                     else:
                         if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
                             self._read_socket()
                         if mask & select.POLLOUT:
                             self._write_socket()
-                if not self._deliver:
-                    self._parse()
-                if self._send and not self._want_write:
+                if self._frames and not self._want_write:
                     self._write_socket()
             return self.result
         finally:
@@ -133,71 +146,140 @@ class Relay:
                 _close_quietly(self.in_fd)
                 self.in_fd = None
 
+    def _idle_inbound(self) -> bool:
+        """Whether the inbound side may read the socket (everything read so far is handled)."""
+        return not self._deliver and self._start == self._end
+
     def _finished(self) -> bool:
-        delivered = self._peer_done and not self._deliver
+        delivered = self._peer_done and self._idle_inbound()
         if delivered and self.in_fd is not None:
             _close_quietly(self.in_fd)  # the local process sees the end of its input
             self.in_fd = None
-        sent = self._out_done and not self._send
+        sent = self._out_done and not self._frames
         return {LOCAL: sent, PEER: delivered, BOTH: sent and delivered}[self.until]
 
     def _poll(self) -> list[tuple[int, int]]:
         poller = select.poll()
-        mask = 0 if self._deliver else select.POLLIN  # backpressure: nothing more until it is delivered
-        if self._send or self._want_write:
+        mask = select.POLLIN if self._idle_inbound() else 0  # backpressure: the process first
+        if self._frames or self._want_write:
             mask |= select.POLLOUT
         poller.register(self.sock.fileno(), mask)
-        if self.out_fd is not None and not self._out_done and len(self._send) < HIGH_WATER:
+        if self.out_fd is not None and not self._out_done and self._pending_out < HIGH_WATER:
             poller.register(self.out_fd, select.POLLIN)
         if self.in_fd is not None and self._deliver:
             poller.register(self.in_fd, select.POLLOUT)
         return poller.poll(_TICK * 1000)
 
-    # -- the socket ----------------------------------------------------------------------------------
-    def _read_socket(self) -> None:
-        while not self._deliver:
+    # -- outbound --------------------------------------------------------------------------------------
+    def _queue(self, frame: bytes | bytearray) -> None:
+        self._frames.append(memoryview(frame))
+        self._pending_out += len(frame)
+
+    def _read_local(self) -> None:
+        """Read what the local process wrote — as much as is there, up to a frame — and queue it."""
+        assert self.out_fd is not None
+        n = 0
+        while n < CHUNK:
             try:
-                data = self.sock.recv(CHUNK + _LEN.size)
-            except ssl.SSLWantReadError:
-                return
+                got = os.readv(self.out_fd, [self._lview[n:]])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                got = 0
+            if got == 0:
+                self._out_done = True
+                break
+            n += got
+        if n:
+            self.result.sent += n
+            self._queue(_LEN.pack(n) + self._lview[:n])  # the one copy: into the frame OpenSSL encrypts
+        if self._out_done:
+            self._queue(_LEN.pack(0))
+
+    def _write_socket(self) -> None:
+        self._want_write = False
+        while self._frames:
+            head = self._frames[0]
+            try:
+                n = self.sock.send(head)
             except ssl.SSLWantWriteError:
                 self._want_write = True
                 return
+            except ssl.SSLWantReadError:
+                return
             except (ssl.SSLError, OSError) as exc:
                 raise Unavailable(f"the data connection for {self.what} failed: {exc}") from None
-            if not data:
-                if not self._peer_done or not self._out_done:
-                    raise Unavailable(f"the data connection for {self.what} closed before its end")
-                return
-            self._recv += data
-            self._parse()
-            if not self.sock.pending():
+            self._pending_out -= n
+            if n == len(head):
+                self._frames.popleft()
+            else:
+                self._frames[0] = head[n:]
+
+    # -- inbound ---------------------------------------------------------------------------------------
+    def _read_socket(self) -> None:
+        """Read what the socket has — as many records as fit the buffer — and hand it on."""
+        while self._idle_inbound():
+            filled, drained = 0, False
+            while filled < RECV_BUFFER - RECORD:
+                try:
+                    n = self.sock.recv_into(self._rview[filled:])
+                except ssl.SSLWantReadError:
+                    drained = True
+                    break
+                except ssl.SSLWantWriteError:
+                    self._want_write = drained = True
+                    break
+                except (ssl.SSLError, OSError) as exc:
+                    raise Unavailable(f"the data connection for {self.what} failed: {exc}") from None
+                if n == 0:
+                    if not self._peer_done:
+                        raise Unavailable(f"the data connection for {self.what} closed before its end")
+                    drained = True
+                    break
+                filled += n
+            if filled:
+                self._start, self._end = 0, filled
+                self._handle()
+            if drained:
                 return
 
-    def _parse(self) -> None:
-        while not self._deliver and len(self._recv) >= _LEN.size:
-            length = _LEN.unpack_from(self._recv)[0]
-            if length > MAX_FRAME:
-                raise BadRequest(f"the peer sent a data frame of {length} bytes for {self.what}")
-            if length == 0:
-                if self._peer_done:
-                    raise BadRequest(f"the peer ended its data for {self.what} twice")
-                self._peer_done = True
-                del self._recv[: _LEN.size]
-                if self._recv:
-                    raise BadRequest(f"the peer sent data for {self.what} after its end")
-                return
-            if self._peer_done:
-                raise BadRequest(f"the peer sent data for {self.what} after its end")
-            if len(self._recv) < _LEN.size + length:
-                return
-            payload = bytes(self._recv[_LEN.size : _LEN.size + length])
-            del self._recv[: _LEN.size + length]
+    def _handle(self) -> None:
+        """Handle the read bytes [start, end): frame headers, and payload to the local process."""
+        while not self._deliver and self._start < self._end:
+            if self._remaining == 0:
+                self._take_header()
+                continue
+            take = min(self._remaining, self._end - self._start)
+            payload = self._rview[self._start : self._start + take]
+            self._start += take
+            self._remaining -= take
             self._accept(payload)
 
-    def _accept(self, payload: bytes) -> None:
+    def _take_header(self) -> None:
+        need = _LEN.size - len(self._header)
+        piece = self._rview[self._start : self._start + need]
+        self._header += piece
+        self._start += len(piece)
+        if len(self._header) < _LEN.size:
+            return
+        length = _LEN.unpack(self._header)[0]
+        self._header.clear()
+        if self._peer_done:
+            raise BadRequest(f"the peer sent data for {self.what} after its end")
+        if length == 0:
+            self._peer_done = True
+            if self._start != self._end:
+                raise BadRequest(f"the peer sent data for {self.what} after its end")
+            return
+        if length > MAX_FRAME:
+            raise BadRequest(f"the peer sent a data frame of {length} bytes for {self.what}")
         if self.in_fd is None:
             raise BadRequest(f"the peer sent data for {self.what}, which was to travel the other way")
+        self._remaining = length
+
+    def _accept(self, payload: memoryview) -> None:
         self.result.received += len(payload)
         if self.limit is not None and self.result.received > self.limit:
             raise BadRequest(
@@ -205,45 +287,14 @@ class Relay:
                 "the transfer was stopped"
             )
         if self.inspect is not None:
-            self.inspect(memoryview(payload))
-        self._deliver = memoryview(payload)
+            self.inspect(payload)
+        self._deliver = payload
         self._write_local()  # most often the pipe takes it at once
 
-    def _write_socket(self) -> None:
-        self._want_write = False
-        while self._send:
-            try:
-                n = self.sock.send(self._send)
-            except ssl.SSLWantWriteError:
-                self._want_write = True
-                return
-            except ssl.SSLWantReadError:
-                return
-            except (ssl.SSLError, OSError) as exc:
-                raise Unavailable(f"the data connection for {self.what} failed: {exc}") from None
-            del self._send[:n]
-
-    # -- the local process ---------------------------------------------------------------------------
-    def _read_local(self) -> None:
-        assert self.out_fd is not None
-        try:
-            data = os.read(self.out_fd, CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            data = b""
-        if not data:
-            self._out_done = True
-            self._send += _LEN.pack(0)
-            return
-        self.result.sent += len(data)
-        self._send += _LEN.pack(len(data))
-        self._send += data
-
     def _write_local(self) -> None:
-        assert self.in_fd is not None
+        if self.in_fd is None:
+            self._deliver = memoryview(b"")
+            return
         while self._deliver:
             try:
                 n = os.write(self.in_fd, self._deliver)

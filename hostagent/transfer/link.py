@@ -24,7 +24,7 @@ from typing import Any
 
 from hostagent.datalink.relay import LOCAL, PEER, Relay, RelayResult, run_relay
 from hostagent.migration.protocol import Channel
-from hostagent.transfer.base import Child
+from hostagent.transfer.base import Child, grow_pipe
 from orchapi.errors import InternalError, OrchError
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ async def settle(task: asyncio.Future[Any] | None) -> None:
 def pipe() -> tuple[int, int]:
     """A pipe (read end, write end), both close-on-exec: a child gets its end through its stdio only."""
     r, w = os.pipe2(os.O_CLOEXEC)
+    grow_pipe(w)
     return r, w
 
 

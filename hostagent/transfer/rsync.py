@@ -44,6 +44,7 @@ from hostagent.transfer.base import (
     fd_reader,
     fd_writer,
     file_size_limit,
+    grow_pipe,
 )
 from orchapi.errors import BadRequest, InternalError, Unavailable
 
@@ -226,18 +227,26 @@ class RsyncMethod(TransferMethod):
             child = await Child.spawn(argv, "rsync (source)", pass_fds=[child_end.fileno()])
             child_end.close()
             server_argv, fds = await _receive_fds(parent, child)
+            for fd in fds:
+                grow_pipe(fd)  # fewer, larger reads and writes of the client's pipes
+            # the server may answer as soon as it is ready: over the websocket, that must find the
+            # client's input already plugged in (a copy of its fd, dropped if the link is taken)
+            writer = await fd_writer(os.dup(fds[1]))
+            ch.set_sink(WriterSink(writer))
             sock = await link.offer(ch, ctx.link, "rsync", argv=server_argv)
             if sock is not None:
+                ch.set_sink(None)
+                writer.close()
+                writer = None
                 # the client's pipes go straight to the data link; its part ends once all of the
                 # server's output reached the client (which then waits for the server's status)
                 relay = Relay(sock, fds[0], fds[1], what="rsync (source)", until=PEER)
                 fds = [fds[0]]  # the relay closes the client's input; its output is closed below
                 moving = asyncio.ensure_future(link.relay(relay, ch))
             else:
+                link.close(fds[1])
                 reader = await fd_reader(fds[0])  # what the rsync client writes
-                writer = await fd_writer(fds[1])  # what the rsync client reads
                 fds = []
-                ch.set_sink(WriterSink(writer))
                 moving = asyncio.ensure_future(pump(reader.read, ch))
             done = await ch.recv("exit")
             code = require(done, "code", int)
