@@ -215,3 +215,37 @@ def test_strangers_get_nothing_from_the_data_port(pki):
 
     asyncio.run(go())
     lst.close()
+
+
+def test_a_slow_reader_gets_everything_though_the_sender_closed_long_before(pki):
+    """The sender is done and gone while the receiving process has not read most of it yet: the end
+    frame, read with the last bytes, is honoured once the process took them (seen once as a lost end)."""
+    lst = listener(pki)
+    data = os.urandom(2 * MiB)  # fits the socket buffers: the sender can finish before anything is read
+
+    async def go() -> bytes:
+        src_end, dst_end = await linked(pki, lst)
+        feed_r, feed_w = os.pipe()
+        threading.Thread(target=_write_all, args=(feed_w, data), daemon=True).start()
+        sink_r, sink_w = os.pipe()
+        got: list[bytes] = []
+        sender_done = threading.Event()
+
+        def slow_reader() -> None:
+            sender_done.wait(10)  # the sender finishes and closes first
+            got.append(_read_all(sink_r))
+
+        reader = threading.Thread(target=slow_reader, daemon=True)
+        reader.start()
+        loop = asyncio.get_running_loop()
+        receiving = loop.run_in_executor(None, run_relay, Relay(dst_end, None, sink_w, until=PEER))
+        await loop.run_in_executor(None, run_relay, Relay(src_end, feed_r, None, until=LOCAL))
+        os.close(feed_r)
+        src_end.close()
+        sender_done.set()
+        await receiving
+        reader.join(10)
+        return got[0]
+
+    assert asyncio.run(go()) == data
+    lst.close()

@@ -20,13 +20,16 @@ refuse, e.g. the btrfs stream guard).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import select
+import socket
 import ssl
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,9 +99,9 @@ class Relay:
         self._lview = memoryview(self._lbuf)
         self._frames: deque[memoryview] = deque()
         self._pending_out = 0
-        self._out_done = out_fd is None  # the local process's output has ended (EOF frame queued)
-        if self._out_done:
-            self._queue(_LEN.pack(0))
+        # the local process's output has ended (its EOF frame queued); a receiver sends nothing at all,
+        # so that a sender never closes with unread bytes (which would reset the connection)
+        self._out_done = out_fd is None
         self._want_write = False  # OpenSSL asked to wait for the socket to be writable
         # inbound: decrypted bytes in one reused buffer, [start, end) not yet handled
         self._rbuf = bytearray(RECV_BUFFER)
@@ -108,6 +111,7 @@ class Relay:
         self._remaining = 0  # payload bytes left of the current frame
         self._deliver = memoryview(b"")  # payload the local process has not taken yet
         self._peer_done = False  # the peer's EOF frame arrived
+        self._closed = False  # the peer closed the connection (after its EOF frame, if all is well)
 
     def stop(self) -> None:
         """Make :meth:`run` end soon (it raises :class:`Unavailable`)."""
@@ -148,10 +152,15 @@ class Relay:
 
     def _idle_inbound(self) -> bool:
         """Whether the inbound side may read the socket (everything read so far is handled)."""
-        return not self._deliver and self._start == self._end
+        if self._deliver or self._start != self._end:
+            return False
+        if self._closed and not self._peer_done:
+            # its end frame, if any, came with the last bytes read: those are all handled now
+            raise Unavailable(f"the data connection for {self.what} closed before its end")
+        return not self._closed
 
     def _finished(self) -> bool:
-        delivered = self._peer_done and self._idle_inbound()
+        delivered = self._peer_done and not self._deliver and self._start == self._end
         if delivered and self.in_fd is not None:
             _close_quietly(self.in_fd)  # the local process sees the end of its input
             self.in_fd = None
@@ -221,7 +230,7 @@ class Relay:
     def _read_socket(self) -> None:
         """Read what the socket has — as many records as fit the buffer — and hand it on."""
         while self._idle_inbound():
-            filled, drained = 0, False
+            filled, drained, closed = 0, False, False
             while filled < RECV_BUFFER - RECORD:
                 try:
                     n = self.sock.recv_into(self._rview[filled:])
@@ -234,11 +243,11 @@ class Relay:
                 except (ssl.SSLError, OSError) as exc:
                     raise Unavailable(f"the data connection for {self.what} failed: {exc}") from None
                 if n == 0:
-                    if not self._peer_done:
-                        raise Unavailable(f"the data connection for {self.what} closed before its end")
-                    drained = True
+                    closed = drained = True
                     break
                 filled += n
+            if closed:
+                self._closed = True
             if filled:
                 self._start, self._end = 0, filled
                 self._handle()
@@ -313,6 +322,27 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def close_connection(sock: ssl.SSLSocket, linger: float = 2.0) -> None:
+    """Close a relayed connection without losing what is still in flight to the peer.
+
+    Closing a TCP socket that has unread bytes makes the kernel send a reset, and a reset can take the
+    peer's last, not yet read bytes (its end frame) with it. So: end our direction (FIN after our last
+    record), read and drop what the peer still sends until it closes too (or ``linger`` seconds pass),
+    then close.
+    """
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_WR)  # the plain socket's: the TLS state stays as it is
+        sock.settimeout(linger)
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline and sock.recv(RECORD):
+            pass
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def run_relay(relay: Relay) -> RelayResult:

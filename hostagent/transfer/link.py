@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hostagent.datalink.relay import LOCAL, PEER, Relay, RelayResult, run_relay
+from hostagent.datalink.relay import LOCAL, PEER, Relay, RelayResult, close_connection, run_relay
 from hostagent.migration.protocol import Channel
 from hostagent.transfer.base import Child, grow_pipe
 from orchapi.errors import InternalError, OrchError
@@ -80,8 +80,7 @@ async def relay(relay_: Relay, ch: Channel | None = None) -> RelayResult:
         else:
             loop.call_soon_threadsafe(_settle, done, result, None)
         finally:
-            with contextlib.suppress(OSError):
-                relay_.sock.close()
+            close_connection(relay_.sock)
 
     thread = threading.Thread(target=main, name=f"relay {relay_.what}", daemon=True)
     thread.start()
@@ -154,8 +153,9 @@ async def send_output(ch: Channel, sock: ssl.SSLSocket, argv: list[str], what: s
         if child is not None:
             await child.kill()
         close(read_fd, write_fd)
-        with contextlib.suppress(OSError):
-            sock.close()
+        if relaying is None:  # (a relay closes its connection itself)
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def receive_relay(
