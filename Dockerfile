@@ -63,7 +63,8 @@ ENV ORCH_AGENT_DIR=/var/lib/orch-agent \
     ORCH_AGENT_SOCKET=/var/lib/orch-agent/unix.socket
 # containers' rootfs trees must not live on the image's overlayfs: always a volume
 VOLUME ["/var/lib/orch-agent"]
-EXPOSE 8443
+# 8443: the HTTPS API; 8444: the data port the migrations this agent sends stream their bytes over
+EXPOSE 8443 8444
 ENTRYPOINT ["tini", "--", "orch-agent-entrypoint"]
 # 0.0.0.0, not [::]: the agent binds "::" IPv6-only (asyncio), and Docker networks are IPv4 by default
 CMD ["orch-agent", "--data-dir", "/var/lib/orch-agent", "--listen", "0.0.0.0:8443"]

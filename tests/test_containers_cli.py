@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import yaml
@@ -38,6 +39,8 @@ def test_lifecycle_launch_exec_snapshot_stop_start_info_restore_delete(two_agent
     info = orch.run("info", "foo:c1").stdout
     assert "Name: c1" in info and "Status: RUNNING" in info and "snap0" in info and "PID: " in info
     assert "Disk usage: " in info
+    host = orch.run("info", "foo:").stdout  # the host: where migrations' bytes go, and kernel TLS
+    assert re.search(r"Data link: port \d+; kernel TLS: (yes|no)", host), host
     orch.run("restore", "foo:c1", "snap0")
     assert orch.run("exec", "foo:c1", "--", "cat", "/root/x").stdout == "hi\n"
     assert "Status: RUNNING" in orch.run("info", "foo:c1").stdout  # restore keeps it running

@@ -111,6 +111,12 @@ def info(ctx: Context, target: str | None) -> None:
                 click.echo(f"{key.replace('_', ' ').capitalize()}: {env[key]}")
         if "transfer_methods" in env:
             click.echo(f"Transfer methods: {', '.join(env['transfer_methods'])}")
+        link = env.get("data_link")
+        if isinstance(link, dict):
+            port = link.get("port")
+            where = f"port {port}" if port else "off (bytes over the HTTPS websocket)"
+            ktls = "yes" if link.get("kernel_tls") else "no"
+            click.echo(f"Data link: {where}; kernel TLS: {ktls}")
         if "storage_free" in env:
             click.echo(
                 f"Storage free: {human_size(env['storage_free'])} of {human_size(env['storage_total'])}"
