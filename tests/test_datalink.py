@@ -249,3 +249,46 @@ def test_a_slow_reader_gets_everything_though_the_sender_closed_long_before(pki)
 
     assert asyncio.run(go()) == data
     lst.close()
+
+
+def test_a_stranger_hammering_the_port_gets_few_handshakes(pki):
+    """While an offer waits, 200 anonymous connections in a burst: at most the rate's worth are given a
+    TLS handshake, the rest are closed at once; the offer still works afterwards."""
+    import time
+
+    lst = listener(pki)
+
+    async def go() -> tuple[int, float]:
+        offer = lst.offer(pki["target"][0].read_text())
+        loop = asyncio.get_running_loop()
+
+        def hammer() -> int:
+            handshakes = 0
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            for _ in range(200):
+                with socket.create_connection(("127.0.0.1", lst.port), timeout=5) as raw:
+                    try:
+                        with ctx.wrap_socket(raw) as tls:
+                            tls.settimeout(5)
+                            tls.recv(1)
+                            handshakes += 1
+                    except (ssl.SSLError, OSError) as exc:
+                        if "certificate required" in str(exc).lower() or "alert" in str(exc).lower():
+                            handshakes += 1  # the server did the handshake's work, then refused us
+            return handshakes
+
+        started = time.monotonic()
+        handshakes = await loop.run_in_executor(None, hammer)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(1.1)  # the rate refills (a dial a flood refused falls back to the websocket)
+        good = await loop.run_in_executor(
+            None, dial, "127.0.0.1", lst.port, offer.token, client_ctx(pki), fingerprint(pki)
+        )
+        (await offer.accepted(10)).close()
+        good.close()
+        return handshakes, elapsed
+
+    handshakes, elapsed = asyncio.run(go())
+    assert handshakes <= 20 + 20 * elapsed + 5, (handshakes, elapsed)
+    lst.close()

@@ -8,8 +8,8 @@ unknown certificates too), and sends the token on its first line; the listener m
 certificate's fingerprint against the offer's and hands the socket to the waiting transfer.
 
 Nobody gets anything without a pending offer: while none is pending a connection is closed before any
-TLS work, and handshakes run at most :data:`MAX_HANDSHAKES` at a time, each bounded by a timeout, so a
-stranger cannot make the agent spend CPU on the port.
+TLS work, and handshakes run at most :data:`MAX_HANDSHAKES` at a time and :data:`HANDSHAKES_PER_SECOND`
+a second, each bounded by a timeout, so a stranger cannot make the agent spend CPU on the port.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 #: how long an offer waits for its connection
 OFFER_TTL = 60.0
-#: TLS handshakes in progress at once, and how long one may take (with the token line)
+#: TLS handshakes in progress at once, how many may start per second (~3 ms of CPU each here, so a
+#: stranger hammering the port while a transfer waits costs at most a few percent of a core), and how
+#: long one may take (with the token line)
 MAX_HANDSHAKES = 4
+HANDSHAKES_PER_SECOND = 20
 HANDSHAKE_TIMEOUT = 10.0
 _TOKEN_LINE = 128
 
@@ -85,6 +88,7 @@ class DataListener:
         self._offers: dict[bytes, Offer] = {}
         self._lock = threading.Lock()
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._bucket, self._refilled = float(HANDSHAKES_PER_SECOND), time.monotonic()
         self._closed = False
         self._thread = threading.Thread(target=self._accept_loop, name="datalink-accept", daemon=True)
 
@@ -153,13 +157,25 @@ class DataListener:
                 continue
             with self._lock:
                 self._expire()
-                wanted = bool(self._offers)
+                wanted = bool(self._offers) and self._take_token()
             if not wanted or not self._handshakes.acquire(blocking=False):
                 conn.close()  # no pending offer (or too many at once): no TLS work for strangers
                 continue
             threading.Thread(
                 target=self._handshake, args=(conn, peer), name="datalink-handshake", daemon=True
             ).start()
+
+    def _take_token(self) -> bool:
+        """One handshake's worth of the rate (a token bucket, refilled continuously)."""
+        now = time.monotonic()
+        self._bucket = min(
+            HANDSHAKES_PER_SECOND, self._bucket + (now - self._refilled) * HANDSHAKES_PER_SECOND
+        )
+        self._refilled = now
+        if self._bucket < 1:
+            return False
+        self._bucket -= 1
+        return True
 
     def _handshake(self, conn: socket.socket, peer: object) -> None:
         tls: ssl.SSLSocket | None = None
