@@ -8,6 +8,7 @@ state changes per container so that, say, a stop and a delete of one container n
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import platform
 import socket
@@ -28,6 +29,8 @@ from hostagent.runtimes.base import Runtime
 from hostagent.transfer.base import available_methods
 from hostagent.trust import TrustStore
 from orchapi import certs, tlsconfig
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -71,6 +74,7 @@ class Agent:
         #: whether this agent, as a target, takes the data links sources offer
         self.use_datalinks = os.environ.get("ORCH_AGENT_DATA_LINK", "on") != "off"
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-work")
+        self._background: set[asyncio.Task[Any]] = set()
 
     def start_datalink(self, sock: socket.socket) -> None:
         self.datalink = DataListener(sock, self.cert_path, self.key_path).start()
@@ -93,6 +97,20 @@ class Agent:
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking driver call in the agent's thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
+
+    def in_background(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the thread pool without anyone waiting for it (e.g. the removal of a deleted
+        container's files). A failure is logged; work a crash interrupts is finished by the runtime's
+        recovery at the next start."""
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("%s failed: %s", what, task.exception())
+
+        task = asyncio.get_running_loop().create_task(self.blocking(fn))
+        self._background.add(task)  # a reference, or the task could be collected before it ran
+        task.add_done_callback(done)
 
     def container_lock(self, name: str) -> asyncio.Lock:
         return self._locks[name]

@@ -196,6 +196,30 @@ def test_unprivileged_lifecycle(runtime: NativeRuntime) -> None:
     assert runtime.list() == []
 
 
+def test_delete_aside_frees_the_name_at_once_and_a_restart_finishes_the_removal(
+    runtime: NativeRuntime, data_dir: Path, image_rootfs: Path
+) -> None:
+    runtime.create("c1", FP, {})
+    (runtime.container_dir("c1") / "rootfs" / "root" / "data").write_bytes(b"x" * 4096)
+    runtime.snapshot_create("c1", "s1")
+    remove = runtime.delete_aside("c1")
+    # the name is gone before any file is removed: not listed, not found, free for a new container
+    with pytest.raises(NotFound):
+        runtime.get("c1")
+    assert runtime.list() == []
+    aside = [p for p in runtime.containers_dir.iterdir() if p.name.startswith(".deleting-c1-")]
+    assert len(aside) == 1 and (aside[0] / "rootfs" / "root" / "data").exists()
+    runtime.create("c1", FP, {})
+    assert runtime.get("c1").snapshots == []
+    # the agent dies before the removal ran: the next start removes the files
+    again = NativeRuntime(data_dir, DirDriver(data_dir), FakeImages(image_rootfs))
+    again.recover()
+    assert not aside[0].exists()
+    assert again.get("c1").status == STOPPED
+    remove()  # a late removal of what is already gone is harmless
+    assert again.get("c1").status == STOPPED
+
+
 def test_privileged_files_owned_by_host_root(runtime: NativeRuntime) -> None:
     runtime.create("priv", FP, {"security.privileged": "true"})
     assert os.stat(host_path(runtime, "priv", "bin", "busybox")).st_uid == 0

@@ -176,7 +176,10 @@ async def delete_container(request: web.Request) -> web.Response:
 
     async def work(op: Operation) -> None:
         async with agent.container_lock(name):
-            await agent.blocking(agent.runtime.delete, name)
+            # done once the name is gone; the files go in the background (a move's source: the job
+            # need not wait for a large tree's removal)
+            remove = await agent.blocking(agent.runtime.delete_aside, name)
+        agent.in_background(f"removing the files of deleted container {name}", remove)
 
     return async_op(agent.operations.start(f"Deleting container {name}", work, resources(name)))
 

@@ -48,8 +48,14 @@ async def import_image(request: web.Request) -> web.Response:
             raise BadRequest(
                 "a JSON body needs source.type 'migration'", "send a tarball as application/octet-stream"
             )
+        from hostagent.images.store import has_image
         from hostagent.migration.target import start_image_pull
+        from hostagent.migration.target.image import parse_image_pull
 
+        _ref, fingerprint = parse_image_pull(source)
+        if await agent.blocking(has_image, agent.images, fingerprint):
+            # the usual case of a move: nothing to pull, so no operation for the client to wait on
+            return sync({"fingerprint": fingerprint, "cached": True})
         return async_op(start_image_pull(agent, source))
     aliases = [check_alias_name(a) for a in request.query.getall("alias", [])]
     for alias in aliases:

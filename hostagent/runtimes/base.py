@@ -215,6 +215,10 @@ class ImportStaging:
         return _volume(self.existing_dir, snapshot)
 
 
+def _nothing() -> None:
+    """The rest of a delete that had nothing left to do."""
+
+
 def _volume(root: Path, snapshot: str | None) -> Path:
     return root / "rootfs" if snapshot is None else root / "snapshots" / snapshot / "rootfs"
 
@@ -381,6 +385,18 @@ class Runtime(MigrationHooks, ABC):
     @abstractmethod
     def delete(self, name: str) -> None:
         """Delete a stopped container and its snapshots. :class:`Conflict` if it is running."""
+
+    def delete_aside(self, name: str) -> Callable[[], None]:
+        """Delete ``name`` as far as anyone can tell, and return what is left to do.
+
+        The name must be gone (free for a new container, absent from listings) when this returns; the
+        returned call removes the files, and may run later, in the background. A crash before it ran
+        must not lose that work: the next start finishes it. A move's source is acknowledged deleted
+        after this part, so the removal of a large tree does not hold up the job. This default deletes
+        everything at once.
+        """
+        self.delete(name)
+        return _nothing
 
     @abstractmethod
     def start(self, name: str) -> None:

@@ -216,7 +216,14 @@ class Runc:
         return int(Path(pid_file).read_text().strip())
 
     def state(self, cid: str) -> dict[str, Any] | None:
-        """runc's state of ``cid`` (``status`` is created/running/paused/stopped), None if runc has none."""
+        """runc's state of ``cid`` (``status`` is created/running/paused/stopped), None if runc has none.
+
+        runc keeps a container's state in ``<root>/<cid>/``, and only there: without that directory it
+        has none to report, so no ``runc state`` is spawned (most status reads of a stopped container —
+        every step of a move asks — cost a stat instead of a process).
+        """
+        if not os.path.isdir(self.root / cid):
+            return None
         try:
             proc = self._run(f"state of {cid}", "state", cid)
         except NotFound:

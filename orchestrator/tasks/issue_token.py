@@ -7,6 +7,7 @@ certificate, valid for one connection within a short TTL. The worker keeps them 
 
 from __future__ import annotations
 
+from orchapi.errors import InsufficientStorage
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, step
@@ -19,8 +20,10 @@ def issue(ctx: StepContext, job: Job) -> None:
     s = job.state
     if s.get("migration_id") and ctx.jobs.secrets(job.id):
         return  # issued by an earlier delivery of this step
-    src, tgt = source(ctx, job), target(ctx, job)
-    target_certificate = tgt.get("/1.0")["environment"]["certificate"]
+    src = source(ctx, job)
+    target_certificate = (
+        s.get("target_certificate") or target(ctx, job).get("/1.0")["environment"]["certificate"]
+    )
     body = {
         "target_certificate": target_certificate,
         "snapshot": s.get("source_snapshot") or None,
@@ -28,6 +31,14 @@ def issue(ctx: StepContext, job: Job) -> None:
         "ttl": TOKEN_TTL,
     }
     migration = src.call("POST", f"/1.0/containers/{s['source_name']}/migration", json=body)
+    size, free = migration.get("size", 0), s.get("target_free")
+    if free is not None and not s.get("target_preexisted") and size > free:
+        # before any byte moves (the target refuses beyond its free space anyway, but later)
+        raise InsufficientStorage(
+            f"not enough space on {s['target_remote']}: {job.source} needs {size} bytes with its "
+            f"snapshots, {s['target_remote']} has {free} bytes free",
+            "free space on the target, or move without snapshots (--instance-only)",
+        )
     ctx.jobs.set_secrets(job.id, migration["secrets"])
     base_url = reachable_url(s["source_remote"], src)
     ctx.jobs.update_state(

@@ -1,9 +1,10 @@
 """Step 1 — verify_target: check everything that can be checked before any data moves, take the locks.
 
 The target agent must be reachable and trust us, the target name free (or existing and stopped, for
-``--refresh``), its free space at least the source's size, and the two agents must share a transfer
-method. The source must be stopped unless a snapshot is copied; ``move --stateless`` stops it here (and
-rollback starts it again if the move fails).
+``--refresh``), and the two agents must share a transfer method (the target's free space is checked by
+issue_token against the size the source declares for the migration: no extra request, no extra walk of
+the source's tree). The source must be stopped unless a snapshot is copied; ``move --stateless`` stops
+it here (and rollback starts it again if the move fails).
 
 Hosts are compared by identity (the agent's certificate fingerprint, :mod:`orchestrator.hostid`), not by
 remote name: a cordon made through any name of the target holds, and a copy or move of a container onto
@@ -13,7 +14,7 @@ refused. The target agent enforces its cordon too; this check only fails earlier
 
 from __future__ import annotations
 
-from orchapi.errors import Conflict, Forbidden, InsufficientStorage, NotFound
+from orchapi.errors import Conflict, Forbidden, NotFound
 from orchestrator.celeryapp import app
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.evacuation.hosts import HostStates
@@ -74,15 +75,17 @@ def verify(ctx: StepContext, job: Job) -> None:
             f"container {job.source} is running",
             "stop it first, use --stateless to stop, move and restart it, or copy a snapshot of it",
         )
-    usage = (
-        src.get(f"/1.0/containers/{s['source_name']}/state").get("disk", {}).get("root", {}).get("usage", 0)
-    )
-    free = target_info["environment"].get("storage_free", 0)
-    if existing is None and usage > free:
-        raise InsufficientStorage(f"{job.source} needs {usage} bytes, {s['target_remote']} has {free} free")
     for host, name, label in lock_targets(job):
         ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
-    ctx.jobs.update_state(job.id, target_preexisted=existing is not None, methods=sorted(common))
+    # what issue_token needs of the target, so that it asks nothing again: its certificate (which the
+    # source's token is scoped to) and its free space (checked against the size the source declares)
+    ctx.jobs.update_state(
+        job.id,
+        target_preexisted=existing is not None,
+        methods=sorted(common),
+        target_certificate=target_info["environment"]["certificate"],
+        target_free=target_info["environment"].get("storage_free", 0),
+    )
     if running:
         ctx.jobs.update_state(job.id, source_was_running=True)
         try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,9 @@ class Lifecycle(NativeBase):
             return self._record(data, STOPPED)
 
     def delete(self, name: str) -> None:
+        self.delete_aside(name)()
+
+    def delete_aside(self, name: str) -> Callable[[], None]:
         with self._locked(name), self._named_errors(name):
             data = self._load(name)
             status, _, st = self._live(name)
@@ -92,10 +97,11 @@ class Lifecycle(NativeBase):
                 raise Conflict(f"container {name} is running; stop it first or use --force")
             if st is not None:
                 self._forget_runc(name, data)
-            # rename first: the name is gone at once, and recover() finishes an interrupted delete
+            # renamed aside: the name is gone at once (one rename, however large the tree), and
+            # recover() removes a .deleting- dir that a crash left behind
             doomed = self.containers_dir / f"{DELETING}{name}-{secrets.token_hex(4)}"
             os.rename(self.container_dir(name), doomed)
-            self._delete_tree(doomed)
+        return functools.partial(self._delete_tree, doomed)
 
     def start(self, name: str) -> None:
         with self._locked(name), self._named_errors(name):
