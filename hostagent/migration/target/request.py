@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from hostagent.transfer.base import PREFERENCE
+from hostagent.transfer.registry import PREFERENCE
 from orchapi import certs
 from orchapi.errors import BadRequest
 
