@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.migration import manifest
-from hostagent.migration.protocol import MANIFEST_CHUNK, PROTOCOL_VERSION, Channel, ProtocolError, require
+from hostagent.migration.messages import Accept, DeclaredVolume, Header, VolumeEnd
+from hostagent.migration.protocol import MANIFEST_CHUNK, Channel, ProtocolError
 from hostagent.migration.tokens import Migration
 from hostagent.runtimes.base import ExportPlan
 from hostagent.transfer.base import SendContext, SendPreparation, TransferMethod, probe_features
@@ -34,8 +35,8 @@ class SourceSession:
         self.ws = ws
         self.channel = Channel(ws, "target")
         self.plan: ExportPlan | None = None
-        #: the target's accept message
-        self.accept: dict[str, Any] = {}
+        #: the target's accept
+        self.accept = Accept("")
         #: the source's features (xattrs, acls)
         self.features: frozenset[str] = frozenset()
         #: what the method made to send the volumes (released on the way out)
@@ -55,44 +56,15 @@ class SourceSession:
                     )
                 features = self.features = probe_features(agent.data_dir)
                 sizes = await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes])
-                await ch.send(
-                    "header",
-                    protocol=PROTOCOL_VERSION,
-                    container={
-                        "name": plan.name,
-                        "created_at": plan.created_at,
-                        "base_image": plan.base_image,
-                        "architecture": plan.architecture,
-                        "config": plan.config,
-                        "init": plan.init,
-                    },
-                    snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
-                    volumes=[
-                        {"snapshot": v.snapshot, "size": n, "entries": e}
-                        for v, (n, e) in zip(plan.volumes, sizes, strict=True)
-                    ],
-                    methods=plan.methods(agent.transfer_methods),
-                    methods_reason=plan.only_reason,
-                    storage=agent.runtime.storage_name,
-                    base_image=plan.base_image,
-                    idmap=plan.idmap,
-                    layout=plan.layout,
-                    instance=plan.instance,
-                    size=sum(n for n, _ in sizes),
-                    features=sorted(features),
-                    # the data port the volumes' bytes may take instead of this websocket
-                    link={"port": agent.datalink.port} if agent.datalink is not None else None,
-                )
-                accept = self.accept = await ch.recv("accept")
-                name = require(accept, "method", str)
-                if name not in plan.methods(agent.transfer_methods):
+                await ch.send_message(self._header(plan, sizes, features))
+                accept = self.accept = Accept.from_message(await ch.recv(Accept.TYPE))
+                if accept.method not in plan.methods(agent.transfer_methods):
                     raise BadRequest(
-                        f"the target chose transfer method {name!r}, which this agent does not offer"
+                        f"the target chose transfer method {accept.method!r}, which this agent does not offer"
                     )
-                skip = accept.get("skip") or []
-                if not isinstance(skip, list) or not set(skip) <= set(m.snapshots):
+                if not set(accept.skip) <= set(m.snapshots):
                     raise ProtocolError("migration protocol error: the target skips unknown snapshots")
-                await get_method(name).send_container(self)
+                await get_method(accept.method).send_container(self)
         except BaseException as exc:
             log.warning(
                 "migration %s of %s failed: %s",
@@ -111,17 +83,43 @@ class SourceSession:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._prepared.release())
 
+    def _header(self, plan: ExportPlan, sizes: list[tuple[int, int]], features: frozenset[str]) -> Header:
+        agent = self.agent
+        return Header(
+            container={
+                "created_at": plan.created_at,
+                "base_image": plan.base_image,
+                "architecture": plan.architecture,
+                "config": plan.config,
+                "init": plan.init,
+            },
+            snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
+            volumes=[DeclaredVolume(v.snapshot, n, e) for v, (n, e) in zip(plan.volumes, sizes, strict=True)],
+            methods=plan.methods(agent.transfer_methods),
+            base_image=plan.base_image,
+            idmap=plan.idmap,
+            size=sum(n for n, _ in sizes),
+            features=features,
+            layout=plan.layout,
+            instance=plan.instance,
+            methods_reason=plan.only_reason,
+            # the data port the volumes' bytes may take instead of this websocket
+            link_port=agent.datalink.port if agent.datalink is not None else None,
+            name=plan.name,
+            storage=agent.runtime.storage_name,
+        )
+
     async def send_volumes(self, method: TransferMethod) -> None:
         """Stream every volume the target did not skip through ``method`` (the streaming methods' way;
         see :meth:`~hostagent.transfer.base.TransferMethod.send_container`)."""
         agent, m, ch, plan, accept = self.agent, self.migration, self.channel, self.plan, self.accept
         assert plan is not None
-        skip = accept.get("skip") or []
-        common = self.features & frozenset(x for x in accept.get("features") or [] if isinstance(x, str))
-        if accept.get("devices") is True:  # the target takes device nodes (privileged only)
+        skip = accept.skip
+        common = self.features & accept.features
+        if accept.devices:  # the target takes device nodes (privileged only)
             common |= {"devices"}
         make_offer = None
-        if accept.get("link") is True and agent.datalink is not None:
+        if accept.link and agent.datalink is not None:
             listener = agent.datalink
 
             def make_offer() -> Any:
@@ -166,7 +164,7 @@ class SourceSession:
             while True:
                 await method.send(SendContext(ch, path, previous, features, checksum, make_offer))
                 ours = await computing
-                await ch.send("volume-end", index=index, digest=ours.digest, count=ours.count)
+                await ch.send_message(VolumeEnd(index, ours.digest, ours.count))
                 while True:
                     msg = await ch.recv("verified", "manifest-request", "retry")
                     if msg["type"] != "manifest-request":

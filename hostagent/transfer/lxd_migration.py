@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hostagent.migration import manifest
+from hostagent.migration.messages import Accept
 from hostagent.migration.protocol import Channel, ProtocolError, require
 from hostagent.migration.tokens import Migration
 from hostagent.runtimes.base import ExportPlan
@@ -62,7 +63,7 @@ class LxdMigrationMethod(TransferMethod):
         received volume, and deleted if refused."""
         ch = target.channel
         target.progress(method=NAME, total_bytes=target.declared_size, volume=0, volumes=1)
-        await ch.send("accept", method=NAME, skip=[], features=[])
+        await ch.send_message(Accept(NAME))
         target.stage(NAME)
         moved = [0]
 

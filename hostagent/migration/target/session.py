@@ -22,6 +22,7 @@ import aiohttp
 from hostagent.datalink import client as datalink_client
 from hostagent.datalink import ktls
 from hostagent.migration import policy
+from hostagent.migration.messages import Accept, Header
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, Channel
 from hostagent.migration.target.connect import (
     CONNECT_TIMEOUT,
@@ -30,7 +31,6 @@ from hostagent.migration.target.connect import (
     client_context,
     connect_error,
 )
-from hostagent.migration.target.header import Header, parse_header
 from hostagent.migration.target.request import PullSpec, parse_pull
 from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import Operation
@@ -146,7 +146,7 @@ class TargetSession:
 
     async def _run(self) -> dict[str, Any]:
         agent, ch = self.agent, self.ch
-        header = self.header = parse_header(await ch.recv("header"))
+        header = self.header = Header.from_message(await ch.recv(Header.TYPE))
         config, self.privileged = await self._admit(header)
         existing = self._existing = await agent.blocking(
             agent.runtime.import_check, self.name, self.spec.refresh
@@ -201,13 +201,8 @@ class TargetSession:
         committed = False
         try:
             # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
-            await ch.send(
-                "accept",
-                method=method_name,
-                skip=skip,
-                features=sorted(features),
-                devices=privileged,
-                link=dial is not None,
+            await ch.send_message(
+                Accept(method_name, skip, features, devices=privileged, link=dial is not None)
             )
             files = await receiver.receive_all(skip, len(todo))
             self.stage("commit")

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.migration import manifest, policy
+from hostagent.migration.messages import Header, VolumeEnd
 from hostagent.migration.protocol import Channel, ProtocolError, require
-from hostagent.migration.target.header import Header
 from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer.base import ReceiveContext, TransferMethod
 from orchapi.errors import InternalError
@@ -144,11 +144,8 @@ class VolumeReceiver:
         """Compare the received volume's manifest with the source's; None asks for a repair pass."""
         self.session.stage("verify")
         ours = await self.agent.blocking(manifest.compute, received)
-        end = await self.ch.recv("volume-end")
-        if end.get("index") != index:
-            raise ProtocolError("migration protocol error: volume-end for another volume")
-        digest = require(end, "digest", str)
-        count = require(end, "count", int)
+        end = VolumeEnd.from_message(await self.ch.recv(VolumeEnd.TYPE), index)
+        digest, count = end.digest, end.count
         if digest == ours.digest:
             return ours
         if self.method.prefill and not final:
