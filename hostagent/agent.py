@@ -26,7 +26,7 @@ from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
 from hostagent.runtimes import RuntimeOptions, make_runtime
 from hostagent.runtimes.base import Runtime
-from hostagent.transfer.base import available_methods
+from hostagent.transfer.registry import available_methods
 from hostagent.trust import TrustStore
 from orchapi import certs, tlsconfig
 

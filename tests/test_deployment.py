@@ -335,7 +335,7 @@ def test_images_install_this_project(dockerfile: Dockerfile) -> None:
 
 
 def test_agent_image_has_the_tools_the_agent_runs(dockerfile: Dockerfile) -> None:
-    from hostagent.transfer.base import TOOLS
+    from hostagent.transfer.registry import TOOLS
 
     installed = set(BASE_PACKAGES)
     for run in dockerfile.instructions("agent", "RUN"):

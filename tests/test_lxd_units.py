@@ -10,7 +10,7 @@ from hostagent.lxd import idmap as lxd_idmap
 from hostagent.lxd.client import classify
 from hostagent.runtimes.base import import_config_native
 from hostagent.runtimes.idmap import IdMap
-from hostagent.transfer.base import negotiate
+from hostagent.transfer.registry import negotiate
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound
 from orchestrator.evacuation.runner import evacuate_policy
 

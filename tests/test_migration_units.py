@@ -17,6 +17,7 @@ from hostagent.migration import manifest, policy
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer import base as transfer_base
+from hostagent.transfer import registry as transfer_registry
 from hostagent.transfer.rsync import client_options, validate_server_argv
 from hostagent.transfer.tar import extract
 from orchapi.errors import BadRequest, Conflict, Forbidden, InsufficientStorage, NotFound
@@ -361,13 +362,13 @@ def test_tar_truncated_stream_and_full_disk(tmp_path):
 
 
 def test_negotiation_and_the_methods_environment_variable():
-    assert transfer_base.negotiate(["btrfs", "rsync", "tar"], ["btrfs", "rsync", "tar"]) == "btrfs"
-    assert transfer_base.negotiate(["btrfs", "rsync", "tar"], ["rsync", "tar"]) == "rsync"
-    assert transfer_base.negotiate(["btrfs", "rsync", "tar"], ["btrfs", "rsync"], refresh=True) == "rsync"
-    assert transfer_base.negotiate(["rsync", "tar"], ["tar"]) == "tar"
+    assert transfer_registry.negotiate(["btrfs", "rsync", "tar"], ["btrfs", "rsync", "tar"]) == "btrfs"
+    assert transfer_registry.negotiate(["btrfs", "rsync", "tar"], ["rsync", "tar"]) == "rsync"
+    assert transfer_registry.negotiate(["btrfs", "rsync", "tar"], ["btrfs", "rsync"], refresh=True) == "rsync"
+    assert transfer_registry.negotiate(["rsync", "tar"], ["tar"]) == "tar"
     with pytest.raises(Conflict, match="no transfer method in common"):
-        transfer_base.negotiate(["btrfs"], ["tar"])
-    available = transfer_base.available_methods
+        transfer_registry.negotiate(["btrfs"], ["tar"])
+    available = transfer_registry.available_methods
     assert available(("rsync", "tar"), env={}) == ("rsync", "tar")
     assert available(("btrfs", "rsync", "tar"), env={"ORCH_AGENT_TRANSFER_METHODS": "tar"}) == ("tar",)
     with pytest.raises(ValueError, match="unknown"):

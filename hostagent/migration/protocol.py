@@ -21,7 +21,9 @@ Conversation (S = source, T = target)::
       T: verified    {index}     or    T: manifest-request {index}  ->  S: manifest {lines}... manifest-end
     T: done        {}                                (committed)
 
-Either side may send ``{"type": "error", "message", "status"}`` at any time and close. Memory stays flat:
+The header, accept and volume-end messages are typed, one definition for both sides
+(hostagent/migration/messages.py). Either side may send ``{"type": "error", "message", "status"}`` at any
+time and close. Memory stays flat:
 the websocket reader writes each frame to the local process and waits for the pipe to drain before it
 reads the next one, and senders wait for the websocket to drain.
 """
@@ -113,6 +115,10 @@ class Channel:
     # -- sending --------------------------------------------------------------------------------------
     async def send(self, kind: str, **fields: Any) -> None:
         await self.ws.send_str(json.dumps({"type": kind, **fields}))
+
+    async def send_message(self, message: Any) -> None:
+        """Send a typed message (hostagent/migration/messages.py: anything with ``to_message()``)."""
+        await self.ws.send_str(json.dumps(message.to_message()))
 
     async def send_data(self, data: bytes) -> None:
         self.ws_sent += len(data)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.migration import manifest
-from hostagent.migration.protocol import MANIFEST_CHUNK, PROTOCOL_VERSION, Channel, ProtocolError, require
+from hostagent.migration.messages import Accept, DeclaredVolume, Header, VolumeEnd
+from hostagent.migration.protocol import MANIFEST_CHUNK, Channel, ProtocolError
 from hostagent.migration.tokens import Migration
-from hostagent.transfer import lxd_migration
-from hostagent.transfer.base import SendContext, TransferMethod, probe_features
+from hostagent.runtimes.base import ExportPlan
+from hostagent.transfer.base import SendContext, SendPreparation, TransferMethod, probe_features
 from hostagent.transfer.registry import get_method
 from orchapi.errors import BadRequest, Conflict, OrchError
 
@@ -25,18 +26,27 @@ log = logging.getLogger(__name__)
 
 
 class SourceSession:
+    """One migration served to the target that connected; the :class:`~hostagent.transfer.sides.SourceSide`
+    the negotiated method sends through."""
+
     def __init__(self, agent: Any, migration: Migration, ws: Any) -> None:
         self.agent = agent
         self.migration = migration
         self.ws = ws
+        self.channel = Channel(ws, "target")
+        self.plan: ExportPlan | None = None
+        #: the target's accept
+        self.accept = Accept("")
+        #: the source's features (xattrs, acls)
+        self.features: frozenset[str] = frozenset()
+        #: what the method made to send the volumes (released on the way out)
+        self._prepared: SendPreparation | None = None
 
     async def run(self) -> None:
-        agent, m = self.agent, self.migration
-        ch = Channel(self.ws, "target")
-        scratch: Path | None = None
+        agent, m, ch = self.agent, self.migration, self.channel
         try:
             async with agent.container_lock(m.container):
-                plan = await agent.blocking(
+                plan = self.plan = await agent.blocking(
                     agent.runtime.export_plan, m.container, m.snapshot, m.instance_only
                 )
                 if [s.name for s in plan.snapshots] != m.snapshots:
@@ -44,95 +54,17 @@ class SourceSession:
                         f"the snapshots of container {m.container} changed since the migration was issued",
                         "issue a new migration",
                     )
-                features = probe_features(agent.data_dir)
+                features = self.features = probe_features(agent.data_dir)
                 sizes = await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes])
-                await ch.send(
-                    "header",
-                    protocol=PROTOCOL_VERSION,
-                    container={
-                        "name": plan.name,
-                        "created_at": plan.created_at,
-                        "base_image": plan.base_image,
-                        "architecture": plan.architecture,
-                        "config": plan.config,
-                        "init": plan.init,
-                    },
-                    snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
-                    volumes=[
-                        {"snapshot": v.snapshot, "size": n, "entries": e}
-                        for v, (n, e) in zip(plan.volumes, sizes, strict=True)
-                    ],
-                    methods=plan.methods(agent.transfer_methods),
-                    methods_reason=plan.only_reason,
-                    storage=agent.runtime.storage_name,
-                    base_image=plan.base_image,
-                    idmap=plan.idmap,
-                    layout=plan.layout,
-                    instance=plan.instance,
-                    size=sum(n for n, _ in sizes),
-                    features=sorted(features),
-                    # the data port the volumes' bytes may take instead of this websocket
-                    link={"port": agent.datalink.port} if agent.datalink is not None else None,
-                )
-                accept = await ch.recv("accept")
-                name = require(accept, "method", str)
-                if name not in plan.methods(agent.transfer_methods):
+                await ch.send_message(self._header(plan, sizes, features))
+                accept = self.accept = Accept.from_message(await ch.recv(Accept.TYPE))
+                if accept.method not in plan.methods(agent.transfer_methods):
                     raise BadRequest(
-                        f"the target chose transfer method {name!r}, which this agent does not offer"
+                        f"the target chose transfer method {accept.method!r}, which this agent does not offer"
                     )
-                skip = accept.get("skip") or []
-                if not isinstance(skip, list) or not set(skip) <= set(m.snapshots):
+                if not set(accept.skip) <= set(m.snapshots):
                     raise ProtocolError("migration protocol error: the target skips unknown snapshots")
-                if name == lxd_migration.NAME:
-                    await lxd_migration.send(agent, ch, m, plan)
-                    log.info("migration %s: %s handed to LXD's own migration", m.id, m.container)
-                    return
-                common = features & frozenset(x for x in accept.get("features") or [] if isinstance(x, str))
-                if accept.get("devices") is True:  # the target takes device nodes (privileged only)
-                    common |= {"devices"}
-                make_offer = None
-                if accept.get("link") is True and agent.datalink is not None:
-                    listener = agent.datalink
-
-                    def make_offer() -> Any:
-                        return listener.offer(m.target_certificate)
-
-                method = get_method(name)
-                volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]
-                if name == "btrfs":
-                    scratch = await agent.blocking(agent.runtime.export_scratch, m.container)
-                previous: Path | None = None
-                for index, volume in enumerate(volumes):
-                    path = volume.path
-                    if name == "btrfs":
-                        from hostagent.transfer.btrfs import readonly_subvolume
-
-                        path = volume.subvolume or volume.path
-                        if path.name != "rootfs" or not await agent.blocking(readonly_subvolume, path):
-                            # a temporary read-only snapshot, named like every volume ("rootfs"): the
-                            # target receives subvolumes under the name they were sent with
-                            assert scratch is not None
-                            path = scratch / str(index) / "rootfs"
-                            path.parent.mkdir(mode=0o700)
-                            await agent.blocking(
-                                agent.storage.snapshot_volume, volume.subvolume or volume.path, path
-                            )
-                    await ch.send("volume", index=index, snapshot=volume.snapshot)
-                    await self._send_volume(ch, method, index, path, previous, common, make_offer)
-                    previous = path
-                if scratch is not None:  # every volume is sent: drop the temporary snapshots now
-                    await agent.blocking(agent.runtime.export_scratch_remove, scratch)
-                    scratch = None
-                await ch.recv("done")
-                log.info(
-                    "migration %s: sent %s (%d volumes) by %s, %d bytes out, %d in",
-                    m.id,
-                    m.container,
-                    len(volumes),
-                    name,
-                    ch.bytes_sent,
-                    ch.bytes_received,
-                )
+                await get_method(accept.method).send_container(self)
         except BaseException as exc:
             log.warning(
                 "migration %s of %s failed: %s",
@@ -147,9 +79,72 @@ class SourceSession:
                 raise
         finally:
             await ch.close()
-            if scratch is not None:
+            if self._prepared is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(agent.blocking(agent.runtime.export_scratch_remove, scratch))
+                    await asyncio.shield(self._prepared.release())
+
+    def _header(self, plan: ExportPlan, sizes: list[tuple[int, int]], features: frozenset[str]) -> Header:
+        agent = self.agent
+        return Header(
+            container={
+                "created_at": plan.created_at,
+                "base_image": plan.base_image,
+                "architecture": plan.architecture,
+                "config": plan.config,
+                "init": plan.init,
+            },
+            snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
+            volumes=[DeclaredVolume(v.snapshot, n, e) for v, (n, e) in zip(plan.volumes, sizes, strict=True)],
+            methods=plan.methods(agent.transfer_methods),
+            base_image=plan.base_image,
+            idmap=plan.idmap,
+            size=sum(n for n, _ in sizes),
+            features=features,
+            layout=plan.layout,
+            instance=plan.instance,
+            methods_reason=plan.only_reason,
+            # the data port the volumes' bytes may take instead of this websocket
+            link_port=agent.datalink.port if agent.datalink is not None else None,
+            name=plan.name,
+            storage=agent.runtime.storage_name,
+        )
+
+    async def send_volumes(self, method: TransferMethod) -> None:
+        """Stream every volume the target did not skip through ``method`` (the streaming methods' way;
+        see :meth:`~hostagent.transfer.base.TransferMethod.send_container`)."""
+        agent, m, ch, plan, accept = self.agent, self.migration, self.channel, self.plan, self.accept
+        assert plan is not None
+        skip = accept.skip
+        common = self.features & accept.features
+        if accept.devices:  # the target takes device nodes (privileged only)
+            common |= {"devices"}
+        make_offer = None
+        if accept.link and agent.datalink is not None:
+            listener = agent.datalink
+
+            def make_offer() -> Any:
+                return listener.offer(m.target_certificate)
+
+        volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]
+        prepared = self._prepared = await method.prepare_send(agent, m.container)
+        previous: Path | None = None
+        for index, volume in enumerate(volumes):
+            path = await prepared.path(index, volume)
+            await ch.send("volume", index=index, snapshot=volume.snapshot)
+            await self._send_volume(ch, method, index, path, previous, common, make_offer)
+            previous = path
+        # every volume is sent: drop what was made to send them (temporary snapshots) now
+        await prepared.release()
+        await ch.recv("done")
+        log.info(
+            "migration %s: sent %s (%d volumes) by %s, %d bytes out, %d in",
+            m.id,
+            m.container,
+            len(volumes),
+            method.name,
+            ch.bytes_sent,
+            ch.bytes_received,
+        )
 
     async def _send_volume(
         self,
@@ -169,7 +164,7 @@ class SourceSession:
             while True:
                 await method.send(SendContext(ch, path, previous, features, checksum, make_offer))
                 ours = await computing
-                await ch.send("volume-end", index=index, digest=ours.digest, count=ours.count)
+                await ch.send_message(VolumeEnd(index, ours.digest, ours.count))
                 while True:
                     msg = await ch.recv("verified", "manifest-request", "retry")
                     if msg["type"] != "manifest-request":

@@ -1,17 +1,24 @@
-"""The transfer method interface, the choice of a method, and the plumbing every method shares.
+"""The transfer method interface and the plumbing every method shares.
 
-A method moves one volume at a time between a local process on each side (or one on the source and one on
-the target) whose stdin/stdout the agents relay over the migration websocket:
+A method is everything orch knows about one way of moving a container's volumes: the facts negotiation
+needs (:attr:`~TransferMethod.rank`, :attr:`~TransferMethod.tool`, :attr:`~TransferMethod.refreshes`,
+:attr:`~TransferMethod.same_layout`), and the hooks both sessions call instead of asking for a method by
+name. Most methods stream one volume at a time between a local process on each side, whose stdin/stdout
+the agents relay over the migration websocket (or a data link):
 
-- the source calls :meth:`TransferMethod.send` with the local volume to send (and the previously sent one,
-  for incremental methods);
-- the target calls :meth:`TransferMethod.receive` with the place to receive into (for pre-filling methods
-  already holding a copy of the closest volume it has, so only the difference travels).
+- the source calls :meth:`TransferMethod.send` with the local volume to send (as
+  :meth:`~TransferMethod.prepare_send` made it sendable, and the previously sent one, for incremental
+  methods);
+- the target calls :meth:`TransferMethod.receive` with the place to receive into (made by
+  :meth:`~TransferMethod.destination`: for pre-filling methods already holding a copy of the closest
+  volume it has, so only the difference travels).
 
-Which methods an agent offers follows from its storage (``btrfs`` only between btrfs agents), from the
-tools installed, and from ``ORCH_AGENT_TRANSFER_METHODS`` (comma-separated, read at agent start; e.g.
-``tar`` forces the fallback). The target picks the first of the source's methods it also supports, in the
-order btrfs > rsync > tar.
+A method that moves no stream (``lxd-migration``: LXD moves the data) overrides the session-level hooks
+instead, :meth:`~TransferMethod.send_container` and :meth:`~TransferMethod.receive_container`, whose
+defaults hand the session's volume loop back to the session (hostagent/transfer/sides.py).
+
+This module names no implementation: hostagent/transfer/registry.py is the one place that does, and
+derives the order of preference and the negotiation from the classes' facts.
 
 Every child runs in its own process group, so that cancelling a transfer kills it together with any
 processes it forked (rsync's generator/receiver pair, the rsh helper).
@@ -29,71 +36,24 @@ import shutil
 import signal
 import struct
 import tempfile
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hostagent.migration.protocol import CHUNK, Channel, pump
+from hostagent.runtimes.base import LAYOUT_ROOTFS, ExportVolume, ImportStaging
 from hostagent.runtimes.idmap import IdMap
-from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError
+from orchapi.errors import InsufficientStorage, InternalError
 
-METHODS_ENV = "ORCH_AGENT_TRANSFER_METHODS"
-#: every method, best first; ``lxd-migration`` (LXD moving the data itself, see lxd_migration.py) last:
-#: orch's own methods pre-fill from the image and verify every file, so they are the default
-PREFERENCE = ("btrfs", "rsync", "tar", "lxd-migration")
-#: the tool each streaming method needs on both agents
-TOOLS = {"btrfs": "btrfs", "rsync": "rsync", "tar": "tar"}
+if TYPE_CHECKING:
+    from hostagent.transfer.sides import SourceSide, TargetSide
+
 #: how much of a child's stderr is kept for error messages
 STDERR_TAIL = 8192
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1024 * 1024
 NO_SPACE = "no space left on device"
-
-
-def available_methods(storage_methods: Sequence[str], env: dict[str, str] | None = None) -> tuple[str, ...]:
-    """The methods this agent offers: its storage's, whose tools are installed, restricted by the env."""
-    env = os.environ if env is None else env
-    methods = [m for m in storage_methods if m in PREFERENCE and (m not in TOOLS or shutil.which(TOOLS[m]))]
-    raw = env.get(METHODS_ENV, "").strip()
-    if raw:
-        wanted = [m.strip() for m in raw.split(",") if m.strip()]
-        unknown = sorted(set(wanted) - set(PREFERENCE))
-        if unknown:
-            raise ValueError(f"{METHODS_ENV}: unknown transfer method(s) {', '.join(unknown)}")
-        methods = [m for m in methods if m in wanted]
-        if not methods:
-            raise ValueError(
-                f"{METHODS_ENV}={raw} leaves no transfer method this agent's storage supports "
-                f"({', '.join(storage_methods)})"
-            )
-    return tuple(methods)
-
-
-def negotiate(
-    source: Sequence[str], target: Sequence[str], refresh: bool = False, wanted: str | None = None
-) -> str:
-    """The method both sides support, btrfs > rsync > tar > lxd-migration, or the ``wanted`` one (the
-    user's ``--method``) if both support it; refreshes never use btrfs (see btrfs.py)."""
-    if wanted:
-        if wanted not in PREFERENCE:
-            raise BadRequest(f"unknown transfer method {wanted!r}", "use one of " + ", ".join(PREFERENCE))
-        if refresh and wanted == "btrfs":
-            raise BadRequest("a refresh cannot use btrfs send", "use rsync")
-        if wanted not in source or wanted not in target:
-            raise Conflict(
-                f"transfer method {wanted} is not available between these agents",
-                f"source offers {', '.join(source) or 'none'}, target supports {', '.join(target) or 'none'}",
-            )
-        return wanted
-    for method in PREFERENCE:
-        if method in source and method in target and not (refresh and method == "btrfs"):
-            return method
-    raise Conflict(
-        "the agents have no transfer method in common",
-        f"source offers {', '.join(source) or 'none'}, target supports {', '.join(target) or 'none'}",
-    )
 
 
 _features: dict[str, frozenset[str]] = {}
@@ -160,18 +120,94 @@ class ReceiveContext:
     link: Any = None
 
 
-class TransferMethod(ABC):
-    name: str = ""
-    #: whether the target should pre-fill each volume with the closest content it has
-    prefill: bool = False
+class SendPreparation:
+    """How the source makes each planned volume sendable by one method; this default sends them as they
+    are. :meth:`release` drops whatever was made for sending (called once all were sent, and again on
+    the way out, so it must be idempotent)."""
 
-    @abstractmethod
+    async def path(self, index: int, volume: ExportVolume) -> Path:
+        return volume.path
+
+    async def release(self) -> None:
+        return None
+
+
+class TransferMethod:
+    """One transfer method: its facts as class attributes, its two sides as methods.
+
+    A streaming method implements :meth:`send` and :meth:`receive`; a method that moves no stream sets
+    ``streams = False`` and implements :meth:`send_container` and :meth:`receive_container` (checked
+    when the class is defined, so a plug-in cannot half-implement the interface).
+    """
+
+    #: the name negotiated on the wire and given to ``--method``
+    name: ClassVar[str] = ""
+    #: the order of preference in negotiation: the lowest rank both agents support wins
+    rank: ClassVar[int] = 0
+    #: the executable both agents need for it (None: nothing to install)
+    tool: ClassVar[str | None] = None
+    #: whether it can update an existing copy (``--refresh``)
+    refreshes: ClassVar[bool] = True
+    #: whether its streams carry the runtime's whole volume, so both sides must lay volumes out alike
+    same_layout: ClassVar[bool] = False
+    #: whether the target should pre-fill each volume with the closest content it has (and a volume that
+    #: differs after the transfer gets one repair pass comparing contents)
+    prefill: ClassVar[bool] = False
+    #: whether it streams volumes through the agents at all (False: someone else moves the data)
+    streams: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.name:
+            return
+        needed = ("send", "receive") if cls.streams else ("send_container", "receive_container")
+        missing = [hook for hook in needed if getattr(cls, hook) is getattr(TransferMethod, hook)]
+        if missing:
+            raise TypeError(f"transfer method {cls.name} does not implement {', '.join(missing)}")
+
+    # -- the whole container (session-level hooks) ----------------------------------------------------
+    async def send_container(self, source: SourceSide) -> None:
+        """Source side, once the target accepted this method: by default every volume in turn."""
+        await source.send_volumes(self)
+
+    async def receive_container(self, target: TargetSide) -> dict[str, Any]:
+        """Target side, once the method is negotiated: by default every volume in turn; returns the
+        operation's result."""
+        return await target.receive_volumes(self)
+
+    # -- one volume (streaming methods) ---------------------------------------------------------------
+    async def prepare_send(self, agent: Any, container: str) -> SendPreparation:
+        """Source side, before the first volume: how each volume becomes sendable (as it is, here)."""
+        return SendPreparation()
+
+    def destination(
+        self,
+        runtime: Any,
+        staging: ImportStaging,
+        snapshot: str | None,
+        start: tuple[Path, dict[str, int] | None] | None,
+        image: str | None,
+        idmap: dict[str, int] | None,
+    ) -> Path:
+        """Target side, in a worker thread: the staging volume to receive ``snapshot`` into, pre-filled
+        from ``start`` (a volume and its id map) or the base ``image`` (given to pre-filling methods
+        only), else empty; its owners use ``idmap`` (the source's)."""
+        return runtime.import_prefill(
+            staging, snapshot, start[0] if start else None, start[1] if start else None, image, idmap
+        )
+
+    def tree(self, layout: str) -> str | None:
+        """The container's tree inside a received volume of the source's ``layout``: a stream of whole
+        volumes brings LXD's volume, the tree in its ``rootfs``; the others bring the tree itself."""
+        return "rootfs" if self.same_layout and layout != LAYOUT_ROOTFS else None
+
     async def send(self, ctx: SendContext) -> None:
         """Source side: stream ``ctx.path``; returns when the target's process has finished with it."""
+        raise InternalError(f"transfer method {self.name} streams no volumes")
 
-    @abstractmethod
     async def receive(self, ctx: ReceiveContext) -> Path:
         """Target side: receive one volume; returns the path of the received volume."""
+        raise InternalError(f"transfer method {self.name} streams no volumes")
 
 
 # -------------------------------------------------------------------------------------------- processes

@@ -20,13 +20,16 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
+from hostagent.runtimes.base import ExportVolume, ImportStaging
 from hostagent.storage.btrfs import is_subvolume
 from hostagent.transfer import link
 from hostagent.transfer.base import (
     Child,
     ReceiveContext,
     SendContext,
+    SendPreparation,
     TransferMethod,
     WriterSink,
     file_size_limit,
@@ -50,7 +53,28 @@ class _Discard:
 
 class BtrfsMethod(TransferMethod):
     name = "btrfs"
+    rank = 10  # the cheapest: incremental between snapshots, no file-by-file walk on either side
+    tool = "btrfs"
+    refreshes = False  # an incremental send needs a parent the target received from this source
+    same_layout = True  # a stream is a whole subvolume: an LXD volume holds more than the rootfs
     prefill = False
+
+    async def prepare_send(self, agent: Any, container: str) -> SendPreparation:
+        """Only read-only subvolumes can be sent: a scratch dir for the temporary snapshots of those that
+        are not."""
+        return _ReadOnlyVolumes(agent, await agent.blocking(agent.runtime.export_scratch, container))
+
+    def destination(
+        self,
+        runtime: Any,
+        staging: ImportStaging,
+        snapshot: str | None,
+        start: tuple[Path, dict[str, int] | None] | None,
+        image: str | None,
+        idmap: dict[str, int] | None,
+    ) -> Path:
+        """An empty directory: ``btrfs receive`` makes the subvolume in it (nothing to pre-fill)."""
+        return runtime.import_receive_dir(staging, snapshot)
 
     async def send(self, ctx: SendContext) -> None:
         ch = ctx.channel
@@ -122,6 +146,31 @@ class BtrfsMethod(TransferMethod):
         if entries != ["rootfs"] or os.path.islink(received) or not is_subvolume(received):
             raise InternalError(f"btrfs receive of {ctx.what} did not produce exactly one subvolume 'rootfs'")
         return received
+
+
+class _ReadOnlyVolumes(SendPreparation):
+    """Each volume as a read-only subvolume named ``rootfs``: itself if it is one, else a temporary
+    read-only snapshot in the export's scratch dir (the target receives subvolumes under the name they
+    were sent with)."""
+
+    def __init__(self, agent: Any, scratch: Path) -> None:
+        self.agent = agent
+        self.scratch: Path | None = scratch
+
+    async def path(self, index: int, volume: ExportVolume) -> Path:
+        agent = self.agent
+        path = volume.subvolume or volume.path
+        if path.name != "rootfs" or not await agent.blocking(readonly_subvolume, path):
+            assert self.scratch is not None
+            path = self.scratch / str(index) / "rootfs"
+            path.parent.mkdir(mode=0o700)
+            await agent.blocking(agent.storage.snapshot_volume, volume.subvolume or volume.path, path)
+        return path
+
+    async def release(self) -> None:
+        if self.scratch is not None:
+            await self.agent.blocking(self.agent.runtime.export_scratch_remove, self.scratch)
+            self.scratch = None
 
 
 def readonly_subvolume(path: Path) -> bool:

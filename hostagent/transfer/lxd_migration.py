@@ -1,8 +1,10 @@
 """``lxd-migration``: LXD moves the data itself, from the source LXD straight to the target LXD.
 
 Negotiated like any method (only LXD-backed agents offer it; it comes last, so ``--method lxd-migration``
-or an agent restricted to it picks it). The orch agents keep their roles — the token, the pinned
-certificates and the container lock are the same — but instead of volumes the source sends an *offer*:
+or an agent restricted to it picks it). It streams no volume, so :class:`LxdMigrationMethod` implements
+the session-level hooks of the interface (hostagent/transfer/base.py) instead of the per-volume ones. The
+orch agents keep their roles — the token, the pinned certificates and the container lock are the same —
+but instead of volumes the source sends an *offer*:
 
 - the source agent asks its LXD for a migration operation (``POST /1.0/instances/<name>`` with
   ``migration: true``), and passes on, over the authenticated websocket, the operation's URL on the
@@ -14,6 +16,9 @@ certificates and the container lock are the same — but instead of volumes the 
   by file, orch does, so a move deletes the source only after the same verification as with rsync. A
   copy that fails it is deleted on the target;
 - the target answers ``done`` (or the error), and the source cancels its LXD operation if anything failed.
+
+What LXD wrote is checked against the target's policy like any received volume (the target session's
+:meth:`~hostagent.transfer.sides.TargetSide.check_received`), and deleted if refused.
 
 The source LXD must listen on the network (``core.https_address``) where the target LXD can reach it.
 """
@@ -28,15 +33,68 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hostagent.migration import manifest
+from hostagent.migration.messages import Accept
 from hostagent.migration.protocol import Channel, ProtocolError, require
 from hostagent.migration.tokens import Migration
 from hostagent.runtimes.base import ExportPlan
+from hostagent.transfer.base import TransferMethod
+from hostagent.transfer.sides import SourceSide, TargetSide
 from orchapi import certs
 from orchapi.errors import BadRequest, InternalError
 
 log = logging.getLogger(__name__)
 
 NAME = "lxd-migration"
+
+
+class LxdMigrationMethod(TransferMethod):
+    name = NAME
+    rank = 90  # last: orch's own methods pre-fill from the image and verify every file as it arrives
+    tool = None  # the LXDs need nothing more than their HTTPS address
+    streams = False
+
+    async def send_container(self, source: SourceSide) -> None:
+        m = source.migration
+        await send(source.agent, source.channel, m, source.plan)
+        log.info("migration %s: %s handed to LXD's own migration", m.id, m.container)
+
+    async def receive_container(self, target: TargetSide) -> dict[str, Any]:
+        """The target's LXD pulls from the source's LXD; what it wrote is verified and checked like any
+        received volume, and deleted if refused."""
+        ch = target.channel
+        target.progress(method=NAME, total_bytes=target.declared_size, volume=0, volumes=1)
+        await ch.send_message(Accept(NAME))
+        target.stage(NAME)
+        moved = [0]
+
+        def progress(n: int) -> None:  # from the worker thread following LXD's operation
+            moved[0] = max(moved[0], n)
+            target.external_bytes = moved[0]
+
+        record = await receive(
+            target.agent,
+            ch,
+            target.name,
+            target.data,
+            target.refresh,
+            progress,
+            target.source_host,
+            target.check_received,
+        )
+        # LXD's last report may predate its last bytes; what it had to move is at least the volumes' size
+        target.external_bytes = max(moved[0], target.declared_size)
+        log.info("received container %s from %s by LXD's migration", target.name, target.source_where)
+        return {
+            "stage": "done",
+            "method": NAME,
+            "container": record.to_api(),
+            "verified": True,
+            "bytes_received": ch.bytes_received + target.external_bytes,
+            "bytes_sent": ch.bytes_sent,
+            "total_bytes": target.declared_size,
+            "volume": 1,
+            "volumes": 1,
+        }
 
 
 async def send(agent: Any, ch: Channel, migration: Migration, plan: ExportPlan) -> None:

@@ -205,6 +205,8 @@ async def _drain(reader: asyncio.StreamReader) -> None:
 
 class RsyncMethod(TransferMethod):
     name = "rsync"
+    rank = 20  # only the difference to the pre-filled copy travels
+    tool = "rsync"
     prefill = True
 
     async def send(self, ctx: SendContext) -> None:

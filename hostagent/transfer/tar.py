@@ -82,6 +82,8 @@ FAILED = "extracting on the target failed"
 
 class TarMethod(TransferMethod):
     name = "tar"
+    rank = 30  # the fallback: everything travels, every time
+    tool = "tar"
     prefill = False
 
     async def send(self, ctx: SendContext) -> None:

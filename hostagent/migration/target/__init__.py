@@ -3,7 +3,8 @@
 ``POST /1.0/images`` with ``{"source": {"type": "migration", ...}}`` (:mod:`.image`) and ``POST
 /1.0/containers`` with ``{"source": {"type": "migration", "mode": "pull", ...}}`` (:mod:`.session`) start
 operations that connect to the source agent over HTTPS with pinned certificates (:mod:`.connect`). The
-request's options are parsed in :mod:`.request`, the source's header in :mod:`.header`, and the volumes
+request's options are parsed in :mod:`.request`, the source's header by
+:class:`hostagent.migration.messages.Header`, and the volumes
 are received, verified and checked against this host's policy (hostagent/migration/policy.py) in
 :mod:`.volumes` before anything is committed.
 """

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from hostagent.transfer.base import PREFERENCE
+from hostagent.migration.messages import FINGERPRINT
+from hostagent.transfer.registry import PREFERENCE
 from orchapi import certs
 from orchapi.errors import BadRequest
 
 _OPERATION_PATH = re.compile(r"^/1\.0/migrations/[0-9a-fA-F-]{36}\Z")
-FINGERPRINT = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass

@@ -22,6 +22,7 @@ import aiohttp
 from hostagent.datalink import client as datalink_client
 from hostagent.datalink import ktls
 from hostagent.migration import policy
+from hostagent.migration.messages import Accept, Header
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, Channel
 from hostagent.migration.target.connect import (
     CONNECT_TIMEOUT,
@@ -30,14 +31,12 @@ from hostagent.migration.target.connect import (
     client_context,
     connect_error,
 )
-from hostagent.migration.target.header import Header, parse_header
 from hostagent.migration.target.request import PullSpec, parse_pull
 from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import Operation
 from hostagent.runtimes.base import ImportStaging
-from hostagent.transfer import lxd_migration
-from hostagent.transfer.base import negotiate, probe_features
-from hostagent.transfer.registry import get_method
+from hostagent.transfer.base import TransferMethod, probe_features
+from hostagent.transfer.registry import get_method, negotiate, usable_between
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, Unavailable
 
 log = logging.getLogger(__name__)
@@ -90,15 +89,31 @@ async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -
 
 
 class TargetSession:
+    """One container pull; the :class:`~hostagent.transfer.sides.TargetSide` the negotiated method
+    receives through."""
+
     def __init__(self, agent: Any, op: Operation, name: str, spec: PullSpec, ch: Channel) -> None:
         self.agent, self.op, self.name, self.spec, self.ch = agent, op, name, spec, ch
-        #: bytes LXD itself moved (the lxd-migration method), counted with the websocket's
-        self.lxd_bytes = 0
+        self.channel = ch
+        self.refresh = spec.refresh
+        self.source_where = spec.source.where
+        self.source_host = urlsplit(spec.source.url).hostname
+        #: bytes moved by something other than the channel (LXD, for lxd-migration), counted with its own
+        self.external_bytes = 0
+        # set once the header is admitted (see _run)
+        self.header: Header | None = None
+        self.data: dict[str, Any] = {}
+        self.declared_size = 0
+        self.privileged = False
+        self._existing: dict[str, Any] | None = None
 
     def _bytes(self) -> None:
         self.op.progress(
-            bytes_received=self.ch.bytes_received + self.lxd_bytes, bytes_sent=self.ch.bytes_sent
+            bytes_received=self.ch.bytes_received + self.external_bytes, bytes_sent=self.ch.bytes_sent
         )
+
+    def progress(self, **fields: Any) -> None:
+        self.op.progress(**fields)
 
     def stage(self, stage: str, **fields: Any) -> None:
         self.op.progress(stage=stage, **fields)
@@ -131,26 +146,41 @@ class TargetSession:
 
     async def _run(self) -> dict[str, Any]:
         agent, ch = self.agent, self.ch
-        header = parse_header(await ch.recv("header"))
-        config, privileged = await self._admit(header)
-        existing = await agent.blocking(agent.runtime.import_check, self.name, self.spec.refresh)
-        # btrfs streams carry whole volumes: only between runtimes that lay volumes out alike
-        usable = [m for m in agent.transfer_methods if m != "btrfs" or header.layout == agent.runtime.layout]
+        header = self.header = Header.from_message(await ch.recv(Header.TYPE))
+        config, self.privileged = await self._admit(header)
+        existing = self._existing = await agent.blocking(
+            agent.runtime.import_check, self.name, self.spec.refresh
+        )
+        usable = usable_between(agent.transfer_methods, layouts_alike=header.layout == agent.runtime.layout)
         try:
             method_name = negotiate(header.methods, usable, existing is not None, self.spec.method)
         except Conflict as exc:
             if header.methods_reason:  # the source said why it offers so few: that is the real cause
                 raise Conflict(f"{exc.message}: {header.methods_reason}", exc.hint) from None
             raise
-        data = {
+        self.data = {
             **header.container,
             "config": config,
             "snapshots": header.snapshots,
             "instance": header.instance,
         }
-        if method_name == lxd_migration.NAME:
-            return await self._lxd_migration(header, data, privileged)
-        method = get_method(method_name)
+        self.declared_size = header.size
+        return await get_method(method_name).receive_container(self)
+
+    def check_received(self, snapshot: str | None, received: Any) -> None:
+        """The host's policy for a volume a non-streaming method brought (its manifest), as declared."""
+        assert self.header is not None
+        idmap = policy.volume_idmap(self.header.idmap, self.privileged)
+        declared = {v[0]: policy.VolumeRules(idmap, v[1], v[2]) for v in self.header.volumes}
+        what = "rootfs" if snapshot is None else f"snapshot {snapshot}"
+        policy.check_received(received, declared[snapshot], what)
+
+    async def receive_volumes(self, method: TransferMethod) -> dict[str, Any]:
+        """Receive every volume through ``method`` into a staging dir, then commit (the streaming methods'
+        way; see :meth:`~hostagent.transfer.base.TransferMethod.receive_container`)."""
+        agent, ch, header, existing = self.agent, self.ch, self.header, self._existing
+        assert header is not None
+        method_name, data, privileged = method.name, self.data, self.privileged
         have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
         todo = [v for v in header.volumes if v[0] is None or v[0] not in skip]
@@ -167,17 +197,12 @@ class TargetSession:
             agent.runtime.import_begin, self.name, self.spec.refresh
         )
         dial = self._dialer(header)
-        receiver = VolumeReceiver(self, header, staging, method, method_name, features, privileged, dial)
+        receiver = VolumeReceiver(self, header, staging, method, features, privileged, dial)
         committed = False
         try:
             # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
-            await ch.send(
-                "accept",
-                method=method_name,
-                skip=skip,
-                features=sorted(features),
-                devices=privileged,
-                link=dial is not None,
+            await ch.send_message(
+                Accept(method_name, skip, features, devices=privileged, link=dial is not None)
             )
             files = await receiver.receive_all(skip, len(todo))
             self.stage("commit")
@@ -245,41 +270,3 @@ class TargetSession:
             return await agent.blocking(datalink_client.dial, host, port, token, ctx, ref.fingerprint)
 
         return dial
-
-    async def _lxd_migration(self, header: Header, data: dict[str, Any], privileged: bool) -> dict[str, Any]:
-        """The target's LXD pulls from the source's LXD (see hostagent/transfer/lxd_migration.py); what
-        it wrote is verified and checked like any received volume, and deleted if refused."""
-        self.op.progress(method=lxd_migration.NAME, total_bytes=header.size, volume=0, volumes=1)
-        await self.ch.send("accept", method=lxd_migration.NAME, skip=[], features=[])
-        self.stage("lxd-migration")
-        moved = [0]
-
-        def progress(n: int) -> None:  # from the worker thread following LXD's operation
-            moved[0] = max(moved[0], n)
-            self.lxd_bytes = moved[0]
-
-        idmap = policy.volume_idmap(header.idmap, privileged)
-        declared = {v[0]: policy.VolumeRules(idmap, v[1], v[2]) for v in header.volumes}
-
-        def check(snapshot: str | None, received: Any) -> None:
-            what = "rootfs" if snapshot is None else f"snapshot {snapshot}"
-            policy.check_received(received, declared[snapshot], what)
-
-        source_host = urlsplit(self.spec.source.url).hostname
-        record = await lxd_migration.receive(
-            self.agent, self.ch, self.name, data, self.spec.refresh, progress, source_host, check
-        )
-        # LXD's last report may predate its last bytes; what it had to move is at least the volumes' size
-        self.lxd_bytes = max(moved[0], header.size)
-        log.info("received container %s from %s by LXD's migration", self.name, self.spec.source.where)
-        return {
-            "stage": "done",
-            "method": lxd_migration.NAME,
-            "container": record.to_api(),
-            "verified": True,
-            "bytes_received": self.ch.bytes_received + self.lxd_bytes,
-            "bytes_sent": self.ch.bytes_sent,
-            "total_bytes": header.size,
-            "volume": 1,
-            "volumes": 1,
-        }

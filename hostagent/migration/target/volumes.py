@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.migration import manifest, policy
+from hostagent.migration.messages import Header, VolumeEnd
 from hostagent.migration.protocol import Channel, ProtocolError, require
-from hostagent.migration.target.header import Header
-from hostagent.runtimes.base import LAYOUT_ROOTFS, ImportStaging
+from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer.base import ReceiveContext, TransferMethod
 from orchapi.errors import InternalError
 
@@ -37,7 +37,6 @@ class VolumeReceiver:
         header: Header,
         staging: ImportStaging,
         method: TransferMethod,
-        method_name: str,
         features: frozenset[str],
         privileged: bool,
         dial: Any = None,
@@ -46,7 +45,7 @@ class VolumeReceiver:
         self.agent = session.agent
         self.ch: Channel = session.ch
         self.header, self.staging, self.method = header, staging, method
-        self.method_name, self.features = method_name, features
+        self.features = features
         #: dials the source's data-link offers (hostagent/transfer/link.py); None: the websocket only
         self.dial = dial
         #: the ids the volumes' files may have (None: a privileged container, anything goes)
@@ -91,10 +90,9 @@ class VolumeReceiver:
         base: tuple[Path, dict[str, int] | None] | None,
         existing_map: dict[str, int] | None,
     ) -> Path:
-        """The staging volume to receive into: pre-filled for rsync, empty for tar, a dir for btrfs."""
+        """The staging volume to receive into, as the method wants it (pre-filled for rsync, empty for
+        tar, a dir for btrfs)."""
         agent, staging, header = self.agent, self.staging, self.header
-        if self.method_name == "btrfs":
-            return await agent.blocking(agent.runtime.import_receive_dir, staging, snapshot)
         start = None
         image = None
         if self.method.prefill:
@@ -105,21 +103,14 @@ class VolumeReceiver:
             if start is None:
                 image = self.session.spec.base_image or header.base_image or None
         return await agent.blocking(
-            agent.runtime.import_prefill,
-            staging,
-            snapshot,
-            start[0] if start else None,
-            start[1] if start else None,
-            image,
-            header.idmap,
+            self.method.destination, agent.runtime, staging, snapshot, start, image, header.idmap
         )
 
     async def _receive_verified(
         self, index: int, what: str, label: str, dest: Path, rules: policy.VolumeRules
     ) -> tuple[Path, manifest.Manifest]:
         """Receive, verify (with one repair pass for pre-filling methods) and check one volume."""
-        lxd_volume = self.method_name == "btrfs" and self.header.layout != LAYOUT_ROOTFS
-        tree = "rootfs" if lxd_volume else None
+        tree = self.method.tree(self.header.layout)
         ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance, tree, self.dial)
         received = await self._receive(ctx, rules)
         ours = await self._verify(index, what, received)
@@ -153,11 +144,8 @@ class VolumeReceiver:
         """Compare the received volume's manifest with the source's; None asks for a repair pass."""
         self.session.stage("verify")
         ours = await self.agent.blocking(manifest.compute, received)
-        end = await self.ch.recv("volume-end")
-        if end.get("index") != index:
-            raise ProtocolError("migration protocol error: volume-end for another volume")
-        digest = require(end, "digest", str)
-        count = require(end, "count", int)
+        end = VolumeEnd.from_message(await self.ch.recv(VolumeEnd.TYPE), index)
+        digest, count = end.digest, end.count
         if digest == ours.digest:
             return ours
         if self.method.prefill and not final:
