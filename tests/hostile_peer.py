@@ -195,7 +195,7 @@ def header(volumes: list[dict[str, Any]], **over: Any) -> dict[str, Any]:
 
 def declared(path: Path) -> dict[str, Any]:
     """The honest declaration of a volume: its size on disk and its entries."""
-    size, entries = StorageDriver.usage(path)
+    size, entries, _sparse = StorageDriver.usage(path)
     return {"snapshot": None, "size": size, "entries": entries}
 
 

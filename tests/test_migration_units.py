@@ -16,6 +16,7 @@ from hostagent import filecaps
 from hostagent.migration import manifest, policy
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.runtimes.idmap import IdMap
+from hostagent.storage.base import StorageDriver
 from hostagent.transfer import base as transfer_base
 from hostagent.transfer import registry as transfer_registry
 from hostagent.transfer.rsync import client_options, validate_server_argv
@@ -90,6 +91,8 @@ def test_the_real_server_command_line_is_accepted_with_our_own_destination(tmp_p
     assert "--checksum" in validate_server_argv(with_checksum, tmp_path)
     options = ["-aHS", "--numeric-ids", "--delete", "-X", "-A"]
     assert client_options(frozenset({"xattrs", "acls", "devices"})) == options
+    # a volume without holes is sent without --sparse (the receiver would scan every block for zeros)
+    assert client_options(frozenset({"devices"}), sparse=False) == ["-aH", "--numeric-ids", "--delete"]
     assert "-X" not in client_options(frozenset())
     # an unprivileged target takes no device nodes: the client leaves them out, the server refuses -D
     assert "--no-devices" in client_options(frozenset({"xattrs"}))
@@ -379,3 +382,17 @@ def test_negotiation_and_the_methods_environment_variable():
 
 def test_feature_probe(tmp_path: Path):
     assert transfer_base.probe_features(tmp_path) <= {"xattrs", "acls"}
+
+
+def test_usage_tells_whether_a_volume_has_holes(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "dense").write_bytes(os.urandom(256 * 1024))
+    (tmp_path / "link").symlink_to("dir/dense")
+    dense = StorageDriver.usage(tmp_path)
+    assert dense.sparse is False and dense.entries == 4 and dense.bytes >= 256 * 1024
+    with open(tmp_path / "dir" / "holes", "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+        fh.seek(32 * 1024 * 1024)
+        fh.write(b"x" * 4096)
+    holes = StorageDriver.usage(tmp_path)
+    assert holes.sparse is True and holes.bytes < dense.bytes + 1024 * 1024

@@ -51,7 +51,7 @@ async def create_migration(request: web.Request) -> web.Response:
         raise BadRequest("instance_only must be true or false")
     ttl = body.get("ttl", DEFAULT_TTL)
     plan = await agent.blocking(agent.runtime.export_plan, name, snapshot, instance_only)
-    size = sum(n for n, _ in await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes]))
+    size = sum(u.bytes for u in await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes]))
     image_available = bool(plan.base_image) and await agent.blocking(has_image, agent.images, plan.base_image)
     migration, tokens = agent.migrations.issue(
         name,

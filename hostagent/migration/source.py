@@ -18,6 +18,7 @@ from hostagent.migration.messages import Accept, DeclaredVolume, Header, VolumeE
 from hostagent.migration.protocol import MANIFEST_CHUNK, Channel, ProtocolError
 from hostagent.migration.tokens import Migration
 from hostagent.runtimes.base import ExportPlan
+from hostagent.storage.base import VolumeUsage
 from hostagent.transfer.base import SendContext, SendPreparation, TransferMethod, probe_features
 from hostagent.transfer.registry import get_method
 from orchapi.errors import BadRequest, Conflict, OrchError
@@ -41,6 +42,8 @@ class SourceSession:
         self.features: frozenset[str] = frozenset()
         #: what the method made to send the volumes (released on the way out)
         self._prepared: SendPreparation | None = None
+        #: whether each planned volume (by path) has files with holes
+        self.sparse: dict[Path, bool] = {}
 
     async def run(self) -> None:
         agent, m, ch = self.agent, self.migration, self.channel
@@ -56,6 +59,7 @@ class SourceSession:
                     )
                 features = self.features = probe_features(agent.data_dir)
                 sizes = await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes])
+                self.sparse = {v.path: u.sparse for v, u in zip(plan.volumes, sizes, strict=True)}
                 await ch.send_message(self._header(plan, sizes, features))
                 accept = self.accept = Accept.from_message(await ch.recv(Accept.TYPE))
                 if accept.method not in plan.methods(agent.transfer_methods):
@@ -83,7 +87,7 @@ class SourceSession:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._prepared.release())
 
-    def _header(self, plan: ExportPlan, sizes: list[tuple[int, int]], features: frozenset[str]) -> Header:
+    def _header(self, plan: ExportPlan, sizes: list[VolumeUsage], features: frozenset[str]) -> Header:
         agent = self.agent
         return Header(
             container={
@@ -94,11 +98,14 @@ class SourceSession:
                 "init": plan.init,
             },
             snapshots=[{"name": s.name, "created_at": s.created_at} for s in plan.snapshots],
-            volumes=[DeclaredVolume(v.snapshot, n, e) for v, (n, e) in zip(plan.volumes, sizes, strict=True)],
+            volumes=[
+                DeclaredVolume(v.snapshot, u.bytes, u.entries)
+                for v, u in zip(plan.volumes, sizes, strict=True)
+            ],
             methods=plan.methods(agent.transfer_methods),
             base_image=plan.base_image,
             idmap=plan.idmap,
-            size=sum(n for n, _ in sizes),
+            size=sum(u.bytes for u in sizes),
             features=features,
             layout=plan.layout,
             instance=plan.instance,
@@ -131,7 +138,8 @@ class SourceSession:
         for index, volume in enumerate(volumes):
             path = await prepared.path(index, volume)
             await ch.send("volume", index=index, snapshot=volume.snapshot)
-            await self._send_volume(ch, method, index, path, previous, common, make_offer)
+            sparse = self.sparse.get(volume.path, True)
+            await self._send_volume(ch, method, index, path, previous, common, make_offer, sparse)
             previous = path
         # every volume is sent: drop what was made to send them (temporary snapshots) now
         await prepared.release()
@@ -155,6 +163,7 @@ class SourceSession:
         previous: Path | None,
         features: frozenset[str],
         make_offer: Any = None,
+        sparse: bool = True,
     ) -> None:
         # the manifest is computed while the volume streams (the volume does not change: it is a stopped
         # container's, or a snapshot), by one hashing thread: the relay needs the rest of the CPU
@@ -162,7 +171,7 @@ class SourceSession:
         try:
             checksum = False
             while True:
-                await method.send(SendContext(ch, path, previous, features, checksum, make_offer))
+                await method.send(SendContext(ch, path, previous, features, checksum, make_offer, sparse))
                 ours = await computing
                 await ch.send_message(VolumeEnd(index, ours.digest, ours.count))
                 while True:
@@ -184,12 +193,13 @@ class SourceSession:
                 computing.cancel()
 
 
-def volume_sizes(agent: Any, paths: list[Path]) -> list[tuple[int, int]]:
-    """(bytes on disk, entries) of each volume: the target receives at most that, plus a margin."""
+def volume_sizes(agent: Any, paths: list[Path]) -> list[VolumeUsage]:
+    """Bytes on disk and entries of each volume (the target receives at most that, plus a margin), and
+    whether it has sparse files."""
     out = []
     for path in paths:
         try:
             out.append(agent.storage.usage(path))
         except OSError:
-            out.append((0, 0))
+            out.append(VolumeUsage(0, 0, True))
     return out

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import NamedTuple
+
+
+class VolumeUsage(NamedTuple):
+    """A volume's size on disk (allocated blocks, hard links once), its entries, and whether a file in
+    it has holes (rsync then keeps them with ``--sparse``, which costs ~0.3 CPU-s per GiB when none
+    has)."""
+
+    bytes: int
+    entries: int
+    sparse: bool
 
 
 class StorageDriver(ABC):
@@ -56,13 +68,15 @@ class StorageDriver(ABC):
     @staticmethod
     def used_bytes(path: Path) -> int:
         """Bytes a tree uses on disk (allocated blocks, hard links counted once)."""
-        return StorageDriver.usage(path)[0]
+        return StorageDriver.usage(path).bytes
 
     @staticmethod
-    def usage(path: Path) -> tuple[int, int]:
-        """(bytes a tree uses on disk, its number of entries): what a migration declares of a volume."""
+    def usage(path: Path) -> VolumeUsage:
+        """What a migration declares of a volume (its bytes on disk and entries) and whether any of its
+        files has holes, in one walk."""
         seen: set[tuple[int, int]] = set()
         total = entries = 0
+        sparse = False
         for root, dirs, files in os.walk(path):
             for name in dirs + files:
                 entries += 1
@@ -72,7 +86,10 @@ class StorageDriver(ABC):
                     continue
                 seen.add(key)
                 total += st.st_blocks * 512
-        return total, entries + 1
+                # fewer blocks than bytes: holes (or compression/inline data, which are sent as if they
+                # were holes: harmless, only slower)
+                sparse = sparse or (stat.S_ISREG(st.st_mode) and st.st_blocks * 512 < st.st_size)
+        return VolumeUsage(total, entries + 1, sparse)
 
     @staticmethod
     def _remove_tree(path: Path) -> None:

@@ -100,6 +100,8 @@ class SendContext:
     checksum: bool = False  # a repair pass: compare contents, not size and mtime (rsync)
     #: makes a data-link offer for this volume (hostagent/transfer/link.py); None: the websocket only
     link: Any = None
+    #: whether a file of the volume has holes to keep (rsync's --sparse costs CPU where none has)
+    sparse: bool = True
 
 
 @dataclass
