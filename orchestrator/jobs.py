@@ -179,6 +179,18 @@ class JobStore:
     def step_done(self, job_id: str, step: str) -> bool:
         return bool(self.r.exists(f"{_key(job_id)}:done:{step}"))
 
+    def claim_chain(self, job_id: str, chain_id: str) -> bool:
+        """Whether the Celery chain ``chain_id`` (its root task id) runs this job: the first chain to ask
+        does, for good; any other is a duplicate hand-off (orchestrator/dispatch.py) and must stop."""
+        key = f"{_key(job_id)}:chain"
+        if self.r.set(key, chain_id, nx=True, ex=30 * 86400):
+            return True
+        owner = self.r.get(key)
+        return (owner.decode() if isinstance(owner, bytes) else owner) == chain_id
+
+    def chain_started(self, job_id: str) -> bool:
+        return bool(self.r.exists(f"{_key(job_id)}:chain"))
+
     def finish(self, job_id: str, status: str, error: str = "") -> None:
         ended = {"finished_at": now_iso(), "finished_ts": time.time()}
         self.update(job_id, status=status, error=error, stage="", **ended)

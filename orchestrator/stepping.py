@@ -1,6 +1,7 @@
 """What every step of a job's chain does around its own work.
 
-A step: loads its job; skips itself if it already completed (a redelivered or duplicated message); stops
+A step: loads its job; stops if another chain runs the job (a duplicated hand-off, see
+orchestrator/dispatch.py); skips itself if it already completed (a redelivered or duplicated message); stops
 if the job was cancelled or finished; records the current step and attempts; renews the job's container
 locks; runs; on a transient error (agent unreachable, 503, timeout) retries with exponential backoff and
 full jitter; on a permanent error, or when retries run out, rolls the job back and marks it failed. Only
@@ -44,6 +45,8 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
             job = ctx.jobs.get(job_id)
             if job.finished:
                 raise Ignore()
+            if not ctx.jobs.claim_chain(job_id, task.request.root_id or task.request.id):
+                raise Ignore()  # a second chain for this job (a hand-off delivered twice): only one runs
             if ctx.jobs.step_done(job_id, name):
                 raise Ignore()  # a duplicate of a completed step: its successor is already on its way
             if job.cancel_requested:

@@ -1,4 +1,7 @@
-"""Submitting copy and move jobs: validate, record the job, lock, send the chain to the workers.
+"""Submitting copy and move jobs: validate, record the job, lock, hand it to the workers.
+
+No Celery here: the workers start the job's chain (orchestrator/dispatch.py), so ``orch move`` imports
+and does no more than recording a job needs.
 
 The locks are taken here already (and again, idempotently, by verify_target), so a second job on the
 same container is refused at once with a clear error instead of failing later in a worker.
@@ -8,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import chain
-
 from orchapi.errors import BadRequest, Conflict, OrchError
+from orchestrator import dispatch
 from orchestrator.jobs import Job, JobStore
 from orchestrator.locks import ContainerLocks
 from orchestrator.redisserver import connect, redis_url
@@ -57,7 +59,7 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
         client.delete(f"orch:job:{job.id}")
         client.zrem("orch:jobs", job.id)
         raise
-    _signature(kind, job).apply_async()
+    dispatch.enqueue(client, job.id)  # a worker starts its chain (orchestrator/workers/dispatcher.py)
     return job
 
 
@@ -71,20 +73,3 @@ def _host(remote: str) -> str:
         return identify(ClientConfig(), remote)
     except OrchError:
         return remote
-
-
-def _signature(kind: str, job: Job):  # type: ignore[no-untyped-def]
-    from orchestrator.tasks.delete_source import delete_source
-    from orchestrator.tasks.issue_token import issue_token
-    from orchestrator.tasks.pull_image import pull_image
-    from orchestrator.tasks.rename import rename
-    from orchestrator.tasks.transfer_delta import transfer_delta
-    from orchestrator.tasks.verify_target import verify_target
-
-    label = job.label
-    if kind == "rename":
-        return rename.si(job.id, label)
-    steps = [verify_target, issue_token, pull_image, transfer_delta]
-    if kind == "move":
-        steps.append(delete_source)
-    return chain(*(task.si(job.id, label) for task in steps))

@@ -11,6 +11,9 @@ import socket
 
 def run_worker(concurrency: int, loglevel: str, name: str | None, extra: list[str]) -> None:
     from orchestrator.celeryapp import app
+    from orchestrator.workers.dispatcher import DispatcherStep
+
+    app.steps["worker"].add(DispatcherStep)  # starts the chains of submitted jobs
 
     argv = [
         "worker",
