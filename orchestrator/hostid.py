@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from orchapi.errors import OrchError, Unavailable
 from orchestrator.clientconfig import ClientConfig
-from orchestrator.connect import connect
 
 #: how long a unix remote's reported fingerprint is reused (an agent behind a socket rarely changes,
 #: but a long-running worker must notice a re-created agent eventually)
@@ -60,6 +59,8 @@ def identify(config: ClientConfig, remote: str, timeout: float = 10.0) -> str:
         cached = _unix_cache.get(path)
     if cached and now - cached[0] < UNIX_TTL:
         return cached[1]
+    from orchestrator.connect import connect  # only here: an HTTPS remote's identity needs no request
+
     client = connect(config, remote, timeout=timeout)
     try:
         reported = client.get("/1.0").get("environment", {}).get("certificate_fingerprint")

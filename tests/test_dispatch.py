@@ -46,12 +46,13 @@ def names(orch_env, remote: str) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_the_cli_submits_without_celery(remotes, orch_env, start_worker):  # type: ignore[no-untyped-def]
-    """`orch move` records the job and hands it off; neither Celery nor kombu is imported for it."""
+    """`orch move` records the job and hands it off: neither Celery nor kombu is imported for it, nor
+    requests (it asks no agent anything: verify_target does)."""
     code = (
         "import sys\n"
         "from orchestrator.cli.main import main\n"
         "main(['move', 'foo:c1', 'bar:', '--no-wait'])\n"
-        "print('celery loaded' if {m.split('.')[0] for m in sys.modules} & {'celery', 'kombu'} "
+        "print('celery loaded' if {m.split('.')[0] for m in sys.modules} & {'celery', 'kombu', 'requests'} "
         "else 'no celery')\n"
     )
     proc = subprocess.run(

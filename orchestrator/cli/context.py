@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from orchestrator.clientconfig import ClientConfig
-from orchestrator.connect import RemoteClient, connect
+
+if TYPE_CHECKING:
+    from orchestrator.connect import RemoteClient
 
 
 class Context:
@@ -21,6 +25,9 @@ class Context:
         return self._config
 
     def client(self, remote: str) -> RemoteClient:
+        # imported here: requests and the TLS client cost ~40 ms, and `orch move` talks to no agent
+        from orchestrator.connect import connect
+
         return connect(self.config, remote)
 
 

@@ -38,13 +38,8 @@ def _submit_and_follow(
 
     src = parse_container(source, ctx.config, allow_snapshot=(kind == "copy"))
     dst = _destination(ctx, src, target)
-    if kind == "move" and not options.get("stateless") and not (src.remote == dst.remote):
-        status = ctx.client(src.remote).get(f"/1.0/containers/{src.name}")["status"]
-        if status == "Running":
-            raise Conflict(
-                f"container {src} is running",
-                "stop it first, or use --stateless to stop, move and restart it",
-            )
+    # no request to any agent here (a running source, a missing target...): verify_target checks it all
+    # within milliseconds of the hand-off, and the job's one-line error says what to do
     job = submit(kind, src, dst, options)
     if not wait:
         click.echo(job.id)

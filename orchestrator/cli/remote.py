@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from orchapi import certs
-from orchapi.client import DEFAULT_PORT, AgentClient, fetch_server_certificate
 from orchapi.errors import BadRequest, Forbidden, OrchError
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option
 from orchestrator.clientconfig import Remote
+
+if TYPE_CHECKING:
+    from orchapi.client import AgentClient
 
 
 def normalize_addr(addr: str) -> str:
@@ -41,6 +44,8 @@ def normalize_addr(addr: str) -> str:
         has_port = ":" in rest
     if has_port and not rest.rsplit(":", 1)[1].isdigit():
         raise BadRequest(f"invalid port in {addr!r}")
+    from orchapi.client import DEFAULT_PORT
+
     return f"https://{rest}" if has_port else f"https://{rest}:{DEFAULT_PORT}"
 
 
@@ -57,6 +62,9 @@ def remote() -> None:
 @pass_ctx
 def remote_add(ctx: Context, name: str, addr: str, accept_certificate: bool, password: str | None) -> None:
     """Add an agent as remote NAME at ADDR (HOST[:PORT] or unix:///path/unix.socket)."""
+    # imported here, not at the top: the other commands of this module (and `orch move`) need no TLS client
+    from orchapi.client import AgentClient, fetch_server_certificate
+
     config = ctx.config
     url = normalize_addr(addr)
     config.add(Remote(name, url))  # validates the name and that it is free, before any network traffic
