@@ -8,7 +8,7 @@ import pytest
 
 from hostagent.lxd import idmap as lxd_idmap
 from hostagent.lxd.client import classify
-from hostagent.runtimes.base import import_config_native
+from hostagent.runtimes.config import import_config_native
 from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer.registry import negotiate
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound

@@ -28,9 +28,8 @@ from hostagent.runtimes.base import (
     ExecResult,
     Runtime,
     SnapshotRecord,
-    check_known_value,
-    string_config,
 )
+from hostagent.runtimes.config import check_known_value, string_config
 from hostagent.runtimes.idmap import IdMap
 from hostagent.storage.base import StorageDriver
 from hostagent.storage.btrfs import BtrfsDriver
