@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 
-from orchapi import certs
 from orchapi.errors import BadRequest, Conflict, NotFound
 from orchapi.names import check_remote_name
 
@@ -148,10 +147,14 @@ class ClientConfig:
                 f"no stored certificate for remote {remote} ({path})",
                 f"remove the remote and add it again: orch remote remove {remote}",
             )
+        from orchapi import certs  # here: cryptography costs every other command ~10 ms to import
+
         return certs.fingerprint_own_pem(path.read_bytes())
 
     def client_cert(self) -> tuple[Path, Path]:
         """The client's certificate and key, generated on first use."""
         crt, key = self.dir / "client.crt", self.dir / "client.key"
+        from orchapi import certs
+
         certs.ensure(crt, key, f"orch-client@{socket.gethostname()}")
         return crt, key

@@ -7,6 +7,7 @@ the traceback for developers).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -14,24 +15,58 @@ import traceback
 import click
 
 from orchapi.errors import OrchError
-from orchestrator.cli import config as config_cmds
-from orchestrator.cli import containers, hosts, images, jobs, monitor, remote
 from orchestrator.cli.context import Context
 
+#: every command: its name, the module of orchestrator.cli defining it, and its attribute there. A
+#: command's module is imported only when it runs (or for --help): `orch move` needs none of the
+#: container, image or host commands' imports. tests/test_cli_commands.py keeps this equal to the
+#: modules' own COMMANDS lists.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "remote": ("remote", "remote"),
+    "image": ("images", "image"),
+    "config": ("config", "config"),
+    **{
+        name: ("containers", attr)
+        for name, attr in (
+            ("launch", "launch"),
+            ("init", "init"),
+            ("list", "list_"),
+            ("info", "info"),
+            ("start", "start"),
+            ("stop", "stop"),
+            ("restart", "restart"),
+            ("snapshot", "snapshot"),
+            ("delete", "delete"),
+            ("exec", "exec_"),
+        )
+    },  # fmt: skip
+    **{name: ("jobs", name) for name in ("copy", "move", "jobs", "worker", "flower")},
+    "metrics": ("monitor", "metrics"),
+    **{name: ("hosts", name) for name in ("hosts", "cordon", "uncordon", "evacuate", "restore")},
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A command group that imports a command's module when the command is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module = importlib.import_module(f"orchestrator.cli.{where[0]}")
+        command: click.Command = getattr(module, where[1])
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="orch", prog_name="orch")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """orch: copy, move and run system containers across hosts."""
     ctx.obj = Context()
-
-
-cli.add_command(remote.remote)
-cli.add_command(images.image)
-cli.add_command(config_cmds.config)
-for command in containers.COMMANDS + jobs.COMMANDS + monitor.COMMANDS + hosts.COMMANDS:
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:
