@@ -31,14 +31,6 @@ def issue(ctx: StepContext, job: Job) -> None:
         "ttl": TOKEN_TTL,
     }
     migration = src.call("POST", f"/1.0/containers/{s['source_name']}/migration", json=body)
-    size, free = migration.get("size", 0), s.get("target_free")
-    if free is not None and not s.get("target_preexisted") and size > free:
-        # before any byte moves (the target refuses beyond its free space anyway, but later)
-        raise InsufficientStorage(
-            f"not enough space on {s['target_remote']}: {job.source} needs {size} bytes with its "
-            f"snapshots, {s['target_remote']} has {free} bytes free",
-            "free space on the target, or move without snapshots (--instance-only)",
-        )
     ctx.jobs.set_secrets(job.id, migration["secrets"])
     base_url = reachable_url(s["source_remote"], src)
     ctx.jobs.update_state(
@@ -51,6 +43,15 @@ def issue(ctx: StepContext, job: Job) -> None:
         size=migration.get("size", 0),
     )
     ctx.jobs.update(job.id, bytes_total=migration.get("size", 0))
+    size, free = migration.get("size", 0), s.get("target_free")
+    if free is not None and not s.get("target_preexisted") and size > free:
+        # before any byte moves (the target would refuse beyond its free space, but later); the migration
+        # is recorded already, so the rollback revokes its secrets
+        raise InsufficientStorage(
+            f"not enough space on {s['target_remote']}: {job.source} needs {size} bytes with its "
+            f"snapshots, {s['target_remote']} has {free} bytes free",
+            "free space on the target, or move without snapshots (--instance-only)",
+        )
 
 
 issue_token = app.task(bind=True, name="orch.issue_token", max_retries=None)(step("issue_token")(issue))
