@@ -18,6 +18,9 @@ import time
 
 import redis
 
+from orchestrator.jobs import CANCELLED, JobStore
+from orchestrator.locks import ContainerLocks, lock_targets
+
 #: job ids waiting for a worker to start their chain (pushed left, taken right: first come, first served)
 SUBMITTED = "orch:submitted"
 #: job ids a worker took and is starting the chain of
@@ -26,6 +29,8 @@ DISPATCHING = "orch:dispatching"
 TAKEN_AT = "orch:dispatching:since"
 #: seconds after which an id still on DISPATCHING counts as dropped by a dead worker
 STALE_AFTER = 30.0
+#: the chain claim of a job cancelled before any chain started: no chain may run it
+WITHDRAWN = "withdrawn"
 
 # put an id back where it came from, once, however many sweeps race for it
 _REQUEUE = """
@@ -75,3 +80,21 @@ def stale(client: redis.Redis, now: float | None = None, after: float = STALE_AF
 def requeue(client: redis.Redis, job_id: str) -> None:
     """Put a dropped id back at the head of the line (taken next)."""
     client.eval(_REQUEUE, 3, DISPATCHING, SUBMITTED, TAKEN_AT, job_id)
+
+
+def withdraw(client: redis.Redis, job_id: str) -> bool:
+    """Cancel a job whose chain has not started, at once: claim it for no chain (a chain published
+    meanwhile stops at its first step), release its locks and end it. False if a chain runs it already
+    (its steps then roll it back when they see the cancel)."""
+    jobs = JobStore(client)
+    if not jobs.claim_chain(job_id, WITHDRAWN):
+        return False
+    job = jobs.get(job_id)
+    locks = ContainerLocks(client)
+    for host, name, _label in lock_targets(job):
+        locks.release(job_id, host, name)
+    client.lrem(SUBMITTED, 0, job_id)
+    done(client, job_id)
+    if not job.finished:
+        jobs.finish(job_id, CANCELLED, "cancelled by the user before it started")
+    return True

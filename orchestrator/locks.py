@@ -8,9 +8,14 @@ compare-and-set scripts, so a job can never drop or extend another job's lock.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis
 
 from orchapi.errors import Conflict
+
+if TYPE_CHECKING:
+    from orchestrator.jobs import Job
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -76,3 +81,17 @@ class ContainerLocks:
 
     def release(self, job_id: str, remote: str, container: str) -> None:
         self._release(keys=[lock_key(remote, container)], args=[job_id])
+
+
+def lock_targets(job: Job) -> list[tuple[str, str, str]]:
+    """The containers a job locks, its source and its target: (host identity, name, label). Jobs
+    recorded before hosts had identities lock by remote name."""
+    s = job.state
+    return [
+        (
+            s.get(f"{side}_host") or s[f"{side}_remote"],
+            s[f"{side}_name"],
+            f"{s[f'{side}_remote']}:{s[f'{side}_name']}",
+        )
+        for side in ("source", "target")
+    ]

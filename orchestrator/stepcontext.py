@@ -15,7 +15,7 @@ from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import RemoteClient, connect
 from orchestrator.jobs import Job, JobStore
 from orchestrator.limits import Semaphores
-from orchestrator.locks import ContainerLocks
+from orchestrator.locks import ContainerLocks, lock_targets
 from orchestrator.redisserver import connect as redis_connect
 from orchestrator.redisserver import redis_url
 from orchestrator.settings import Settings
@@ -97,17 +97,3 @@ class StepContext:
         count = self.redis.incr(key)
         self.redis.expire(key, 86400)
         return int(count)
-
-
-def lock_targets(job: Job) -> list[tuple[str, str, str]]:
-    """The containers a job locks, its source and its target: (host identity, name, label). Jobs
-    recorded before hosts had identities lock by remote name."""
-    s = job.state
-    return [
-        (
-            s.get(f"{side}_host") or s[f"{side}_remote"],
-            s[f"{side}_name"],
-            f"{s[f'{side}_remote']}:{s[f'{side}_name']}",
-        )
-        for side in ("source", "target")
-    ]

@@ -98,3 +98,26 @@ def test_a_job_handed_off_twice_runs_once(remotes, orch_env, start_worker):  # t
         assert time.monotonic() < deadline, "a hand-off was left behind"
         time.sleep(0.1)
     assert worker.log_path.read_text().count("Task orch.transfer_delta[") >= 1
+
+
+def test_a_queued_job_is_cancelled_at_once_and_never_runs(remotes, orch_env, start_worker):  # type: ignore[no-untyped-def]
+    job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    started = time.monotonic()
+    proc = orch_env.run("jobs", "cancel", job_id, check=False)
+    assert proc.returncode == 0 and "cancelled (it had not started)" in proc.stdout, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 5  # no worker needed, no 120 s wait
+    record = wait_job(orch_env, job_id, timeout=1)
+    assert record["status"] == "cancelled" and record["steps_done"] == []
+    r = client(orch_env)
+    assert r.llen(dispatch.SUBMITTED) == 0
+    # its locks are gone: the same container can be moved at once, and the cancelled job never runs
+    again = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    dispatch.enqueue(r, job_id)  # even handed off again (a sweep, a stale copy), it does not start
+    start_worker("w1")
+    assert wait_job(orch_env, again)["status"] == "succeeded"
+    time.sleep(1)
+    record = wait_job(orch_env, job_id, timeout=1)
+    assert record["status"] == "cancelled" and record["steps_done"] == [] and record["attempts"] == 0
+    # cancelling it again, or a finished job, says so and fails
+    err = orch_env.fails("jobs", "cancel", job_id)
+    assert f"job {job_id} already cancelled" in err

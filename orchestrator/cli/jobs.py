@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from orchapi.errors import BadRequest, Conflict
+from orchapi.errors import BadRequest, Conflict, Unavailable
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option, human_size
 from orchestrator.refs import Ref, parse, parse_container
@@ -184,17 +184,35 @@ def jobs_show(job_id: str, fmt: str) -> None:
 @click.argument("job_id")
 @click.option("--wait/--no-wait", default=True, help="Wait until the job has rolled back.")
 def jobs_cancel(job_id: str, wait: bool) -> None:
-    """Cancel a job: its transfer stops and what it created is removed; the source is kept."""
+    """Cancel a job: its transfer stops and what it created is removed; the source is kept.
+
+    A job no worker has started is cancelled at once; a running one rolls back first (waited for unless
+    --no-wait). The exit status says whether the job ended cancelled."""
+    from orchestrator import dispatch
+    from orchestrator.jobs import CANCELLED, QUEUED
+
     store = _store()
     job = store.request_cancel(job_id)
     if job.finished:
         raise Conflict(f"job {job_id} already {job.status}")
+    if job.status == QUEUED and dispatch.withdraw(store.r, job_id):
+        click.echo(f"Job {job_id} cancelled (it had not started)")
+        return
     if not wait:
+        click.echo(f"Job {job_id}: cancel requested; `orch jobs show {job_id}` to follow")
         return
     deadline = time.monotonic() + 120
     while not (job := store.get(job_id)).finished and time.monotonic() < deadline:
-        time.sleep(0.2)
-    click.echo(f"Job {job_id} {job.status}" + (f": {job.error}" if job.error else ""))
+        store.wait_end(job_id, 1.0)
+    if job.status == CANCELLED:
+        click.echo(f"Job {job_id} cancelled" + (f": {job.error}" if job.error else ""))
+    elif job.finished:
+        raise Conflict(f"job {job_id} {job.status} before the cancel took effect")
+    else:
+        raise Unavailable(
+            f"job {job_id} has not stopped yet (its cancel is requested)",
+            f"follow it: orch jobs show {job_id}",
+        )
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
