@@ -322,6 +322,15 @@ class Child:
         return InternalError(f"{self.what} failed: {detail}")
 
 
+async def check_sent(ch: Channel, child: Child, rc: int, what: str, peer_failed: str) -> None:
+    """After a sending child exited with ``rc``: its failure, else the target's (its ``exit`` message)."""
+    if rc != 0:
+        raise InternalError(f"{what} failed: {child.last_error_line() or f'exit status {rc}'}")
+    done = await ch.recv("exit")
+    if done.get("code") != 0:
+        raise InternalError(f"{peer_failed}: {done.get('message') or done.get('code')}")
+
+
 async def relay_child_stdout(ch: Channel, child: Child, what: str, peer_failed: str) -> None:
     """Stream a sending child's stdout to the peer, then check the child's and the peer's exit status.
 
@@ -332,11 +341,7 @@ async def relay_child_stdout(ch: Channel, child: Child, what: str, peer_failed: 
     pumping = asyncio.ensure_future(pump(child.proc.stdout.read, ch))
     try:
         _, rc = await asyncio.gather(pumping, child.wait())
-        if rc != 0:
-            raise InternalError(f"{what} failed: {child.last_error_line() or f'exit status {rc}'}")
-        done = await ch.recv("exit")
-        if done.get("code") != 0:
-            raise InternalError(f"{peer_failed}: {done.get('message') or done.get('code')}")
+        await check_sent(ch, child, rc, what, peer_failed)
     finally:
         if not pumping.done():
             pumping.cancel()

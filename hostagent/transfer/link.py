@@ -24,8 +24,8 @@ from typing import Any
 
 from hostagent.datalink.relay import LOCAL, PEER, Relay, RelayResult, close_connection, run_relay
 from hostagent.migration.protocol import Channel
-from hostagent.transfer.base import Child, grow_pipe
-from orchapi.errors import InternalError, OrchError
+from hostagent.transfer.base import Child, check_sent, grow_pipe
+from orchapi.errors import OrchError
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,7 @@ async def send_output(ch: Channel, sock: ssl.SSLSocket, argv: list[str], what: s
         relaying = asyncio.ensure_future(relay(Relay(sock, read_fd, None, what=what, until=LOCAL), ch))
         read_fd = None  # the relay's now
         rc, _ = await asyncio.gather(child.wait(), relaying)
-        if rc != 0:
-            raise InternalError(f"{what} failed: {child.last_error_line() or f'exit status {rc}'}")
-        done = await ch.recv("exit")
-        if done.get("code") != 0:
-            raise InternalError(f"{peer_failed}: {done.get('message') or done.get('code')}")
+        await check_sent(ch, child, rc, what, peer_failed)
     finally:
         await settle(relaying)
         if child is not None:
