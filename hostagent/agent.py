@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from hostagent.datalink import ktls
 from hostagent.datalink.listener import DataListener
 from hostagent.enrolment import Enrolment
+from hostagent.execsession.session import ExecSession
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
 from hostagent.runtimes import RuntimeOptions, make_runtime
@@ -64,6 +65,8 @@ class Agent:
         self.storage = self.runtime.storage
         self.images = self.runtime.images
         self.operations = OperationRegistry()
+        #: streaming execs whose websockets are open or awaited, by operation id
+        self.exec_sessions: dict[str, ExecSession] = {}
         #: migrations this agent issued as a source (in memory: a restart invalidates their tokens)
         self.migrations = MigrationRegistry()
         #: the storage's transfer methods whose tools exist, restricted by ORCH_AGENT_TRANSFER_METHODS

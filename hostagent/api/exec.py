@@ -1,7 +1,9 @@
-"""``/1.0/containers/<name>/exec``: run a command non-interactively and return its output.
+"""``/1.0/containers/<name>/exec``: run a command, streamed (LXD's exec) or collected.
 
-The output is returned base64-encoded in the finished operation's metadata, so binary output survives
-JSON; ``return`` is the command's exit status.
+With ``wait-for-websocket: true`` the command's streams (or terminal, ``interactive``) travel over
+websockets as they happen (hostagent/execsession/, protocol in orchapi/execapi.py). Without it the
+output is collected and returned base64-encoded in the finished operation's metadata, so binary output
+survives JSON; ``return`` is the command's exit status either way.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from aiohttp import web
 from hostagent.api.containers import container_name, resources
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import async_op, json_body
+from hostagent.execsession.base import ExecSpec
+from hostagent.execsession.session import ExecSession
 from hostagent.jsoninput import has_bad_chars
 from hostagent.operations import Operation
 from hostagent.runtimes.base import RUNNING
-from orchapi.errors import BadRequest, Conflict
+from orchapi.errors import BadRequest, Conflict, NotFound
+from orchapi.execapi import terminal_size
 
 routes = web.RouteTableDef()
 
@@ -77,13 +82,51 @@ def _parse(body: dict[str, Any]) -> tuple[list[str], dict[str, str], str, bytes 
     return command, env, cwd, stdin, timeout
 
 
+#: the largest uid/gid an exec may ask for (ids are 32-bit; (uid_t)-1 means "unchanged" to the kernel)
+MAX_ID = 2**32 - 2
+
+
+def _id(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise BadRequest(f"{key} must be a number between 0 and {MAX_ID}")
+    return value
+
+
+def _spec(body: dict[str, Any], command: list[str], env: dict[str, str], cwd: str) -> ExecSpec:
+    interactive = body.get("interactive", False)
+    if not isinstance(interactive, bool):
+        raise BadRequest("interactive must be true or false")
+    width, height = terminal_size(body.get("width", 0), body.get("height", 0))
+    return ExecSpec(command, env, cwd, _id(body, "user"), _id(body, "group"), interactive, width, height)
+
+
+def _remote_hint(request: web.Request) -> str:
+    """How the caller names this agent (the CLI says, so hints can name the remote too)."""
+    remote = request.headers.get("X-Orch-Remote", "")
+    return f"{remote}:" if remote and remote.isprintable() and ":" not in remote and len(remote) < 64 else ""
+
+
 @routes.post("/1.0/containers/{name}/exec")
 async def exec_command(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     name = container_name(request)
-    command, env, cwd, stdin, timeout = _parse(await json_body(request))
+    body = await json_body(request)
+    command, env, cwd, stdin, timeout = _parse(body)
+    websockets = body.get("wait-for-websocket", False)
+    if not isinstance(websockets, bool):
+        raise BadRequest("wait-for-websocket must be true or false")
     if (await agent.blocking(agent.runtime.get, name)).status != RUNNING:
-        raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
+        raise Conflict(
+            f"container {_remote_hint(request)}{name} is not running",
+            f"start it first: orch start {_remote_hint(request)}{name}",
+        )
+    if websockets:
+        return _streamed(request, name, _spec(body, command, env, cwd))
+    if body.get("interactive"):
+        raise BadRequest("an interactive exec needs wait-for-websocket: true")
 
     async def work(op: Operation) -> dict[str, Any]:
         result = await agent.blocking(agent.runtime.exec, name, command, env, cwd, stdin, timeout)
@@ -94,3 +137,38 @@ async def exec_command(request: web.Request) -> web.Response:
         }
 
     return async_op(agent.operations.start(f"Executing command in {name}", work, resources(name)))
+
+
+def _streamed(request: web.Request, name: str, spec: ExecSpec) -> web.Response:
+    """The LXD-style exec: an operation whose websockets carry the streams."""
+    agent = request.app[AGENT_KEY]
+    session = ExecSession(agent.runtime.exec_process(name, spec), spec.interactive)
+
+    async def work(op: Operation) -> dict[str, Any]:
+        try:
+            return await session.run()
+        finally:
+            agent.exec_sessions.pop(op.id, None)
+
+    op = agent.operations.start(f"Executing command in {name}", work, resources(name))
+    agent.exec_sessions[op.id] = session
+    op.metadata["fds"] = session.take_secrets()
+    response = async_op(op)
+    op.metadata.pop("fds")  # only the caller that created the exec learns the secrets
+    return response
+
+
+@routes.get("/1.0/operations/{id}/websocket")
+async def exec_websocket(request: web.Request) -> web.StreamResponse:
+    """One stream of an exec, opened with the secret the exec's creation returned."""
+    agent = request.app[AGENT_KEY]
+    session = agent.exec_sessions.get(request.match_info["id"])
+    if session is None:
+        raise NotFound(f"operation {request.match_info['id']} has no websockets waiting")
+    ws = web.WebSocketResponse(max_msg_size=1 << 20, compress=False, heartbeat=30)
+    if not ws.can_prepare(request).ok:  # before the secret is spent: a plain GET must not burn it
+        raise BadRequest("expected a websocket upgrade")
+    fd = session.redeem(request.query.get("secret", ""))
+    await ws.prepare(request)
+    await session.attach(fd, ws)
+    return ws

@@ -17,6 +17,7 @@ from hostagent.runtimes.config import import_config_native, validate_config
 from orchapi.errors import BadRequest
 
 if TYPE_CHECKING:
+    from hostagent.execsession.base import ExecProcess, ExecSpec
     from hostagent.storage.base import StorageDriver
 
 RUNNING = "Running"
@@ -358,6 +359,11 @@ class Runtime(MigrationHooks, ABC):
         timeout: float | None,
     ) -> ExecResult:
         """Run ``command`` inside a running container and collect its output."""
+
+    @abstractmethod
+    def exec_process(self, name: str, spec: ExecSpec) -> ExecProcess:
+        """A streaming exec of ``spec`` in running container ``name``, not started yet (the session
+        starts it once the client's websockets are connected)."""
 
     @abstractmethod
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:

@@ -122,7 +122,7 @@ def reap_children(pids: Iterable[int] | None = None) -> list[tuple[int, int]]:
     return reaped
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it, found through /proc (parents first)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -353,7 +353,7 @@ def _kill_exec(proc: subprocess.Popen[bytes], pid_file: str) -> None:
     except (OSError, ValueError):
         pid = 0
     if pid:
-        for p in _descendants(pid):
+        for p in descendants(pid):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,12 +1,8 @@
-"""Container commands: launch, init, list, info, start, stop, restart, snapshot, restore, delete, exec."""
+"""Container commands: launch, init, list, info, start, stop, restart, snapshot, restore, delete."""
 
 from __future__ import annotations
 
-import base64
-import os
 import secrets
-import stat
-import sys
 from typing import Any
 
 import click
@@ -230,41 +226,6 @@ def delete(ctx: Context, targets: tuple[str, ...], force: bool) -> None:
         client.run("DELETE", f"/1.0/containers/{ref.name}")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("target")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment variable for the command.")
-@click.option("--cwd", default="/root", show_default=True, help="Working directory inside the container.")
-@pass_ctx
-def exec_(ctx: Context, target: str, command: tuple[str, ...], env: tuple[str, ...], cwd: str) -> int:
-    """Run COMMAND in a container: orch exec [REMOTE:]NAME -- CMD [ARGS...]."""
-    ref = parse_container(target, ctx.config)
-    environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
-    environment.update(_parse_config(env))
-    body: dict[str, Any] = {"command": list(command), "environment": environment, "cwd": cwd}
-    data = _stdin_data()
-    if data is not None:
-        body["stdin"] = base64.b64encode(data).decode()
-    result = ctx.client(ref.remote).run("POST", f"/1.0/containers/{ref.name}/exec", json=body)
-    sys.stdout.buffer.write(base64.b64decode(result.get("stdout", "")))
-    sys.stdout.flush()
-    sys.stderr.buffer.write(base64.b64decode(result.get("stderr", "")))
-    sys.stderr.flush()
-    return int(result.get("return", 1))
-
-
-def _stdin_data() -> bytes | None:
-    """Forward stdin only when it is a pipe or a file (never block waiting on a terminal)."""
-    try:
-        mode = os.fstat(sys.stdin.fileno()).st_mode
-    except (OSError, ValueError, AttributeError):
-        return None
-    if stat.S_ISFIFO(mode) or stat.S_ISREG(mode):
-        return sys.stdin.buffer.read()
-    return None
-
-
-exec_.name = "exec"
 list_.name = "list"
 
-COMMANDS = [launch, init, list_, info, start, stop, restart, snapshot, delete, exec_]
+COMMANDS = [launch, init, list_, info, start, stop, restart, snapshot, delete]

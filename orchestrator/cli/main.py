@@ -37,9 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
             ("restart", "restart"),
             ("snapshot", "snapshot"),
             ("delete", "delete"),
-            ("exec", "exec_"),
         )
     },  # fmt: skip
+    "exec": ("execute", "exec_"),
     **{name: ("jobs", name) for name in ("copy", "move", "jobs", "worker", "flower")},
     "metrics": ("monitor", "metrics"),
     **{name: ("hosts", name) for name in ("hosts", "cordon", "uncordon", "evacuate", "restore")},

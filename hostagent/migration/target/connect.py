@@ -21,6 +21,7 @@ import aiohttp
 from hostagent.migration.target.request import SourceRef
 from orchapi import certs, tlsconfig
 from orchapi.errors import Forbidden, OrchError, Unavailable, error_for_status
+from orchapi.wsclient import PinnedConnector
 
 #: how long connecting (TCP, TLS, websocket upgrade) to the source may take
 CONNECT_TIMEOUT = 60
@@ -35,18 +36,6 @@ def client_context(agent: Any, source_pem: str) -> ssl.SSLContext:
     ctx.load_verify_locations(cadata=source_pem)
     ctx.load_cert_chain(str(agent.cert_path), str(agent.key_path))
     return ctx
-
-
-class PinnedConnector(aiohttp.TCPConnector):
-    """TLS with our context, and the peer certificate's SHA-256 checked right after the handshake, before
-    any request is written (aiohttp only offers that check together with an unverified context)."""
-
-    def __init__(self, ctx: ssl.SSLContext, fingerprint: str) -> None:
-        super().__init__(ssl=ctx, force_close=True, limit=4)
-        self._pin = aiohttp.Fingerprint(bytes.fromhex(fingerprint))
-
-    def _get_fingerprint(self, req: Any) -> aiohttp.Fingerprint:  # noqa: ARG002 - aiohttp's hook
-        return self._pin
 
 
 def check_peer(get_extra_info: Any, fingerprint: str) -> None:

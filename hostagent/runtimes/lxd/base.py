@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hostagent.execsession.base import ExecProcess, ExecSpec
+from hostagent.execsession.lxd import LxdExec
 from hostagent.images.lxd import LxdImageStore
 from hostagent.images.store import ImageStore
 from hostagent.lxd import exec as lxd_exec
@@ -225,6 +227,11 @@ class LxdBase(Runtime):
         timeout: float | None,
     ) -> ExecResult:
         return lxd_exec.run(self.client, name, command, env, cwd, stdin, timeout)
+
+    def exec_process(self, name: str, spec: ExecSpec) -> ExecProcess:
+        if self._instance(name).get("status") != RUNNING:
+            raise Conflict(f"container {name} is not running", "start it first")
+        return LxdExec(self.client, name, spec)
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
         inst = self._instance(name)

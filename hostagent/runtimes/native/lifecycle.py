@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hostagent.execsession.base import ExecProcess, ExecSpec
+from hostagent.execsession.runc import RuncExec
 from hostagent.jsonfile import write_json
 from hostagent.runtimes import modes
 from hostagent.runtimes.base import (
@@ -199,6 +201,12 @@ class Lifecycle(NativeBase):
             raise Conflict(f"container {name} is not running", "start it first")
         with self._named_errors(name):
             return self.runc.exec(self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout)
+
+    def exec_process(self, name: str, spec: ExecSpec) -> ExecProcess:
+        self._load(name)
+        if self._live(name)[0] != RUNNING:
+            raise Conflict(f"container {name} is not running", "start it first")
+        return RuncExec(self.runc, self.runc_id(name), spec)
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
         with self._locked(name):

@@ -1,0 +1,109 @@
+"""A streaming exec on an LXD host: LXD's own exec websockets, relayed.
+
+LXD speaks the same protocol the agent offers (orchapi/execapi.py is shaped after it), so the relay is
+frame for frame: the agent asks LXD for an exec with ``wait-for-websocket``, connects to each of LXD's
+websockets over LXD's unix socket, and passes data, resizes and signals through. LXD starts the command
+once they are all connected, which happens only after the client has connected all of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+
+from hostagent.execsession.base import ExecProcess, ExecSpec
+from hostagent.lxd.client import LxdClient, path_of
+from orchapi.errors import InternalError
+from orchapi.execapi import CONTROL, STDIN, Resize, Signal, fds_for
+
+#: LXD takes whole seconds to wait on an operation; a shell may stay open for days
+FOREVER = float(2**31)
+
+
+class LxdExec(ExecProcess):
+    """One LXD exec operation and the agent's connections to its websockets."""
+
+    def __init__(self, client: LxdClient, name: str, spec: ExecSpec) -> None:
+        self.client, self.name, self.spec = client, name, spec
+        self._doc: dict[str, Any] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: dict[str, aiohttp.ClientWebSocketResponse] = {}
+        self._status: asyncio.Future[dict[str, Any]] | None = None
+
+    def _body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "command": self.spec.command,
+            "environment": self.spec.environment,
+            "cwd": self.spec.cwd or "/",
+            "interactive": self.spec.interactive,
+            "wait-for-websocket": True,
+            "record-output": False,
+        }
+        if self.spec.interactive:
+            body.update(width=self.spec.width or 80, height=self.spec.height or 24)
+        if self.spec.user is not None:
+            body["user"] = self.spec.user
+        if self.spec.group is not None:
+            body["group"] = self.spec.group
+        return body
+
+    async def start(self) -> None:
+        path = path_of("instances", self.name, "exec")
+        self._doc = await asyncio.to_thread(self.client.request, "POST", path, json=self._body())
+        fds = ((self._doc.get("metadata") or {}).get("metadata") or {}).get("fds") or {}
+        op_path = str(self._doc.get("operation") or "")
+        if not op_path or any(fd not in fds for fd in fds_for(self.spec.interactive)):
+            raise InternalError("LXD's exec answered without the websockets it should offer")
+        self._http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.client.socket_path))
+        for fd in fds_for(self.spec.interactive):  # control first, as the lxc client does
+            url = f"http://lxd{op_path}/websocket?secret={fds[fd]}"
+            self._ws[fd] = await self._http.ws_connect(url, max_msg_size=1 << 20)
+        self._status = asyncio.ensure_future(asyncio.to_thread(self.client.wait, self._doc, FOREVER))
+
+    async def read(self, stream: str) -> bytes:
+        ws = self._ws[stream]
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                return msg.data  # an empty frame is LXD's end of stream, and ours
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR,
+                            aiohttp.WSMsgType.CLOSING):  # fmt: skip
+                return b""
+
+    async def write(self, data: bytes) -> None:
+        ws = self._ws[STDIN]
+        if ws.closed:
+            raise ConnectionError("LXD closed the command's input")
+        await ws.send_bytes(data)
+
+    async def close_stdin(self) -> None:
+        if not self.spec.interactive:
+            await self._ws[STDIN].close()
+
+    async def resize(self, width: int, height: int) -> None:
+        if width and height:
+            await self._ws[CONTROL].send_str(Resize(width, height).to_json())
+
+    async def signal(self, number: int) -> None:
+        await self._ws[CONTROL].send_str(Signal(number).to_json())
+
+    async def wait(self) -> int:
+        assert self._status is not None
+        result = await asyncio.shield(self._status)
+        return int(result.get("return", -1))
+
+    async def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.signal(9)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._status), 5)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        for ws in self._ws.values():
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._http is not None:
+            await self._http.close()
