@@ -440,3 +440,42 @@ def test_btrfs_native_and_btrfs_lxd_hosts_use_rsync_between_them(
     finally:
         foo.stop(kill_containers=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_an_lxd_shell_through_orch_exec_is_a_real_terminal(clean_lab, make_agent, orch):
+    """LXD's exec websockets relayed by the agent: prompt, resize, Ctrl-C, exit status, live output."""
+    import re
+
+    import pexpect
+
+    from tests.procs import ORCH
+
+    la = lxd_agent(make_agent, clean_lab, "a", "la")
+    orch.add_remote("la", la)
+    orch.run("launch", "la:bb", "la:sh1")
+    shell = pexpect.spawn(ORCH, ["exec", "la:sh1", "--", "sh"], env={**orch.env, "TERM": "xterm"},
+                          dimensions=(24, 80), timeout=30, encoding="utf-8")  # fmt: skip
+    prompt = re.compile(r"[#$] (\x1b\[6n)?")
+    shell.expect(prompt)
+    shell.sendline("stty size")
+    shell.expect("24 80")
+    shell.setwinsize(33, 101)
+    time.sleep(0.5)
+    shell.sendline("stty size")
+    shell.expect("33 101")
+    shell.sendline("sleep 300")
+    time.sleep(1)
+    shell.sendintr()
+    shell.expect(prompt)
+    shell.sendline("echo rc=$?")
+    shell.expect("rc=130")
+    shell.sendline("exit 5")
+    shell.expect(pexpect.EOF)
+    shell.close()
+    assert shell.exitstatus == 5
+    streamed = subprocess.Popen([ORCH, "exec", "la:sh1", "--", "sh", "-c", "echo a; sleep 3; echo b"],
+                                env=orch.env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert streamed.stdout is not None
+    started = time.monotonic()
+    assert streamed.stdout.readline() == b"a\n" and time.monotonic() - started < 2.5
+    assert streamed.stdout.readline() == b"b\n" and streamed.wait(10) == 0

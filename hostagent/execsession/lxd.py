@@ -21,6 +21,8 @@ from orchapi.execapi import CONTROL, STDIN, Resize, Signal, fds_for
 
 #: LXD takes whole seconds to wait on an operation; a shell may stay open for days
 FOREVER = float(2**31)
+#: how long output may still arrive after LXD reported the command's end
+DRAIN_AFTER_END = 0.5
 
 
 class LxdExec(ExecProcess):
@@ -64,14 +66,31 @@ class LxdExec(ExecProcess):
         self._status = asyncio.ensure_future(asyncio.to_thread(self.client.wait, self._doc, FOREVER))
 
     async def read(self, stream: str) -> bytes:
-        ws = self._ws[stream]
+        """LXD may keep a terminal's websocket open after the command ended (the lxc client stops at
+        the operation's end): once the operation is over, what is still coming gets a moment."""
+        assert self._status is not None
+        receiving = asyncio.ensure_future(self._receive(self._ws[stream]))
+        if not self._status.done():
+            await asyncio.wait({receiving, self._status}, return_when=asyncio.FIRST_COMPLETED)
+        if receiving.done():
+            return receiving.result()
+        try:
+            return await asyncio.wait_for(receiving, DRAIN_AFTER_END)
+        except TimeoutError:
+            return b""
+
+    @staticmethod
+    async def _receive(ws: aiohttp.ClientWebSocketResponse) -> bytes:
+        """The next chunk; at the stream's end (LXD sends an empty text or binary frame, or closes)
+        ``b""``, and our side closed, which LXD waits for before it ends the operation."""
         while True:
             msg = await ws.receive()
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                return msg.data  # an empty frame is LXD's end of stream, and ours
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR,
-                            aiohttp.WSMsgType.CLOSING):  # fmt: skip
-                return b""
+            if msg.type == aiohttp.WSMsgType.BINARY and msg.data:
+                return msg.data
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data:
+                continue  # no text is sent on data streams; ignored as the lxc client does
+            await ws.close()
+            return b""
 
     async def write(self, data: bytes) -> None:
         ws = self._ws[STDIN]
