@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchapi.errors import BadRequest, OrchError
+from orchapi.errors import BadRequest, Conflict, NotFound, OrchError
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option, human_size, table
 from orchestrator.refs import Ref, parse_remote
@@ -126,7 +126,7 @@ PLAN_HEADERS = [
 def evacuate(
     ctx: Context, source: str, to: str | None, parallel: int, per_host: int, action: str | None,
     plan_only: bool, allow_privileged: bool, yes: bool, fmt: str,
-) -> None:  # fmt: skip
+) -> int:  # fmt: skip
     """Drain SOURCE: (cordon it, move its containers away, restart on the targets what ran)."""
     from orchestrator.evacuation.placement import MIGRATE, STOP, plan
     from orchestrator.evacuation.runner import (
@@ -155,7 +155,7 @@ def evacuate(
     for reason in skipped:
         click.echo(f"Not a target: {reason}", err=True)
     if plan_only:
-        return
+        return 0
     if not yes:
         if not sys.stdin.isatty():
             raise BadRequest("refusing to evacuate without confirmation", "pass --yes")
@@ -172,21 +172,34 @@ def evacuate(
     jobs = _submit_evacuation_jobs(
         host, source_host.id, target_ids, placements, record, store, parallel, per_host, allow_privileged
     )
-    for p in placements:
-        if p.action == STOP and p.state == "RUNNING":
-            try:
-                ctx.client(host).run("PUT", f"/1.0/containers/{p.container}/state", json={"action": "stop"})
+    earlier = record.outcomes()  # a rerun: what an interrupted run stopped must still be restarted
+    try:
+        for p in placements:
+            if p.action == STOP and p.state == "RUNNING":
+                # recorded first: if this run is interrupted mid-stop, `orch restore` still restarts it
                 record.set_outcome(p.container, "stopped")
-            except OrchError as exc:
-                record.set_outcome(p.container, f"stop failed: {exc}")
-        elif p.action != MIGRATE:
-            record.set_outcome(p.container, p.action + (f": {p.reason}" if p.reason else ""))
-    failures = _follow_and_summarize(store, jobs, record, placements)
+                state = f"/1.0/containers/{p.container}/state"
+                try:
+                    ctx.client(host).run("PUT", state, json={"action": "stop"})
+                except OrchError as exc:
+                    record.set_outcome(p.container, f"stop failed: {exc}")
+            elif p.action != MIGRATE and earlier.get(p.container) != "stopped":
+                record.set_outcome(p.container, p.action + (f": {p.reason}" if p.reason else ""))
+        failures = _follow_and_summarize(store, jobs, record, placements)
+    except KeyboardInterrupt:  # the moves are the workers'; they go on, and a rerun picks them up
+        running = sum(1 for j in jobs.values() if not store.get(j).finished)
+        click.echo(
+            f"\n{host} stays EVACUATING: {running} of {len(jobs)} move(s) continue in the background "
+            f"(`orch jobs` to follow them); run `orch evacuate {host}:` again to continue",
+            err=True,
+        )
+        return 130
     mirror_quietly(states, source_host.id, "evacuated" if not failures else "evacuating", ctx.client(host))
     if failures:
         raise OrchError(
             f"{failures} container(s) could not be moved; run `orch evacuate {host}:` again to retry"
         )
+    return 0
 
 
 def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store, parallel, per_host,  # type: ignore[no-untyped-def]
@@ -259,7 +272,7 @@ def _follow_and_summarize(store, jobs, record, placements) -> int:  # type: igno
 )
 @click.option("--per-host", default=2, show_default=True, help="Host restore: at most this many per host.")
 @pass_ctx
-def restore(ctx: Context, target: str, snapshot: str | None, parallel: int, per_host: int) -> None:
+def restore(ctx: Context, target: str, snapshot: str | None, parallel: int, per_host: int) -> int:
     """Restore a container to a snapshot (orch restore [REMOTE:]NAME SNAPSHOT), or a host after
     maintenance (orch restore REMOTE:): move back what was evacuated, restart what ran, uncordon."""
     if snapshot is not None or not target.endswith(":"):
@@ -270,11 +283,11 @@ def restore(ctx: Context, target: str, snapshot: str | None, parallel: int, per_
                 "which snapshot?", "orch restore [REMOTE:]NAME SNAPSHOT, or orch restore REMOTE: for a host"
             )
         restore_snapshot(ctx, target, snapshot)
-        return
-    restore_host(ctx, target, parallel, per_host)
+        return 0
+    return restore_host(ctx, target, parallel, per_host)
 
 
-def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> None:
+def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> int:
     from orchestrator.cli.follow import follow_many
     from orchestrator.evacuation.hosts import host_slot, mirror_quietly, restore_slot
     from orchestrator.evacuation.runner import EvacuationRecord
@@ -301,7 +314,15 @@ def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> Non
             click.echo(f"{name}: not submitted: {exc}", err=True)
             continue
         jobs[name] = job.id
-    final = follow_many(store, jobs) if jobs else {}
+    try:
+        final = follow_many(store, jobs) if jobs else {}
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nThe moves back to {host} continue in the background (`orch jobs` to follow them); "
+            f"run `orch restore {host}:` again to finish the restore",
+            err=True,
+        )
+        return 130
     failed: dict[str, str] = {}
     for name, job in final.items():
         if job.status == "succeeded":
@@ -312,14 +333,33 @@ def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> Non
         [name, origins[name]["target"], "FAILED: " + failed[name] if name in failed else "moved back"]
         for name in sorted(jobs)
     ]
+    record = EvacuationRecord(client, restored.id)
+    for name, outcome in sorted(record.outcomes().items()):
+        if outcome == "stopped":  # policy stop: it ran before the evacuation, so it runs again
+            rows.append([name, "-", _restart(ctx, host, name, failed)])
     if rows:
         click.echo(table(["CONTAINER", "FROM", "OUTCOME"], rows))
     if failed:
         mirror_quietly(states, restored.id, "evacuated", ctx.client(host))
-        raise OrchError(f"{len(failed)} container(s) could not be moved back: {', '.join(sorted(failed))}")
-    EvacuationRecord(client, restored.id).clear()
+        raise OrchError(f"{len(failed)} container(s) could not be restored: {', '.join(sorted(failed))}")
+    record.clear()
     mirror_quietly(states, restored.id, "online", ctx.client(host))
     click.echo(f"{host} restored and uncordoned")
+    return 0
+
+
+def _restart(ctx: Context, host: str, name: str, failed: dict[str, str]) -> str:
+    """Start a container the evacuation stopped; the outcome as the restore table shows it."""
+    try:
+        ctx.client(host).run("PUT", f"/1.0/containers/{name}/state", json={"action": "start"})
+        return "restarted"
+    except Conflict:
+        return "running already"
+    except NotFound:
+        return "gone (deleted since the evacuation)"
+    except OrchError as exc:
+        failed[name] = str(exc)
+        return f"FAILED: could not restart: {exc}"
 
 
 COMMANDS = [hosts, cordon, uncordon, evacuate, restore]

@@ -30,9 +30,13 @@ def _destination(ctx: Context, src: Ref, text: str) -> Ref:
     return dst if dst.name else Ref(dst.remote, src.name)
 
 
+#: the exit status of a command the operator interrupted (128 + SIGINT, as a shell reports it)
+INTERRUPTED = 130
+
+
 def _submit_and_follow(
     ctx: Context, kind: str, source: str, target: str, options: dict[str, Any], wait: bool
-):
+) -> int:
     from orchestrator.cli.follow import follow
     from orchestrator.submit import submit
 
@@ -43,11 +47,20 @@ def _submit_and_follow(
     job = submit(kind, src, dst, options)
     if not wait:
         click.echo(job.id)
-        return
+        return 0
     click.echo(f"Job {job.id}: {job.kind} {job.label}")
-    done = follow(_store(), job.id)
+    try:
+        done = follow(_store(), job.id)
+    except KeyboardInterrupt:  # the operator stops watching; the job is the workers', it goes on
+        click.echo(
+            f"\nJob {job.id} continues in the background: `orch jobs show {job.id}` to follow, "
+            f"`orch jobs cancel {job.id}` to stop it",
+            err=True,
+        )
+        return INTERRUPTED
     moved = human_size(done.bytes_done)
     click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred)")
+    return 0
 
 
 wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
@@ -81,12 +94,12 @@ def copy(
     method: str | None,
     allow_privileged: bool,
     no_wait: bool,
-) -> None:
+) -> int:
     """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
     options = {"refresh": refresh, "instance_only": instance_only, "method": method}
     if allow_privileged:
         options["allow_privileged"] = True
-    _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
+    return _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
 
 
 @click.command()
@@ -109,12 +122,12 @@ def move(
     method: str | None,
     allow_privileged: bool,
     no_wait: bool,
-) -> None:
+) -> int:
     """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
     options = {"stateless": stateless, "instance_only": instance_only, "method": method}
     if allow_privileged:
         options["allow_privileged"] = True
-    _submit_and_follow(ctx, "move", source, target, options, not no_wait)
+    return _submit_and_follow(ctx, "move", source, target, options, not no_wait)
 
 
 def _age(iso: str) -> str:

@@ -1,0 +1,77 @@
+"""What the CLI tells the operator is true: Ctrl-C leaves jobs running and says so, restore restarts
+what evacuation stopped (real terminal, Redis, workers and agents)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pexpect
+
+from tests.procs import ORCH
+
+
+def _spawn(orch, *args: str) -> pexpect.spawn:  # type: ignore[no-untyped-def]
+    return pexpect.spawn(ORCH, list(args), env=orch.env, timeout=60, encoding="utf-8", dimensions=(24, 200))
+
+
+def _job(orch, job_id: str) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(orch.run("jobs", "show", job_id, "--format", "json").stdout)
+
+
+def test_ctrl_c_while_following_a_move_leaves_it_running_and_says_how_to_follow(
+    make_agent, orch_env, busybox_image, start_worker
+):
+    o = orch_env
+    for name in ("foo", "bar"):
+        o.add_remote(name, make_agent(name))
+    o.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    o.run("init", "foo:bb", "foo:c1")
+    move = _spawn(o, "move", "foo:c1", "bar:")  # no worker yet: the job waits in the queue
+    move.expect(r"Job (\S+): move")
+    job_id = move.match.group(1)
+    time.sleep(0.5)
+    move.sendintr()
+    move.expect(pexpect.EOF)
+    move.close()
+    said = " ".join(move.before.split())
+    assert f"Job {job_id} continues in the background" in said, said
+    assert f"orch jobs show {job_id}" in said and f"orch jobs cancel {job_id}" in said
+    assert "Aborted" not in said and "Traceback" not in said
+    assert move.exitstatus == 130
+    start_worker("w1")
+    deadline = time.monotonic() + 120
+    while _job(o, job_id)["status"] != "succeeded":
+        assert time.monotonic() < deadline, _job(o, job_id)
+        time.sleep(0.5)
+    assert [c["name"] for c in json.loads(o.run("list", "bar:", "--format", "json").stdout)] == ["c1"]
+
+
+def test_ctrl_c_during_evacuate_says_the_host_state_and_how_to_go_on_and_restore_restarts_stopped(
+    make_agent, orch_env, busybox_image, start_worker
+):
+    o = orch_env
+    for name in ("foo", "bar"):
+        o.add_remote(name, make_agent(name))
+    o.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    o.run("launch", "foo:bb", "foo:mig")
+    o.run("launch", "foo:bb", "foo:halt", "-c", "evacuate=stop")
+    evacuate = _spawn(o, "evacuate", "foo:", "--yes")  # no worker: the move waits
+    evacuate.expect("OUTCOME|CONTAINER")
+    time.sleep(1.5)
+    evacuate.sendintr()
+    evacuate.expect(pexpect.EOF)
+    evacuate.close()
+    said = " ".join(evacuate.before.split())
+    assert re.search(r"foo stays EVACUATING: 1 of 1 move\(s\) continue in the background", said), said
+    assert "run `orch evacuate foo:` again to continue" in said
+    assert evacuate.exitstatus == 130
+    start_worker("w1")
+    o.run("evacuate", "foo:", "--yes", timeout=300)  # the rerun picks the running job up
+    on_foo = {c["name"]: c["status"] for c in json.loads(o.run("list", "foo:", "--format", "json").stdout)}
+    assert on_foo == {"halt": "Stopped"}
+    out = o.run("restore", "foo:", timeout=300).stdout
+    assert re.search(r"halt\s*\|\s*-\s*\|\s*restarted", out), out
+    on_foo = {c["name"]: c["status"] for c in json.loads(o.run("list", "foo:", "--format", "json").stdout)}
+    assert on_foo == {"halt": "Running", "mig": "Running"}
