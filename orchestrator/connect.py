@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from orchapi.client import AgentClient, CertificateMismatch
 from orchapi.errors import OrchError
 from orchestrator.clientconfig import ClientConfig
@@ -27,6 +29,25 @@ def connect(config: ClientConfig, remote_name: str, timeout: float = 30.0) -> Re
     )
 
 
+#: an agent names its containers without a remote ("container c1 not found", "orch start c1"): the
+#: CLI adds the remote, or the hint would act on the default remote and the message be ambiguous
+_CONTAINER = re.compile(r"^(container |snapshot )(?![\w.-]*:)([a-z0-9][\w.-]*)")
+_COMMAND = re.compile(
+    r"\b(orch (?:start|stop|restart|delete|info|exec|snapshot) (?:-f )?)(?![\w.-]*:)([a-z0-9][\w.-]*)"
+)
+
+
+def name_remote(exc: OrchError, remote: str) -> OrchError:
+    """``exc`` with the remote put before the container names an agent's message and hint use."""
+    message = _COMMAND.sub(rf"\g<1>{remote}:\g<2>", _CONTAINER.sub(rf"\g<1>{remote}:\g<2>", exc.message))
+    hint = _COMMAND.sub(rf"\g<1>{remote}:\g<2>", exc.hint) if exc.hint else exc.hint
+    if (message, hint) == (exc.message, exc.hint):
+        return exc
+    named = type(exc)(message, hint)
+    named.__cause__ = exc.__cause__
+    return named
+
+
 class RemoteClient(AgentClient):
     """An :class:`AgentClient` that knows its remote's name, to name it in errors."""
 
@@ -34,7 +55,19 @@ class RemoteClient(AgentClient):
         self.remote = remote
         super().__init__(url, **kwargs)
 
+    def wait(self, operation, progress=None):  # type: ignore[no-untyped-def]
+        try:
+            return super().wait(operation, progress)
+        except OrchError as exc:
+            raise name_remote(exc, self.remote) from None
+
     def request(self, method, path, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return self._request(method, path, **kwargs)
+        except OrchError as exc:
+            raise name_remote(exc, self.remote) from None
+
+    def _request(self, method, path, **kwargs):  # type: ignore[no-untyped-def]
         try:
             return super().request(method, path, **kwargs)
         except CertificateMismatch as exc:

@@ -27,6 +27,19 @@ from orchestrator.tasks.rollback import rollback
 
 log = logging.getLogger(__name__)
 
+
+class StepTask(Task):
+    """The Celery task class of every step.
+
+    A user's error (a container that does not exist, a name taken, a refused policy) is the job's
+    outcome, recorded on the job with its one-line message: Celery logs it as an *expected* failure,
+    one line at INFO, not a traceback. Retries are the step's own (transient errors, busy slots).
+    """
+
+    throws = (OrchError,)
+    max_retries = None
+
+
 __all__ = ["Cancelled", "StepContext", "backoff", "complete", "finish_with_rollback", "lock_targets", "step"]
 
 
@@ -68,6 +81,11 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
                 fn(ctx, ctx.jobs.get(job_id))
             except Cancelled:
                 finish_with_rollback(ctx, ctx.jobs.get(job_id), CANCELLED, "cancelled by the user")
+                # a final state for monitors (Flower would show the last PROGRESS forever otherwise)
+                try:
+                    task.send_event("task-revoked", terminated=False, expired=False, signum=None)
+                except Exception as exc:  # noqa: BLE001 - a monitor's view is not worth failing the cancel
+                    log.info("job %s: could not send the task-revoked event: %s", job_id, exc)
                 raise Ignore() from None
             except Unavailable as exc:
                 failures = ctx.transient_failures(job_id, name)

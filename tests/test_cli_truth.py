@@ -75,3 +75,35 @@ def test_ctrl_c_during_evacuate_says_the_host_state_and_how_to_go_on_and_restore
     assert re.search(r"halt\s*\|\s*-\s*\|\s*restarted", out), out
     on_foo = {c["name"]: c["status"] for c in json.loads(o.run("list", "foo:", "--format", "json").stdout)}
     assert on_foo == {"halt": "Running", "mig": "Running"}
+
+
+def test_hints_name_the_remote_and_only_options_the_command_has(
+    make_agent, orch_env, busybox_image, start_worker
+):
+    o = orch_env
+    for name in ("foo", "bar"):
+        o.add_remote(name, make_agent(name))
+    o.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    o.run("launch", "foo:bb", "foo:c1")
+    o.run("init", "foo:bb", "foo:off")
+    o.run("init", "foo:bb", "bar:off")
+    worker = start_worker("w1")
+    err = o.fails("copy", "foo:c1", "bar:")
+    assert "orch stop foo:c1" in err and "--stateless" not in err, err
+    err = o.fails("move", "foo:c1", "bar:")
+    assert "--stateless" in err and "--refresh" not in err, err
+    err = o.fails("move", "foo:off", "bar:")
+    assert "already exists" in err and "--refresh" not in err and "orch delete bar:off" in err, err
+    assert "--refresh" in o.fails("copy", "foo:off", "bar:")
+    err = o.fails("exec", "foo:off", "--", "true")
+    assert "container foo:off is not running" in err and "orch start foo:off" in err, err
+    err = o.fails("exec", "foo:nope", "--", "true")
+    assert "container foo:nope not found" in err, err
+    before = o.run("jobs", "--format", "json").stdout
+    started = time.monotonic()
+    err = o.fails("move", "foo:off", "bar")  # the colon forgotten: bar is a remote
+    assert time.monotonic() - started < 5
+    assert "did you mean bar:?" in err, err
+    assert o.run("jobs", "--format", "json").stdout == before  # nothing was submitted
+    log = worker.log_path.read_text()
+    assert "already exists" in log and "Traceback" not in log, log[-3000:]  # user errors: one line each

@@ -103,12 +103,6 @@ def _spec(body: dict[str, Any], command: list[str], env: dict[str, str], cwd: st
     return ExecSpec(command, env, cwd, _id(body, "user"), _id(body, "group"), interactive, width, height)
 
 
-def _remote_hint(request: web.Request) -> str:
-    """How the caller names this agent (the CLI says, so hints can name the remote too)."""
-    remote = request.headers.get("X-Orch-Remote", "")
-    return f"{remote}:" if remote and remote.isprintable() and ":" not in remote and len(remote) < 64 else ""
-
-
 @routes.post("/1.0/containers/{name}/exec")
 async def exec_command(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
@@ -119,10 +113,7 @@ async def exec_command(request: web.Request) -> web.Response:
     if not isinstance(websockets, bool):
         raise BadRequest("wait-for-websocket must be true or false")
     if (await agent.blocking(agent.runtime.get, name)).status != RUNNING:
-        raise Conflict(
-            f"container {_remote_hint(request)}{name} is not running",
-            f"start it first: orch start {_remote_hint(request)}{name}",
-        )
+        raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
     if websockets:
         return _streamed(request, name, _spec(body, command, env, cwd))
     if body.get("interactive"):

@@ -121,9 +121,7 @@ def exec_(
     if group is not None:
         body["group"] = group
     client = ctx.client(ref.remote)
-    operation = client.request(
-        "POST", f"/1.0/containers/{ref.name}/exec", json=body, headers={"X-Orch-Remote": ref.remote}
-    ).json()
+    operation = client.request("POST", f"/1.0/containers/{ref.name}/exec", json=body).json()
     from orchestrator.cli.execstream import relay  # aiohttp: only exec pays for it
 
     forward = not disable_stdin and _stdin_usable()

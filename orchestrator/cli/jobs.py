@@ -24,6 +24,13 @@ def _store():  # type: ignore[no-untyped-def]
 
 def _destination(ctx: Context, src: Ref, text: str) -> Ref:
     """``bar:`` keeps the source's name; ``c3`` means the default remote."""
+    if ":" not in text and text in ctx.config.remotes:
+        default = ctx.config.default_remote
+        raise BadRequest(
+            f"{text!r} is a remote: did you mean {text}:?",
+            f"write {text}: to keep the name {src.name} there, or {default}:{text} for a container "
+            f"named {text} on {default}",
+        )
     dst = parse(text, ctx.config)
     if dst.snapshot:
         raise BadRequest("the target of a copy or move can't be a snapshot")

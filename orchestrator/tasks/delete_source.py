@@ -11,7 +11,7 @@ from orchapi.errors import NotFound, OrchError
 from orchestrator.celeryapp import app
 from orchestrator.evacuation.hosts import HostStates
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, complete, step
+from orchestrator.stepping import StepContext, StepTask, complete, step
 from orchestrator.tasks.common import source, target
 
 
@@ -42,6 +42,4 @@ def delete(ctx: StepContext, job: Job) -> None:
     complete(ctx, ctx.jobs.get(job.id))
 
 
-delete_source = app.task(bind=True, name="orch.delete_source", max_retries=None)(
-    step("delete_source")(delete)
-)
+delete_source = app.task(base=StepTask, bind=True, name="orch.delete_source")(step("delete_source")(delete))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from orchapi.errors import InsufficientStorage
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, step
+from orchestrator.stepping import StepContext, StepTask, step
 from orchestrator.tasks.common import reachable_url, source, target
 
 TOKEN_TTL = 120
@@ -54,4 +54,4 @@ def issue(ctx: StepContext, job: Job) -> None:
         )
 
 
-issue_token = app.task(bind=True, name="orch.issue_token", max_retries=None)(step("issue_token")(issue))
+issue_token = app.task(base=StepTask, bind=True, name="orch.issue_token")(step("issue_token")(issue))

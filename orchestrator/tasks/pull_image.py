@@ -11,7 +11,7 @@ from __future__ import annotations
 from orchapi.errors import NotFound, OrchError
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, step
+from orchestrator.stepping import StepContext, StepTask, step
 from orchestrator.tasks.common import target
 
 
@@ -40,4 +40,4 @@ def pull(ctx: StepContext, job: Job) -> None:
     ctx.jobs.update_state(job.id, image_cached=bool(result.get("cached")), image_bytes=result.get("bytes", 0))
 
 
-pull_image = app.task(bind=True, name="orch.pull_image", max_retries=None)(step("pull_image")(pull))
+pull_image = app.task(base=StepTask, bind=True, name="orch.pull_image")(step("pull_image")(pull))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from orchapi.errors import Conflict
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, complete, lock_targets, step
+from orchestrator.stepping import StepContext, StepTask, complete, lock_targets, step
 from orchestrator.tasks.common import source
 
 
@@ -20,4 +20,4 @@ def rename_container(ctx: StepContext, job: Job) -> None:
     complete(ctx, ctx.jobs.get(job.id))
 
 
-rename = app.task(bind=True, name="orch.rename", max_retries=None)(step("rename")(rename_container))
+rename = app.task(base=StepTask, bind=True, name="orch.rename")(step("rename")(rename_container))

@@ -16,7 +16,7 @@ from typing import Any
 from orchapi.errors import NotFound, OrchError, error_for_status
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import Cancelled, StepContext, complete, step
+from orchestrator.stepping import Cancelled, StepContext, StepTask, complete, step
 from orchestrator.tasks.common import target
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,6 @@ def transfer(ctx: StepContext, job: Job) -> None:
         complete(ctx, job)
 
 
-transfer_delta = app.task(bind=True, name="orch.transfer_delta", max_retries=None)(
+transfer_delta = app.task(base=StepTask, bind=True, name="orch.transfer_delta")(
     step("transfer_delta")(transfer)
 )

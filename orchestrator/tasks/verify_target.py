@@ -20,7 +20,7 @@ from orchestrator.clientconfig import ClientConfig
 from orchestrator.evacuation.hosts import HostStates
 from orchestrator.hostid import identify
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, lock_targets, step
+from orchestrator.stepping import StepContext, StepTask, lock_targets, step
 from orchestrator.tasks.common import source, target
 
 
@@ -65,7 +65,10 @@ def verify(ctx: StepContext, job: Job) -> None:
         existing = None
     if existing is not None and not opts.get("refresh"):
         raise Conflict(
-            f"container {job.target} already exists", "use --refresh to update it, or pick another name"
+            f"container {job.target} already exists",
+            "use --refresh to update it, or pick another name"
+            if job.kind == "copy"
+            else f"pick another name, or delete it first: orch delete {job.target}",
         )
     if existing is not None and existing["status"] == "Running":
         raise Conflict(f"container {job.target} is running", "stop it before refreshing it")
@@ -73,7 +76,10 @@ def verify(ctx: StepContext, job: Job) -> None:
     if running and not (job.kind == "move" and opts.get("stateless")) and not s.get("source_was_running"):
         raise Conflict(
             f"container {job.source} is running",
-            "stop it first, use --stateless to stop, move and restart it, or copy a snapshot of it",
+            f"stop it first (orch stop {job.source}), use --stateless to stop, move and restart it"
+            if job.kind == "move"
+            else f"stop it first (orch stop {job.source}), or copy a snapshot of it "
+            f"(orch snapshot {job.source} SNAP, then orch copy {job.source}/SNAP ...)",
         )
     for host, name, label in lock_targets(job):
         ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
@@ -99,6 +105,4 @@ def verify(ctx: StepContext, job: Job) -> None:
                 raise
 
 
-verify_target = app.task(bind=True, name="orch.verify_target", max_retries=None)(
-    step("verify_target")(verify)
-)
+verify_target = app.task(base=StepTask, bind=True, name="orch.verify_target")(step("verify_target")(verify))

@@ -230,7 +230,7 @@ class LxdBase(Runtime):
 
     def exec_process(self, name: str, spec: ExecSpec) -> ExecProcess:
         if self._instance(name).get("status") != RUNNING:
-            raise Conflict(f"container {name} is not running", "start it first")
+            raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
         return LxdExec(self.client, name, spec)
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:

@@ -198,14 +198,14 @@ class Lifecycle(NativeBase):
             raise BadRequest("exec needs a command")
         status, _, _ = self._live(name)
         if status != RUNNING:
-            raise Conflict(f"container {name} is not running", "start it first")
+            raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
         with self._named_errors(name):
             return self.runc.exec(self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout)
 
     def exec_process(self, name: str, spec: ExecSpec) -> ExecProcess:
         self._load(name)
         if self._live(name)[0] != RUNNING:
-            raise Conflict(f"container {name} is not running", "start it first")
+            raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
         return RuncExec(self.runc, self.runc_id(name), spec)
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
