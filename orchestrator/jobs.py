@@ -135,6 +135,16 @@ class JobStore:
         pipe.execute()
         return job
 
+    def delete(self, job_id: str) -> None:
+        """Forget a job entirely: its record, its index entry and every key beside it."""
+        keys = [_key(job_id), _ended_key(job_id)]
+        keys += [f"{_key(job_id)}:{suffix}" for suffix in ("chain", "secrets")]
+        keys += list(self.r.scan_iter(match=f"{_key(job_id)}:done:*", count=100))
+        with self.r.pipeline() as pipe:
+            pipe.delete(*keys)
+            pipe.zrem(INDEX, job_id)
+            pipe.execute()
+
     def get(self, job_id: str) -> Job:
         raw = self.r.hgetall(_key(job_id))
         if not raw:

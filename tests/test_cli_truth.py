@@ -88,7 +88,9 @@ def test_hints_name_the_remote_and_only_options_the_command_has(
     o.run("init", "foo:bb", "foo:off")
     o.run("init", "foo:bb", "bar:off")
     worker = start_worker("w1")
+    started = time.monotonic()
     err = o.fails("copy", "foo:c1", "bar:")
+    assert time.monotonic() - started < 3, "a refused copy takes a round trip to an idle worker, no more"
     assert "orch stop foo:c1" in err and "--stateless" not in err, err
     err = o.fails("move", "foo:c1", "bar:")
     assert "--stateless" in err and "--refresh" not in err, err
@@ -100,6 +102,7 @@ def test_hints_name_the_remote_and_only_options_the_command_has(
     err = o.fails("exec", "foo:nope", "--", "true")
     assert "container foo:nope not found" in err, err
     before = o.run("jobs", "--format", "json").stdout
+    assert json.loads(before) == [], "refused requests leave no FAILED job behind"
     started = time.monotonic()
     err = o.fails("move", "foo:off", "bar")  # the colon forgotten: bar is a remote
     assert time.monotonic() - started < 5
@@ -107,3 +110,26 @@ def test_hints_name_the_remote_and_only_options_the_command_has(
     assert o.run("jobs", "--format", "json").stdout == before  # nothing was submitted
     log = worker.log_path.read_text()
     assert "already exists" in log and "Traceback" not in log, log[-3000:]  # user errors: one line each
+
+
+def test_jobs_prune_removes_only_old_finished_records_and_show_is_readable(orch_env, redis_server):
+    import redis
+
+    from orchestrator.jobs import FAILED, SUCCEEDED, JobStore
+
+    store = JobStore(redis.Redis.from_url(redis_server.url))
+    done = store.create("move", "foo:a", "bar:a", {"stateless": True, "method": None}, {})
+    store.update(done.id, bytes_done=3 * 1024 * 1024, bytes_total=3 * 1024 * 1024, rate=1_500_000)
+    store.finish(done.id, SUCCEEDED)
+    failed = store.create("copy", "foo:b", "bar:b", {}, {})
+    store.finish(failed.id, FAILED, "verify_target: boom")
+    queued = store.create("copy", "foo:c", "bar:c", {}, {})
+    shown = orch_env.run("jobs", "show", done.id).stdout
+    assert "Bytes done: 3.00MiB (3,145,728 bytes)" in shown, shown
+    assert "Rate: 1.43MiB/s" in shown and "Options: stateless" in shown, shown
+    assert "{" not in shown and "None" not in shown, shown
+    assert "Removed 0 finished job(s)" in orch_env.run("jobs", "prune").stdout  # all younger than 7d
+    time.sleep(1.1)
+    assert "Removed 2 finished job(s)" in orch_env.run("jobs", "prune", "--older-than", "1s").stdout
+    assert [j["id"] for j in json.loads(orch_env.run("jobs", "--format", "json").stdout)] == [queued.id]
+    assert "is not an age" in orch_env.fails("jobs", "prune", "--older-than", "soon")

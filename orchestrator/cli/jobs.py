@@ -44,7 +44,7 @@ INTERRUPTED = 130
 def _submit_and_follow(
     ctx: Context, kind: str, source: str, target: str, options: dict[str, Any], wait: bool
 ) -> int:
-    from orchestrator.cli.follow import follow
+    from orchestrator.cli.follow import JobFailed, follow
     from orchestrator.submit import submit
 
     src = parse_container(source, ctx.config, allow_snapshot=(kind == "copy"))
@@ -56,8 +56,12 @@ def _submit_and_follow(
         click.echo(job.id)
         return 0
     click.echo(f"Job {job.id}: {job.kind} {job.label}")
+    store = _store()
     try:
-        done = follow(_store(), job.id)
+        done = follow(store, job.id)
+    except JobFailed:
+        _forget_if_refused(store, job.id)
+        raise
     except KeyboardInterrupt:  # the operator stops watching; the job is the workers', it goes on
         click.echo(
             f"\nJob {job.id} continues in the background: `orch jobs show {job.id}` to follow, "
@@ -68,6 +72,16 @@ def _submit_and_follow(
     moved = human_size(done.bytes_done)
     click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred)")
     return 0
+
+
+def _forget_if_refused(store, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    """A job refused by its first check (no such source, name taken, a remote unreachable or not
+    trusting us) did nothing: the one-line error is all there is to it, so no FAILED record is left."""
+    from orchestrator.jobs import FAILED
+
+    job = store.get(job_id)
+    if job.status == FAILED and job.step == "verify_target" and not job.steps_done:
+        store.delete(job_id)
 
 
 wait_option = click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
@@ -195,9 +209,47 @@ def jobs_show(job_id: str, fmt: str) -> None:
         emit(fmt, [], [list(job.public().values())], job.public())
         return
     for key, value in job.public().items():
-        if key in ("bytes_done", "bytes_total"):
-            value = f"{value} ({human_size(int(value))})"
-        click.echo(f"{key.replace('_', ' ').capitalize()}: {value}")
+        click.echo(f"{key.replace('_', ' ').capitalize()}: {_readable(key, value)}")
+
+
+def _readable(key: str, value: Any) -> str:
+    """One field of `orch jobs show` as an operator reads it: units, no Python notation."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if key in ("bytes_done", "bytes_total"):
+        return f"{human_size(int(value))} ({int(value):,} bytes)"
+    if key == "rate":
+        return f"{human_size(int(value))}/s"
+    if key == "duration":
+        return f"{float(value):.1f} s"
+    if isinstance(value, dict):
+        shown = {k: v for k, v in value.items() if v not in (None, False, "")}
+        return ", ".join(k if v is True else f"{k}={v}" for k, v in shown.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+@jobs.command("prune")
+@click.option("--older-than", default="7d", show_default=True, metavar="AGE",
+              help="Remove finished jobs that ended longer ago than this (e.g. 90m, 12h, 7d).")  # fmt: skip
+def jobs_prune(older_than: str) -> None:
+    """Remove the records of finished jobs (running and queued ones are never removed)."""
+    seconds = _duration(older_than)
+    store = _store()
+    cutoff = time.time() - seconds
+    old = [j for j in store.list(limit=1_000_000) if j.finished and (j.finished_ts or j.created_ts) < cutoff]
+    for job in old:
+        store.delete(job.id)
+    click.echo(f"Removed {len(old)} finished job(s) older than {older_than}")
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.replace(".", "", 1).isdigit():
+        raise BadRequest(f"{text!r} is not an age", "use a number and s, m, h or d: 90m, 12h, 7d")
+    return float(number) * units[unit]
 
 
 @jobs.command("cancel")
