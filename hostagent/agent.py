@@ -35,7 +35,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-VERSION = "0.1.0"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+#: the installed package's version (one number for agent and CLI: they ship together)
+VERSION = _version()
 
 
 class Agent:

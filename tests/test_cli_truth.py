@@ -133,3 +133,47 @@ def test_jobs_prune_removes_only_old_finished_records_and_show_is_readable(orch_
     assert "Removed 2 finished job(s)" in orch_env.run("jobs", "prune", "--older-than", "1s").stdout
     assert [j["id"] for j in json.loads(orch_env.run("jobs", "--format", "json").stdout)] == [queued.id]
     assert "is not an age" in orch_env.fails("jobs", "prune", "--older-than", "soon")
+
+
+def test_version_and_info_formats(make_agent, orch, busybox_image):
+    from importlib.metadata import version
+
+    import yaml
+
+    orch.add_remote("foo", make_agent("foo"))
+    assert orch.run("version").stdout == f"Client version: {version('orch')}\n"
+    out = orch.run("version", "foo:").stdout
+    assert f"Server version: {version('orch')} (remote foo: orch-agent on foo)" in out, out
+    assert "is not a remote" in orch.fails("version", "foo:c1")
+    info = json.loads(orch.run("info", "foo:", "--format", "json").stdout)
+    assert info["environment"]["server_name"] == "foo" and info["auth"] == "trusted"
+    assert (
+        yaml.safe_load(orch.run("info", "foo:", "--format", "yaml").stdout)["environment"]["runtime"]
+        == "native"
+    )
+    orch.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    orch.run("launch", "foo:bb", "foo:c1")
+    orch.run("snapshot", "foo:c1", "s0")
+    c1 = yaml.safe_load(orch.run("info", "foo:c1", "--format", "yaml").stdout)
+    assert c1["name"] == "c1" and c1["state"]["status"] == "Running" and c1["state"]["pid"] > 0
+    assert [s["name"] for s in c1["snapshots"]] == ["s0"]
+
+
+def test_shell_completion_offers_remotes_and_the_remotes_containers(two_agents, orch):
+    import subprocess
+
+    orch.run("init", "foo:bb", "foo:web1")
+    orch.run("init", "foo:bb", "foo:db1")
+
+    def complete(*words: str) -> list[str]:
+        env = {**orch.env, "_ORCH_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(("orch", *words)),
+               "COMP_CWORD": str(len(words))}  # fmt: skip
+        out = subprocess.run([ORCH], env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and not out.stderr, out.stderr
+        return [line.split(",", 1)[1] for line in out.stdout.splitlines() if line.strip()]
+
+    assert complete("exec", "fo") == ["foo:"]
+    assert complete("exec", "foo:w") == ["foo:web1"]
+    assert complete("move", "foo:") == ["foo:db1", "foo:web1"]
+    assert complete("evacuate", "b") == ["bar:"]
+    assert complete("exec", "nosuch:") == []  # an unknown remote: nothing, and no error in the shell

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from orchapi.errors import BadRequest, Conflict
+from orchestrator.cli.completion import containers
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.images import ensure_image
 from orchestrator.cli.output import emit, format_option, human_size, table
@@ -77,7 +78,7 @@ def init(ctx: Context, image: str, name: str | None, config: tuple[str, ...]) ->
 
 
 @click.command("list")
-@click.argument("target", required=False)
+@click.argument("target", required=False, shell_complete=containers)
 @format_option
 @pass_ctx
 def list_(ctx: Context, target: str | None, fmt: str) -> None:
@@ -93,12 +94,23 @@ def list_(ctx: Context, target: str | None, fmt: str) -> None:
 
 
 @click.command()
-@click.argument("target", required=False)
+@click.argument("target", required=False, shell_complete=containers)
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
+              show_default=True, help="Output format (json/yaml: the agent's whole answer).")  # fmt: skip
 @pass_ctx
-def info(ctx: Context, target: str | None) -> None:
+def info(ctx: Context, target: str | None, fmt: str) -> None:
     """Show a container ([REMOTE:]NAME) or, for REMOTE:, the agent."""
     ref = parse(target, ctx.config) if target else Ref(ctx.config.default_remote)
     client = ctx.client(ref.remote)
+    if fmt != "table":
+        if not ref.name:
+            emit(fmt, [], [], client.get("/1.0"))
+            return
+        doc = client.get(f"/1.0/containers/{ref.name}")
+        doc["state"] = client.get(f"/1.0/containers/{ref.name}/state")
+        doc["snapshots"] = client.get(f"/1.0/containers/{ref.name}/snapshots", params={"recursion": 1})
+        emit(fmt, [], [], doc)
+        return
     if not ref.name:
         server = client.get("/1.0")
         env = server["environment"]
@@ -157,7 +169,7 @@ def _state(
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=containers)
 @pass_ctx
 def start(ctx: Context, targets: tuple[str, ...]) -> None:
     """Start containers."""
@@ -165,7 +177,7 @@ def start(ctx: Context, targets: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=containers)
 @click.option("--force", "-f", is_flag=True, help="Kill at once instead of a clean shutdown.")
 @click.option("--timeout", default=30, show_default=True, help="Seconds to wait for a clean shutdown.")
 @pass_ctx
@@ -175,7 +187,7 @@ def stop(ctx: Context, targets: tuple[str, ...], force: bool, timeout: int) -> N
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=containers)
 @click.option("--force", "-f", is_flag=True, help="Kill at once instead of a clean shutdown.")
 @click.option("--timeout", default=30, show_default=True, help="Seconds to wait for a clean shutdown.")
 @pass_ctx
@@ -185,7 +197,7 @@ def restart(ctx: Context, targets: tuple[str, ...], force: bool, timeout: int) -
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", shell_complete=containers)
 @click.argument("snapshot", required=False)
 @pass_ctx
 def snapshot(ctx: Context, target: str, snapshot: str | None) -> None:
@@ -205,7 +217,7 @@ def restore_snapshot(ctx: Context, target: str, snapshot: str) -> None:
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=containers)
 @click.option("--force", "-f", is_flag=True, help="Stop a running container first.")
 @pass_ctx
 def delete(ctx: Context, targets: tuple[str, ...], force: bool) -> None:

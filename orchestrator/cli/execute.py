@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from orchapi.errors import BadRequest
+from orchestrator.cli.completion import containers
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.refs import parse_container
 
@@ -66,7 +67,7 @@ def _stdin_usable() -> bool:
 
 
 @click.command(cls=CommandAfterTarget, context_settings={"ignore_unknown_options": False})
-@click.argument("target")
+@click.argument("target", shell_complete=containers)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.option(
     "-t",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orchapi.errors import BadRequest, Conflict, NotFound, OrchError
+from orchestrator.cli.completion import containers, remotes
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option, human_size, table
 from orchestrator.refs import Ref, parse_remote
@@ -74,7 +75,7 @@ def _set(ctx: Context, target: str, status: str) -> None:
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", shell_complete=remotes)
 @pass_ctx
 def cordon(ctx: Context, target: str) -> None:
     """Stop scheduling onto REMOTE: (no copy or move will target it)."""
@@ -82,7 +83,7 @@ def cordon(ctx: Context, target: str) -> None:
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", shell_complete=remotes)
 @pass_ctx
 def uncordon(ctx: Context, target: str) -> None:
     """Allow scheduling onto REMOTE: again."""
@@ -103,7 +104,7 @@ PLAN_HEADERS = [
 
 
 @click.command()
-@click.argument("source")
+@click.argument("source", shell_complete=remotes)
 @click.option(
     "--to", "to", help="Comma-separated target remotes (default: every other online, uncordoned one)."
 )
@@ -265,7 +266,7 @@ def _follow_and_summarize(store, jobs, record, placements) -> int:  # type: igno
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", shell_complete=containers)
 @click.argument("snapshot", required=False)
 @click.option(
     "--parallel", default=4, show_default=True, help="Host restore: at most this many moves at once."

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from orchapi.errors import BadRequest, Conflict, Unavailable
+from orchestrator.cli.completion import containers
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option, human_size
 from orchestrator.refs import Ref, parse, parse_container
@@ -98,8 +99,8 @@ method_option = click.option(
 
 
 @click.command()
-@click.argument("source")
-@click.argument("target")
+@click.argument("source", shell_complete=containers)
+@click.argument("target", shell_complete=containers)
 @click.option("--refresh", is_flag=True, help="Update an existing copy with only what changed.")
 @click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
 @method_option
@@ -124,8 +125,8 @@ def copy(
 
 
 @click.command()
-@click.argument("source")
-@click.argument("target")
+@click.argument("source", shell_complete=containers)
+@click.argument("target", shell_complete=containers)
 @click.option("--stateless", is_flag=True, help="Stop a running container, move it, start it on the target.")
 @click.option(
     "--instance-only", is_flag=True, help="Move without snapshots (they are deleted with the source)."

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         )
     },  # fmt: skip
     "exec": ("execute", "exec_"),
+    "version": ("version", "version"),
     **{name: ("jobs", name) for name in ("copy", "move", "jobs", "worker", "flower")},
     "metrics": ("monitor", "metrics"),
     **{name: ("hosts", name) for name in ("hosts", "cordon", "uncordon", "evacuate", "restore")},
