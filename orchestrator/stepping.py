@@ -28,6 +28,12 @@ from orchestrator.tasks.rollback import rollback
 log = logging.getLogger(__name__)
 
 
+class JobCancelled(OrchError):
+    """The task's end when its job was cancelled (the job's status says cancelled)."""
+
+    status = 499
+
+
 class StepTask(Task):
     """The Celery task class of every step.
 
@@ -81,12 +87,11 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
                 fn(ctx, ctx.jobs.get(job_id))
             except Cancelled:
                 finish_with_rollback(ctx, ctx.jobs.get(job_id), CANCELLED, "cancelled by the user")
-                # a final state for monitors (Flower would show the last PROGRESS forever otherwise)
-                try:
-                    task.send_event("task-revoked", terminated=False, expired=False, signum=None)
-                except Exception as exc:  # noqa: BLE001 - a monitor's view is not worth failing the cancel
-                    log.info("job %s: could not send the task-revoked event: %s", job_id, exc)
-                raise Ignore() from None
+                _show_end(task, job_id, "cancelled by the user; rolled back, the source is kept")
+                # the task fails (an expected error, one log line) rather than being ignored: monitors
+                # then show it ended; an ignored task stays PROGRESS in Flower forever, and Celery
+                # ranks REVOKED below the custom PROGRESS state, so only FAILURE can end it
+                raise JobCancelled(f"job {job_id} cancelled by the user") from None
             except Unavailable as exc:
                 failures = ctx.transient_failures(job_id, name)
                 if failures <= ctx.settings.max_retries:
@@ -97,9 +102,11 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
                 finish_with_rollback(
                     ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc} (gave up after retries)"
                 )
+                _show_end(task, job_id, f"failed: {exc} (gave up after retries)")
                 raise
             except OrchError as exc:
                 finish_with_rollback(ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc}")
+                _show_end(task, job_id, f"failed: {exc}")
                 raise
             except Exception as exc:
                 log.exception("job %s step %s failed", job_id, name)
@@ -113,6 +120,14 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
         return run
 
     return decorate
+
+
+def _show_end(task: Task, job_id: str, text: str) -> None:
+    """What monitors show as the failed task's result (else a transfer's last progress text stays)."""
+    try:
+        task.send_event("task-progress", retry=False, job_id=job_id, result=text)
+    except Exception as exc:  # noqa: BLE001 - a monitor's view is not worth more than the job's end
+        log.debug("job %s: end not shown to monitors: %s", job_id, exc)
 
 
 def complete(ctx: StepContext, job: Job) -> None:

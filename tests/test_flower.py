@@ -7,9 +7,13 @@ screenshot of Flower's tasks page (``ORCH_SAVE_SCREENSHOTS=1`` also copies it to
 
 from __future__ import annotations
 
+import contextlib
+import html
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -153,3 +157,140 @@ def test_flower_shows_the_chain_of_a_copy(cluster, orch_env, flower, tmpdir755):
     if os.environ.get("ORCH_SAVE_SCREENSHOTS") == "1":
         (REPO / "docs").mkdir(exist_ok=True)
         shutil.copyfile(png, REPO / "docs" / "flower-tasks.png")
+
+
+MOVE_LABEL = "foo:c1 → bar:c1"
+PROGRESS_TEXT = re.compile(r"sending rootfs: \d+\.\d\d(KiB|MiB) at \d+\.\d\d(B|KiB|MiB)/s")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _job(orch_env, job_id: str) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(orch_env.run("jobs", "show", job_id, "--format", "json").stdout)
+
+
+def _big_container(foo, orch_env, mib: int) -> None:  # type: ignore[no-untyped-def]
+    orch_env.run("init", "foo:bb", "foo:c1")
+    blob = foo.data_dir / "containers" / "c1" / "rootfs" / "root" / "big"
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={blob}", "bs=1M", f"count={mib}", "status=none"], check=True
+    )
+    owner = blob.parent.stat()
+    os.chown(blob, owner.st_uid, owner.st_gid)
+
+
+def _stall_sender(foo, orch_env, job_id: str) -> list[int]:  # type: ignore[no-untyped-def]
+    """Freeze the source agent's transfer processes (rsync) once bytes flow, as an overloaded host would:
+    the job stays in its transfer with some bytes moved. Returns the frozen pids (to SIGCONT)."""
+    deadline = time.monotonic() + 60
+    while True:
+        frozen = _descendants(foo.proc.pid)
+        _signal(frozen, signal.SIGSTOP)
+        if frozen and _job(orch_env, job_id)["bytes_done"] > 0:
+            return frozen
+        _signal(frozen, signal.SIGCONT)
+        assert time.monotonic() < deadline, _job(orch_env, job_id)
+        time.sleep(0.05)
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, sig)
+
+
+def _flower_task(base: str, name: str, predicate) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60
+    while True:
+        task = chain_tasks(base).get(name, {})
+        if predicate(task):
+            return task
+        assert time.monotonic() < deadline, task
+        time.sleep(0.3)
+
+
+def _page(base: str, png: Path) -> str:
+    """The tasks page's text as the browser rendered it, and its screenshot (saved in docs/ when
+    ORCH_SAVE_SCREENSHOTS=1)."""
+    dom = chromium(f"{base}/tasks", "--dump-dom")
+    chromium(f"{base}/tasks", f"--screenshot={png}")
+    data = png.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20_000, len(data)
+    if os.environ.get("ORCH_SAVE_SCREENSHOTS"):
+        shutil.copy(png, REPO / "docs" / png.name)
+    return html.unescape(re.sub(r"<[^>]+>", " ", dom))
+
+
+def test_flower_lists_the_job_label_and_live_progress_then_final_states(cluster, orch_env, flower, tmpdir755):
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (scripts/test installs it with apt)")
+    foo, _ = cluster
+    _big_container(foo, orch_env, 200)
+    job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    frozen = _stall_sender(foo, orch_env, job_id)
+    try:
+        _flower_task(flower, "orch.transfer_delta", lambda t: t.get("state") == "PROGRESS")
+        time.sleep(1.5)  # a progress event with bytes moved reached Flower (one every 0.5 s)
+        text = _page(flower, tmpdir755 / "flower-transfer-running.png")
+        assert f"{MOVE_LABEL} · job {job_id}" in text, text[-3000:]  # the label, in the list
+        assert PROGRESS_TEXT.search(text), text[-3000:]  # and the live progress, without a click
+        assert "PROGRESS" in text
+    finally:
+        _signal(frozen, signal.SIGCONT)
+    deadline = time.monotonic() + 120
+    while _job(orch_env, job_id)["status"] != "succeeded":
+        assert time.monotonic() < deadline, _job(orch_env, job_id)
+        time.sleep(0.3)
+    _flower_task(flower, "orch.delete_source", lambda t: t.get("state") == "SUCCESS")
+    text = _page(flower, tmpdir755 / "flower-transfer-done.png")
+    assert "PROGRESS" not in text and text.count("SUCCESS") >= 5, text[-3000:]
+
+
+def test_a_cancelled_transfer_ends_in_a_final_state_in_flower(cluster, orch_env, flower, tmpdir755):
+    foo, _ = cluster
+    _big_container(foo, orch_env, 200)
+    job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    frozen = _stall_sender(foo, orch_env, job_id)
+    try:
+        out = orch_env.run("jobs", "cancel", job_id, "--no-wait").stdout
+        assert "cancel requested" in out
+    finally:
+        _signal(frozen, signal.SIGCONT)
+    deadline = time.monotonic() + 120
+    while _job(orch_env, job_id)["status"] != "cancelled":
+        assert time.monotonic() < deadline, _job(orch_env, job_id)
+        time.sleep(0.3)
+    task = _flower_task(flower, "orch.transfer_delta", lambda t: t.get("state") != "PROGRESS")
+    assert task["state"] == "FAILURE" and "cancelled by the user" in str(task.get("exception")), task
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed: Flower's API checked, no screenshot")
+    text = _page(flower, tmpdir755 / "flower-transfer-cancelled.png")
+    assert "FAILURE" in text and "PROGRESS" not in text, text[-3000:]
+    assert "cancelled by the user; rolled back, the source is kept" in text
+    assert f"{MOVE_LABEL} · job {job_id}" in text
+
+
+def test_orch_flower_on_a_busy_port_is_one_line(orch_env):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = orch_env.fails("flower", "--port", str(port))
+    assert f"Flower cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err

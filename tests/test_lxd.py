@@ -346,7 +346,7 @@ def test_cancelling_an_lxd_migration_leaves_the_source_and_no_target(lxd_cluster
     )
     job_id = orch_env.run("move", "la:c1", "lb:", "--method", "lxd-migration", "--no-wait").stdout.strip()
     deadline = time.time() + 60
-    while job(orch_env, job_id)["stage"] != "lxd-migration" and time.time() < deadline:
+    while job(orch_env, job_id)["stage"] != "LXD is moving the data" and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(1)  # LXD is moving the 300 MB now (zlib-compressed rsync: ~20 MB/s here)
     orch_env.run("jobs", "cancel", job_id, check=False)

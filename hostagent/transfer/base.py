@@ -155,6 +155,9 @@ class TransferMethod:
     #: whether the target should pre-fill each volume with the closest content it has (and a volume that
     #: differs after the transfer gets one repair pass comparing contents)
     prefill: ClassVar[bool] = False
+    #: whether every volume travels in full (no deltas, no pre-fill), so that the volumes' sizes are the
+    #: bytes that will travel: progress can show a percentage (otherwise only bytes moved and the rate)
+    sends_whole_volumes: ClassVar[bool] = False
     #: whether it streams volumes through the agents at all (False: someone else moves the data)
     streams: ClassVar[bool] = True
 

@@ -85,6 +85,7 @@ class TarMethod(TransferMethod):
     rank = 30  # the fallback: everything travels, every time
     tool = "tar"
     prefill = False
+    sends_whole_volumes = True
 
     async def send(self, ctx: SendContext) -> None:
         ch = ctx.channel

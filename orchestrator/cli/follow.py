@@ -8,8 +8,10 @@ import time
 import click
 
 from orchapi.errors import OrchError
-from orchestrator.cli.progress import transfer_progress
+from orchestrator.cli.progress import job_progress, transfer_progress
 from orchestrator.jobs import SUCCEEDED, Job, JobStore
+from orchestrator.jobtext import progress_text, step_words
+from orchestrator.units import human_rate
 
 #: how often a terminal's progress bar is refreshed; the end of the job itself is noticed at once (a blocking
 #: read on its "ended" list), so this is no latency
@@ -17,6 +19,8 @@ REFRESH = 0.25
 #: without a terminal: how long each blocking wait lasts before the record is read again
 WAIT = 2.0
 NO_WORKER_HINT_AFTER = 5.0
+#: without a terminal, at most one progress line this often
+LINE_EVERY = 5.0
 POLL_MANY = 0.25  # following many jobs: one HGETALL per job per poll
 
 
@@ -25,28 +29,45 @@ class JobFailed(OrchError):
 
 
 def follow(store: JobStore, job_id: str) -> Job:
-    """Block until the job ends; raise :class:`JobFailed` unless it succeeded."""
+    """Block until the job ends; raise :class:`JobFailed` unless it succeeded.
+
+    On a terminal: a live bar whose label is the step in words, with the bytes moved, the rate measured
+    since the first byte and, when the bytes that will travel are known, a percentage and ETA (else the
+    bar pulses: a delta's size is not known before it is sent). Without one (logs, CI): a line every
+    :data:`LINE_EVERY` seconds while something changes.
+    """
     started = time.monotonic()
     hinted = False
     if sys.stderr.isatty():
-        with transfer_progress() as progress:
-            bar = progress.add_task("queued", total=None)
+        with job_progress() as progress:
+            bar = progress.add_task("queued", total=None, rate="")
             while True:
                 job = store.get(job_id)
-                total = max(job.bytes_total, job.bytes_done) or None
-                label = f"{job.step or job.status}" + (f" ({job.stage})" if job.stage else "")
-                progress.update(bar, description=label, completed=job.bytes_done, total=total)
+                total = job.bytes_total if job.bytes_total >= job.bytes_done else None
+                progress.update(bar, description=_words(job), completed=job.bytes_done, total=total or None,
+                                rate=human_rate(job.rate) if job.rate else "")  # fmt: skip
                 if job.finished:
                     break
                 hinted = _hint(job, started, hinted)
                 store.wait_end(job_id, REFRESH)
     else:
+        last_line, last_time = "", 0.0
         while not (job := store.get(job_id)).finished:
             hinted = _hint(job, started, hinted)
+            line = f"Job {job.id}: {_words(job)}"
+            if job.bytes_done:
+                line += f": {progress_text(job.bytes_done, job.bytes_total, job.rate)}"
+            if line != last_line and time.monotonic() - last_time >= LINE_EVERY:
+                click.echo(line, err=True)
+                last_line, last_time = line, time.monotonic()
             store.wait_end(job_id, WAIT)
     if job.status != SUCCEEDED:
         raise JobFailed(f"job {job.id} {job.status}: {job.error}")
     return job
+
+
+def _words(job: Job) -> str:
+    return step_words(job.step, job.stage) if job.step else job.status
 
 
 def _hint(job: Job, started: float, hinted: bool) -> bool:
@@ -76,11 +97,10 @@ def follow_many(store: JobStore, jobs: dict[str, str], on_done=None) -> dict[str
             table.add_column(column)
         for name, job in current.items():
             if job.status == "running":
-                step = job.step + (f" ({job.stage})" if job.stage else "")
                 moved = human_size(job.bytes_done)
                 if job.bytes_total:
                     moved += f"/{human_size(job.bytes_total)}"
-                table.add_row(name, job.target, step, moved, f"{human_size(job.rate)}/s" if job.rate else "")
+                table.add_row(name, job.target, _words(job), moved, human_rate(job.rate) if job.rate else "")
         return Group(table, overall)
 
     def poll() -> dict[str, Job]:

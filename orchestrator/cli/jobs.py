@@ -316,14 +316,35 @@ def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
     from orchestrator.redisserver import redis_url
     from orchestrator.settings import Settings
 
+    _check_free(address, port)
     url = redis_url(Settings.from_env())
     argv = ["celery", "--app", "orchestrator.celeryapp:app", "--broker", url, "flower",
             f"--port={port}", f"--address={address}", *flower_args]  # fmt: skip
+    if not any(a == "--conf" or a.startswith("--conf=") for a in flower_args):
+        from orchestrator import flowerconfig
+
+        argv.append(f"--conf={flowerconfig.__file__}")  # job labels and live progress in the task list
     beside = os.path.join(os.path.dirname(sys.executable), "celery")  # the venv's own celery first
     celery = beside if os.path.exists(beside) else shutil.which("celery")
     if celery is None:
         raise click.ClickException("celery is not installed (pip install 'orch[...]' or scripts/bootstrap)")
     os.execv(celery, argv)
+
+
+def _check_free(address: str, port: int) -> None:
+    """One clear line when Flower could not listen (it would print a long traceback)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Tornado does
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise Conflict(
+                f"Flower cannot listen on {address}:{port}: {exc.strerror or exc}",
+                "is another Flower running? pick another port with --port",
+            ) from None
 
 
 COMMANDS.append(flower)

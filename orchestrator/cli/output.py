@@ -11,6 +11,8 @@ from typing import Any
 import click
 import yaml
 
+from orchestrator.units import human_size  # noqa: F401 - re-exported for the commands
+
 FORMATS = ("table", "json", "yaml", "csv")
 
 format_option = click.option(
@@ -50,11 +52,3 @@ def emit(fmt: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], object
         click.echo(buf.getvalue().rstrip("\n"))
     else:
         click.echo(table(headers, rows))
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.2f}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1024
-    return f"{n}"

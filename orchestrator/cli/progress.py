@@ -34,15 +34,50 @@ def transfer_progress(percent: bool = True):  # type: ignore[no-untyped-def]
         TransferSpeedColumn,
     )
 
+    class BinaryRate(TransferSpeedColumn):
+        """rich's speed in binary units, like the sizes beside it (rich's own says MB/s)."""
+
+        def render(self, task):  # type: ignore[no-untyped-def]
+            from rich.text import Text
+
+            from orchestrator.units import human_rate
+
+            speed = task.finished_speed or task.speed
+            return Text(human_rate(speed) if speed else "", style="progress.data.speed")
+
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        BinaryRate(),
     ]
     if percent:
         columns.append(TextColumn("{task.percentage:>3.0f}%"))
     columns.append(TimeRemainingColumn())
+    return Progress(*columns, transient=True)
+
+
+def job_progress():  # type: ignore[no-untyped-def]
+    """The bar of a followed job: its step in words, bytes moved (of the total, when the bytes that will
+    travel are known), the job's own measured rate, and % and ETA only with a total."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class IfTotal(TextColumn):
+        def render(self, task):  # type: ignore[no-untyped-def]
+            return super().render(task) if task.total else ""
+
+    class EtaIfTotal(TimeRemainingColumn):
+        def render(self, task):  # type: ignore[no-untyped-def]
+            return super().render(task) if task.total else ""
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TextColumn("{task.fields[rate]}"),
+        IfTotal("{task.percentage:>3.0f}%"),
+        EtaIfTotal(),
+    ]
     return Progress(*columns, transient=True)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from orchapi.errors import NotFound, OrchError, error_for_status
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
+from orchestrator.jobtext import progress_text, stage_words
 from orchestrator.stepping import Cancelled, StepContext, StepTask, complete, step
 from orchestrator.tasks.common import target
 
@@ -68,6 +69,13 @@ def send_progress(ctx: StepContext, job: Job, fields: dict[str, Any]) -> None:
             bytes_total=int(fields.get("bytes_total", job.bytes_total)),
             rate=round(float(fields.get("rate", 0.0)), 1),
             stage=str(fields.get("stage", "")),
+            # the "result" Flower shows in its task list while the task runs (see flowerview.py)
+            result=f"{fields.get('stage') or 'transferring'}: "
+            + progress_text(
+                int(fields.get("bytes_done", 0)),
+                int(fields.get("bytes_total", 0)),
+                float(fields.get("rate", 0)),
+            ),
         )
     except Exception as exc:  # monitoring must never break a transfer
         log.debug("job %s: task-progress event not sent: %s", job.id, exc)
@@ -76,7 +84,9 @@ def send_progress(ctx: StepContext, job: Job, fields: dict[str, Any]) -> None:
 def follow(ctx: StepContext, job: Job, operation: str) -> dict[str, Any]:
     """Wait for the target's operation, mirroring its progress into the job; honour cancellation."""
     client = target(ctx, job, timeout=POLL + 30)
-    last_bytes, last_time, rate = job.bytes_done, time.monotonic(), 0.0
+    #: the rate is measured from the first byte on (bytes / seconds since), so it is known at the
+    #: first progress report after data flows and does not jump with every poll
+    first: tuple[float, int] | None = None
     while True:
         try:
             op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
@@ -85,13 +95,13 @@ def follow(ctx: StepContext, job: Job, operation: str) -> dict[str, Any]:
         meta = op.get("metadata") or {}
         moved = int(meta.get("bytes_received", 0)) + int(meta.get("bytes_sent", 0))
         now = time.monotonic()
-        if now > last_time:
-            instant = (moved - last_bytes) / (now - last_time)
-            rate = instant if rate == 0 else 0.5 * rate + 0.5 * instant
-        last_bytes, last_time = moved, now
-        fields: dict[str, Any] = {"bytes_done": moved, "rate": max(rate, 0.0), "stage": meta.get("stage", "")}
-        if meta.get("total_bytes"):
-            fields["bytes_total"] = int(meta["total_bytes"])
+        if first is None and moved:
+            first = (now - POLL, 0)  # the first bytes came during the last poll
+        rate = (moved - first[1]) / max(now - first[0], 1e-3) if first else 0.0
+        fields: dict[str, Any] = {"bytes_done": moved, "rate": rate, "stage": stage_words(meta)}
+        # a total only when it is the bytes that will travel (whole volumes); a delta's size is not
+        # known before it is sent, and a bar stuck at 33 % while deltas travel would mislead
+        fields["bytes_total"] = int(meta.get("total_bytes") or 0) if meta.get("total_exact") else 0
         ctx.jobs.update(job.id, **fields)
         send_progress(ctx, job, fields)
         current = ctx.jobs.get(job.id)

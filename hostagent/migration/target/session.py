@@ -186,7 +186,13 @@ class TargetSession:
         todo = [v for v in header.volumes if v[0] is None or v[0] not in skip]
         needed = sum(v[1] for v in todo)
         free = agent.storage.free_bytes()
-        self.op.progress(method=method_name, total_bytes=needed, volume=0, volumes=len(todo))
+        self.op.progress(
+            method=method_name,
+            total_bytes=needed,
+            total_exact=method.sends_whole_volumes and not skip,
+            volume=0,
+            volumes=len(todo),
+        )
         if needed > free:
             raise InsufficientStorage(
                 f"no space left on the target for container {self.name}: "

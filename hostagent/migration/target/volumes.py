@@ -70,7 +70,9 @@ class VolumeReceiver:
                 raise ProtocolError(
                     f"migration protocol error: the source sent volume {msg.get('index')!r} out of order"
                 )
-            self.session.stage("prefill" if self.method.prefill else label, volume=index + 1)
+            self.session.stage(
+                "prefill" if self.method.prefill else label, volume=index + 1, volume_name=what
+            )
             dest = await self._dest(snapshot, base, existing_map)
             self.session.stage(label)
             rules = policy.VolumeRules(self.idmap, size, entries)
