@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -479,3 +479,26 @@ def test_an_lxd_shell_through_orch_exec_is_a_real_terminal(clean_lab, make_agent
     started = time.monotonic()
     assert streamed.stdout.readline() == b"a\n" and time.monotonic() - started < 2.5
     assert streamed.stdout.readline() == b"b\n" and streamed.wait(10) == 0
+
+
+def test_an_lxd_console_through_orch_console(clean_lab, make_agent, orch):
+    """LXD's console websockets relayed by the agent; its console log through --show-log."""
+    import pexpect
+
+    from tests.procs import ORCH
+
+    la = lxd_agent(make_agent, clean_lab, "a", "la")
+    orch.add_remote("la", la)
+    orch.run("launch", "la:bb", "la:con1")
+    con = pexpect.spawn(ORCH, ["console", "la:con1"], env={**orch.env, "TERM": "xterm"}, timeout=30,
+                        encoding="utf-8", dimensions=(24, 80))  # fmt: skip
+    con.expect("To detach")
+    time.sleep(1)
+    orch.run("exec", "la:con1", "--", "sh", "-c", "echo lxd-console-line > /dev/console")
+    con.expect("lxd-console-line")
+    con.send("\x01q")
+    con.expect(pexpect.EOF)
+    con.close()
+    assert con.exitstatus == 0
+    assert instance(clean_lab, "a", "con1")["status"] == "Running"
+    assert "lxd-console-line" in orch.run("console", "la:con1", "--show-log").stdout

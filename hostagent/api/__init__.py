@@ -10,6 +10,7 @@ from aiohttp import web
 
 from hostagent.api import (
     certificates,
+    console,
     containers,
     images,
     migration,
@@ -23,7 +24,18 @@ from hostagent.api import (
 )
 from hostagent.api.middleware import AGENT_KEY, auth_middleware, error_middleware
 
-MODULES = (server, certificates, containers, snapshots, exec_api, images, migration, operations, openapi)
+MODULES = (
+    server,
+    certificates,
+    containers,
+    snapshots,
+    exec_api,
+    console,
+    images,
+    migration,
+    operations,
+    openapi,
+)
 
 
 def build_app(agent: Agent) -> web.Application:  # noqa: F821

@@ -17,7 +17,7 @@ from aiohttp import web
 from hostagent.api.containers import container_name, resources
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import async_op, json_body
-from hostagent.execsession.base import ExecSpec
+from hostagent.execsession.base import ExecProcess, ExecSpec
 from hostagent.execsession.session import ExecSession
 from hostagent.jsoninput import has_bad_chars
 from hostagent.operations import Operation
@@ -133,7 +133,15 @@ async def exec_command(request: web.Request) -> web.Response:
 def _streamed(request: web.Request, name: str, spec: ExecSpec) -> web.Response:
     """The LXD-style exec: an operation whose websockets carry the streams."""
     agent = request.app[AGENT_KEY]
-    session = ExecSession(agent.runtime.exec_process(name, spec), spec.interactive)
+    process = agent.runtime.exec_process(name, spec)
+    return start_session(agent, name, process, spec.interactive, f"Executing command in {name}")
+
+
+def start_session(
+    agent: Any, name: str, process: ExecProcess, interactive: bool, description: str
+) -> web.Response:
+    """An operation relaying ``process`` over websockets (exec, console); answers with its secrets."""
+    session = ExecSession(process, interactive)
 
     async def work(op: Operation) -> dict[str, Any]:
         try:
@@ -141,11 +149,11 @@ def _streamed(request: web.Request, name: str, spec: ExecSpec) -> web.Response:
         finally:
             agent.exec_sessions.pop(op.id, None)
 
-    op = agent.operations.start(f"Executing command in {name}", work, resources(name))
+    op = agent.operations.start(description, work, resources(name))
     agent.exec_sessions[op.id] = session
     op.metadata["fds"] = session.take_secrets()
     response = async_op(op)
-    op.metadata.pop("fds")  # only the caller that created the exec learns the secrets
+    op.metadata.pop("fds")  # only the caller that created the operation learns the secrets
     return response
 
 

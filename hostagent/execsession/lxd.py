@@ -52,9 +52,11 @@ class LxdExec(ExecProcess):
             body["group"] = self.spec.group
         return body
 
+    def _path(self) -> str:
+        return path_of("instances", self.name, "exec")
+
     async def start(self) -> None:
-        path = path_of("instances", self.name, "exec")
-        self._doc = await asyncio.to_thread(self.client.request, "POST", path, json=self._body())
+        self._doc = await asyncio.to_thread(self.client.request, "POST", self._path(), json=self._body())
         fds = ((self._doc.get("metadata") or {}).get("metadata") or {}).get("fds") or {}
         op_path = str(self._doc.get("operation") or "")
         if not op_path or any(fd not in fds for fd in fds_for(self.spec.interactive)):
@@ -126,3 +128,25 @@ class LxdExec(ExecProcess):
                 await ws.close()
         if self._http is not None:
             await self._http.close()
+
+
+class LxdConsole(LxdExec):
+    """LXD's console of a container (``lxc console``): the same websockets as an interactive exec, "0"
+    and "control"; the operation lasts until the client disconnects."""
+
+    def __init__(self, client: LxdClient, name: str, width: int, height: int) -> None:
+        super().__init__(client, name, ExecSpec(["console"], interactive=True, width=width, height=height))
+
+    def _path(self) -> str:
+        return path_of("instances", self.name, "console")
+
+    def _body(self) -> dict[str, Any]:
+        return {"type": "console", "width": self.spec.width or 80, "height": self.spec.height or 24}
+
+    async def wait(self) -> int:
+        while not self._ws[STDIN].closed:  # a console has no exit status: it ends when it is left
+            await asyncio.sleep(0.2)
+        return 0
+
+    async def kill(self) -> None:
+        await self.close()

@@ -366,6 +366,15 @@ class Runtime(MigrationHooks, ABC):
         starts it once the client's websockets are connected)."""
 
     @abstractmethod
+    def console_process(self, name: str, width: int, height: int) -> ExecProcess:
+        """An attachment to running container ``name``'s console, as the exec session's terminal
+        (ending it detaches; the container runs on)."""
+
+    @abstractmethod
+    def console_log(self, name: str) -> bytes:
+        """The console's recent output (bounded)."""
+
+    @abstractmethod
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
         """Replace user-settable config keys (already validated)."""
 

@@ -185,8 +185,11 @@ def make_spec(
     env: dict[str, str] | None = None,
     cgroups_path: str | None = None,
     rlimits: dict[str, tuple[int, int]] | None = None,
+    terminal: bool = False,
 ) -> dict[str, Any]:
     """An OCI ``config.json`` for a system container whose init is ``args``.
+
+    ``terminal``: the init's stdio is a console runc creates (and hands over its ``--console-socket``).
 
     ``idmap`` None means privileged: no user namespace, container root is host root. ``cgroups_path``
     names the container's cgroup (runc's default is ``/<id>``, shared by every runc on the machine).
@@ -214,7 +217,7 @@ def make_spec(
     return {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": False,
+            "terminal": terminal,
             "user": {"uid": 0, "gid": 0},
             "args": list(args),
             "env": [f"{k}={v}" for k, v in {**DEFAULT_ENV, **(env or {})}.items()],

@@ -190,16 +190,23 @@ class Runc:
             raise error_from_runc(action, summarize(proc.stderr))
         return proc
 
-    def run_detached(self, cid: str, bundle: Path, console_log: Path, pid_file: Path) -> int:
+    def run_detached(
+        self, cid: str, bundle: Path, console_log: Path, pid_file: Path, console_socket: Path | None = None
+    ) -> int:
         """Start the container's init in the background; returns its host pid.
 
-        stdin is /dev/null and stdout/stderr append to ``console_log``, so the init never blocks on a full
-        pipe and keeps its output going after the agent exits. runc's own error messages land there too.
+        With ``console_socket`` (and ``terminal`` in the bundle's spec) the init's stdio is a console
+        whose master runc sends there; ``console_log`` then gets only runc's own messages. Without, stdin
+        is /dev/null and stdout/stderr append to ``console_log``, so the init never blocks on a full pipe
+        and keeps its output going after the agent exits. runc's own error messages land there too.
         """
         fd = os.open(console_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        console = ["--console-socket", str(console_socket)] if console_socket is not None else []
         try:
             proc = subprocess.run(
-                self._argv("run", "--detach", "--pid-file", str(pid_file), "--bundle", str(bundle), cid),
+                self._argv(
+                    "run", "--detach", *console, "--pid-file", str(pid_file), "--bundle", str(bundle), cid
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=fd,

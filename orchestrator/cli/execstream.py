@@ -62,8 +62,11 @@ class LocalInput:
             return b""
 
 
-async def relay(client: Any, operation: dict[str, Any], interactive: bool, forward_stdin: bool) -> int:
-    """Connect the exec's websockets, relay until the command's output has ended; its exit status."""
+async def relay(
+    client: Any, operation: dict[str, Any], interactive: bool, forward_stdin: bool, detach: bool = False
+) -> int:
+    """Connect the exec's websockets, relay until the command's output has ended (or, ``detach``, the
+    console is left with Ctrl+a q); the exit status."""
     op_path = str(operation["operation"])
     fds = (operation.get("metadata") or {}).get("metadata", {}).get("fds") or {}
     session, base = session_for(client)
@@ -79,7 +82,7 @@ async def relay(client: Any, operation: dict[str, Any], interactive: bool, forwa
         with _forwarding(sockets[CONTROL], interactive):
             if interactive:
                 with terminal.raw(0):
-                    await _interactive(sockets)
+                    await _interactive(sockets, detach)
             else:
                 await _pipes(sockets, forward_stdin)
         for ws in sockets.values():
@@ -127,12 +130,29 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse, fd: int) -> None:
             return  # nobody reads our output any more: like a local command, stop writing it
 
 
-async def _feed(ws: aiohttp.ClientWebSocketResponse, end_with_close: bool) -> None:
+#: the console's detach keys, as lxc's: Ctrl+a then q
+DETACH = b"\x01q"
+
+
+async def _feed(ws: aiohttp.ClientWebSocketResponse, end_with_close: bool, detach: bool = False) -> bool:
+    """Local input to ``ws`` until it ends; True if it ended with the detach keys."""
     source = LocalInput(0)
+    held = b""  # a Ctrl+a at the end of a chunk, until the next one says whether q follows
     while data := await source.read():
-        await ws.send_bytes(data)
+        if detach:
+            data, held = held + data, b""
+            if DETACH in data:
+                before = data[: data.index(DETACH)]
+                if before:
+                    await ws.send_bytes(before)
+                return True
+            if data.endswith(DETACH[:1]):
+                data, held = data[:-1], DETACH[:1]
+        if data:
+            await ws.send_bytes(data)
     if end_with_close:
         await ws.close()
+    return False
 
 
 async def _pipes(sockets: dict[str, aiohttp.ClientWebSocketResponse], forward_stdin: bool) -> None:
@@ -145,11 +165,16 @@ async def _pipes(sockets: dict[str, aiohttp.ClientWebSocketResponse], forward_st
             await feeding
 
 
-async def _interactive(sockets: dict[str, aiohttp.ClientWebSocketResponse]) -> None:
+async def _interactive(sockets: dict[str, aiohttp.ClientWebSocketResponse], detach: bool) -> None:
     await sockets[CONTROL].send_str(Resize(*terminal.size(0)).to_json())
-    typing = asyncio.ensure_future(_feed(sockets[STDIN], False))
+    typing = asyncio.ensure_future(_feed(sockets[STDIN], False, detach))
+    output = asyncio.ensure_future(_drain(sockets[STDIN], 1))
     try:
-        await _drain(sockets[STDIN], 1)
+        await asyncio.wait({typing, output}, return_when=asyncio.FIRST_COMPLETED)
+        if typing.done() and not typing.cancelled() and typing.exception() is None and typing.result():
+            output.cancel()  # detached: the other side ends when our websockets close
+        else:
+            await output
     finally:
         typing.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         )
     },  # fmt: skip
     "exec": ("execute", "exec_"),
+    "console": ("console", "console"),
     "version": ("version", "version"),
     **{name: ("jobs", name) for name in ("copy", "move", "jobs", "worker", "flower")},
     "metrics": ("monitor", "metrics"),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hostagent.execsession.base import ExecProcess, ExecSpec
-from hostagent.execsession.lxd import LxdExec
+from hostagent.execsession.lxd import LxdConsole, LxdExec
 from hostagent.images.lxd import LxdImageStore
 from hostagent.images.store import ImageStore
 from hostagent.lxd import exec as lxd_exec
@@ -232,6 +232,16 @@ class LxdBase(Runtime):
         if self._instance(name).get("status") != RUNNING:
             raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
         return LxdExec(self.client, name, spec)
+
+    def console_process(self, name: str, width: int, height: int) -> ExecProcess:
+        if self._instance(name).get("status") != RUNNING:
+            raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
+        return LxdConsole(self.client, name, width, height)
+
+    def console_log(self, name: str) -> bytes:
+        self._instance(name)
+        response = self.client.raw("GET", path_of("instances", name, "console"))
+        return response.content if response.status_code == 200 else b""
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
         inst = self._instance(name)

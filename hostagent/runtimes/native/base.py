@@ -43,6 +43,8 @@ RECORD = "container.json"
 SPEC = "config.json"
 ROOTFS = "rootfs"
 CONSOLE = "console.log"
+#: runc's own messages while starting a container (its console output goes to CONSOLE)
+RUNC_LOG = "runc.log"
 PIDFILE = "init.pid"
 SNAPSHOTS = "snapshots"
 CREATING = ".creating-"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hostagent.console import native as consoles
 from hostagent.execsession.base import ExecProcess, ExecSpec
 from hostagent.execsession.runc import RuncExec
 from hostagent.jsonfile import write_json
@@ -33,6 +34,7 @@ from hostagent.runtimes.native.base import (
     PIDFILE,
     RECORD,
     ROOTFS,
+    RUNC_LOG,
     SNAPSHOTS,
     SPEC,
     START_SETTLE,
@@ -115,14 +117,16 @@ class Lifecycle(NativeBase):
             if st is not None:  # init exited on its own: runc still holds its state
                 self._forget_runc(name, data)
             bundle = self.container_dir(name)
-            spec = make_spec(bundle / ROOTFS, name, [data.get("init") or DEFAULT_INIT], self._idmap_of(data))
+            init = [data.get("init") or DEFAULT_INIT]
+            spec = make_spec(bundle / ROOTFS, name, init, self._idmap_of(data), terminal=True)
             write_json(bundle / SPEC, spec)
-            console = bundle / CONSOLE
+            runc_log = bundle / RUNC_LOG
             (bundle / PIDFILE).unlink(missing_ok=True)  # a stale pid must never be reaped by mistake
-            with open(console, "wb"):
-                pass  # one boot per log: it must not grow across restarts
+            with open(runc_log, "wb"):
+                pass  # one boot per log
+            keeper = consoles.start_keeper(bundle)
             try:
-                pid = self.runc.run_detached(cid, bundle, console, bundle / PIDFILE)
+                pid = self.runc.run_detached(cid, bundle, runc_log, bundle / PIDFILE, keeper.runc_socket)
                 deadline = time.monotonic() + START_SETTLE
                 while True:
                     status, _, _ = self._live(name)
@@ -133,9 +137,10 @@ class Lifecycle(NativeBase):
                     raise InternalError("its init exited at once")
             except OrchError as exc:
                 self.runc.delete(cid, force=True)
+                keeper.stop()
                 self._set_status(name, STOPPED)
                 reap_children([read_pid(bundle / PIDFILE)])
-                tail = tail_lines(console, 3)
+                tail = tail_lines(bundle / CONSOLE, 3) or tail_lines(runc_log, 3)
                 reason = exc.message.removeprefix(f"starting {cid}: ")
                 raise InternalError(
                     f"container {name} failed to start: {reason}", f"console: {tail}" if tail else None
@@ -207,6 +212,16 @@ class Lifecycle(NativeBase):
         if self._live(name)[0] != RUNNING:
             raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
         return RuncExec(self.runc, self.runc_id(name), spec)
+
+    def console_process(self, name: str, width: int, height: int) -> ExecProcess:
+        self._load(name)
+        if self._live(name)[0] != RUNNING:
+            raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
+        return consoles.KeeperAttachment(consoles.attach_socket(self.container_dir(name)), width, height)
+
+    def console_log(self, name: str) -> bytes:
+        self._load(name)
+        return consoles.console_log(self.container_dir(name))
 
     def update_config(self, name: str, config: dict[str, str]) -> ContainerRecord:
         with self._locked(name):
