@@ -294,3 +294,26 @@ def test_orch_flower_on_a_busy_port_is_one_line(orch_env):
         port = busy.getsockname()[1]
         err = orch_env.fails("flower", "--port", str(port))
     assert f"Flower cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
+
+
+def test_without_a_terminal_a_followed_move_prints_a_progress_line_every_few_seconds(cluster, orch_env):
+    """(Beside the Flower tests for their stalled transfer.) `orch move` with stderr a pipe, as in CI."""
+    foo, _ = cluster
+    _big_container(foo, orch_env, 200)
+    move = subprocess.Popen([ORCH, "move", "foo:c1", "bar:"], env=orch_env.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    job_id = ""
+    deadline = time.monotonic() + 60
+    while not job_id:
+        jobs = json.loads(orch_env.run("jobs", "--format", "json").stdout)
+        job_id = jobs[0]["id"] if jobs else ""
+        assert time.monotonic() < deadline
+    frozen = _stall_sender(foo, orch_env, job_id)
+    time.sleep(11)  # two LINE_EVERY periods with bytes moved
+    _signal(frozen, signal.SIGCONT)
+    out, err = move.communicate(timeout=120)
+    assert move.returncode == 0, err
+    lines = [line for line in err.splitlines() if line.startswith(f"Job {job_id}: sending rootfs: ")]
+    assert 1 <= len(lines) <= 3, err  # every 5 s while it changes, not a line per poll
+    assert re.search(r"\d+\.\d\dMiB at \d+\.\d\d(B|KiB|MiB)/s$", lines[0]), lines
+    assert f"Job {job_id} succeeded" in out

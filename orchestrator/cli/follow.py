@@ -51,7 +51,7 @@ def follow(store: JobStore, job_id: str) -> Job:
                 hinted = _hint(job, started, hinted)
                 store.wait_end(job_id, REFRESH)
     else:
-        last_line, last_time = "", 0.0
+        last_line, last_time = "", time.monotonic()  # a job over in seconds prints no progress at all
         while not (job := store.get(job_id)).finished:
             hinted = _hint(job, started, hinted)
             line = f"Job {job.id}: {_words(job)}"
