@@ -10,7 +10,7 @@ import subprocess
 from orchestrator.cli.main import COMMANDS, cli
 from tests.procs import VENV_BIN
 
-MODULES = ("containers", "execute", "console", "jobs", "monitor", "hosts", "version")
+MODULES = ("containers", "execute", "console", "jobs", "joblist", "monitor", "hosts", "version")
 GROUPS = {"remote": "remote", "image": "images", "config": "config"}
 
 

@@ -317,3 +317,26 @@ def test_without_a_terminal_a_followed_move_prints_a_progress_line_every_few_sec
     assert 1 <= len(lines) <= 3, err  # every 5 s while it changes, not a line per poll
     assert re.search(r"\d+\.\d\dMiB at \d+\.\d\d(B|KiB|MiB)/s$", lines[0]), lines
     assert f"Job {job_id} succeeded" in out
+
+
+def test_jobs_watch_shows_a_running_transfer_live(cluster, orch_env):
+    """(Beside the Flower tests for their stalled transfer.) `orch jobs --watch` in a real terminal."""
+    import pexpect
+
+    foo, _ = cluster
+    _big_container(foo, orch_env, 200)
+    job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    frozen = _stall_sender(foo, orch_env, job_id)
+    try:
+        watch = pexpect.spawn(ORCH, ["jobs", "--watch"], env=orch_env.env, timeout=30, encoding="utf-8",
+                              dimensions=(30, 250))  # fmt: skip
+        watch.expect(r"RATE\s*\|\s*ETA\s*\|\s*METHOD\s*\|\s*DURATION")
+        watch.expect(rf"{job_id}.*RUNNING.*sending rootfs.*\d+\.\d\d(B|KiB|MiB)/s.*rsync.*\d+s")
+        time.sleep(1.5)
+        watch.expect(r"\d\d:\d\d:\d\d  orch jobs")  # redrawn
+        watch.sendintr()
+        watch.expect(pexpect.EOF)
+        watch.close()
+        assert watch.exitstatus == 0
+    finally:
+        _signal(frozen, signal.SIGCONT)

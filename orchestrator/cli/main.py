@@ -42,7 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exec": ("execute", "exec_"),
     "console": ("console", "console"),
     "version": ("version", "version"),
-    **{name: ("jobs", name) for name in ("copy", "move", "jobs", "worker", "flower")},
+    **{name: ("jobs", name) for name in ("copy", "move", "worker", "flower")},
+    "jobs": ("joblist", "jobs"),
     "metrics": ("monitor", "metrics"),
     **{name: ("hosts", name) for name in ("hosts", "cordon", "uncordon", "evacuate", "restore")},
 }

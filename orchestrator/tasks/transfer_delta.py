@@ -103,6 +103,8 @@ def follow(ctx: StepContext, job: Job, operation: str) -> dict[str, Any]:
         # known before it is sent, and a bar stuck at 33 % while deltas travel would mislead
         fields["bytes_total"] = int(meta.get("total_bytes") or 0) if meta.get("total_exact") else 0
         ctx.jobs.update(job.id, **fields)
+        if meta.get("method") and not job.state.get("method"):  # negotiated: shown while it runs
+            job.state = ctx.jobs.update_state(job.id, method=str(meta["method"]))
         send_progress(ctx, job, fields)
         current = ctx.jobs.get(job.id)
         ctx.renew_locks(current)
