@@ -70,3 +70,24 @@ def test_console_of_a_stopped_container_says_so(two_agents, orch):
     orch.run("init", "foo:bb", "foo:off")
     err = orch.fails("console", "foo:off")
     assert "container foo:off is not running" in err and "orch start foo:off" in err, err
+
+
+def test_a_local_user_can_neither_attach_to_a_console_nor_read_its_log(two_agents, orch):
+    import json
+    import shlex
+
+    from tests.procs import as_nobody
+
+    foo, _ = two_agents
+    orch.run("launch", "foo:bb", "foo:c1")
+    orch.run("exec", "foo:c1", "--", "sh", "-c", "echo secret-console-line > /dev/console")
+    cdir = foo.data_dir / "containers" / "c1"
+    sockets = json.loads((cdir / "console.json").read_text())["dir"]
+    connect = f"import socket; socket.socket(socket.AF_UNIX).connect({sockets + '/attach'!r})"
+    probe = as_nobody(
+        f"python3 -c {shlex.quote(connect)}; echo rc=$?; "
+        f"cat {shlex.quote(str(cdir / 'console.log'))}; ls {shlex.quote(sockets)}"
+    )
+    assert "rc=1" in probe.stdout and "PermissionError" in probe.stderr, (probe.stdout, probe.stderr)
+    assert "secret-console-line" not in probe.stdout + probe.stderr
+    assert "Permission denied" in probe.stderr

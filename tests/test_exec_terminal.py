@@ -57,6 +57,12 @@ def test_ctrl_c_kills_the_foreground_command_and_the_shell_goes_on(c1) -> None:
     assert time.monotonic() - started < 5
     shell.sendline("echo rc=$?")
     shell.expect(r"rc=130")
+    shell.sendline("sleep 301")
+    time.sleep(1)
+    shell.sendcontrol("z")  # job control: the container's terminal stops the foreground job
+    shell.expect(r"Stopped\s+sleep 301")
+    shell.sendline("kill %1; fg; echo fg=$?")
+    shell.expect(r"fg=\d+")
     procs = c1.run("exec", "foo:c1", "--", "ps").stdout
     assert "sleep 300" not in procs
     shell.sendline("exit")
@@ -137,3 +143,61 @@ def test_a_gib_through_exec_arrives_intact_with_flat_client_memory(c1) -> None:
     max_rss_kib = int(result["err"].decode().strip().splitlines()[-1])
     print(f"client peak RSS {max_rss_kib} KiB")
     assert max_rss_kib < 150 * 1024, f"the client peaked at {max_rss_kib} KiB for 1 GiB"
+
+
+def test_all_output_arrives_before_the_exit_status(c1) -> None:
+    """50 MB written as fast as the command can, which then exits at once: every byte is relayed before
+    the end is reported."""
+    proc = subprocess.run(
+        [ORCH, "exec", "foo:c1", "--", "sh", "-c", "head -c 50000000 /dev/zero; echo tail >&2; exit 3"],
+        env=c1.env, capture_output=True, stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3 and len(proc.stdout) == 50_000_000 and proc.stderr == b"tail\n"
+
+
+def test_exec_websockets_need_trust_and_a_secret_that_works_once(c1, two_agents) -> None:
+    import asyncio
+    import ssl
+
+    import aiohttp
+
+    from orchapi.client import AgentClient
+    from orchapi.wsclient import session_for
+
+    foo, _ = two_agents
+    client = AgentClient(f"unix://{foo.socket}")
+    body = {"command": ["cat"], "wait-for-websocket": True, "interactive": False}
+    op = client.request("POST", "/1.0/containers/c1/exec", json=body).json()
+    path, fds = op["operation"], op["metadata"]["metadata"]["fds"]
+    assert set(fds) == {"0", "1", "2", "control"} and len({*fds.values()}) == 4
+    assert "fds" not in client.get(path)["metadata"]  # the secrets are given once, to the creator
+
+    quick = aiohttp.ClientWSTimeout(ws_close=0.5)  # nobody reads an unstarted exec's stdout websocket
+
+    async def attempts() -> list[int]:
+        session, base = session_for(client)
+        statuses = []
+        async with session:
+            for secret in ("wrong", fds["1"], fds["1"]):
+                try:
+                    ws = await session.ws_connect(f"{base}{path}/websocket?secret={secret}", timeout=quick)
+                    statuses.append(101)
+                    await ws.close()
+                except aiohttp.WSServerHandshakeError as exc:
+                    statuses.append(exc.status)
+            plain = await session.get(f"{base}{path}/websocket?secret={fds['2']}")  # no upgrade: 400,
+            statuses.append(plain.status)  # and the secret is not spent by it
+            ws = await session.ws_connect(f"{base}{path}/websocket?secret={fds['2']}", timeout=quick)
+            statuses.append(101)
+            await ws.close()
+        # anyone on the HTTPS port, without a trusted certificate: 403 before any secret is looked at
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        async with aiohttp.ClientSession() as anon:
+            response = await anon.get(f"https://{foo.addr}{path}/websocket?secret={fds['0']}", ssl=ctx)
+            statuses.append(response.status)
+        return statuses
+
+    assert asyncio.run(attempts()) == [403, 101, 403, 400, 101, 403]
+    client.request("DELETE", path)  # cancelled: the command never started (not all streams came)
+    assert client.get(path)["status"] == "Cancelled"
