@@ -8,6 +8,7 @@ import re
 import time
 
 import pexpect
+import pytest
 
 from tests.procs import ORCH
 
@@ -16,17 +17,21 @@ def _spawn(orch, *args: str) -> pexpect.spawn:  # type: ignore[no-untyped-def]
     return pexpect.spawn(ORCH, list(args), env=orch.env, timeout=60, encoding="utf-8", dimensions=(24, 200))
 
 
+@pytest.fixture
+def pair(make_agent, orch_env, busybox_image):  # type: ignore[no-untyped-def]
+    """foo and bar as remotes, the busybox image on foo as bb; no worker yet."""
+    for name in ("foo", "bar"):
+        orch_env.add_remote(name, make_agent(name))
+    orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    return orch_env
+
+
 def _job(orch, job_id: str) -> dict:  # type: ignore[no-untyped-def]
     return json.loads(orch.run("jobs", "show", job_id, "--format", "json").stdout)
 
 
-def test_ctrl_c_while_following_a_move_leaves_it_running_and_says_how_to_follow(
-    make_agent, orch_env, busybox_image, start_worker
-):
-    o = orch_env
-    for name in ("foo", "bar"):
-        o.add_remote(name, make_agent(name))
-    o.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+def test_ctrl_c_while_following_a_move_leaves_it_running_and_says_how_to_follow(pair, start_worker):
+    o = pair
     o.run("init", "foo:bb", "foo:c1")
     move = _spawn(o, "move", "foo:c1", "bar:")  # no worker yet: the job waits in the queue
     move.expect(r"Job (\S+): move")
@@ -49,12 +54,9 @@ def test_ctrl_c_while_following_a_move_leaves_it_running_and_says_how_to_follow(
 
 
 def test_ctrl_c_during_evacuate_says_the_host_state_and_how_to_go_on_and_restore_restarts_stopped(
-    make_agent, orch_env, busybox_image, start_worker
+    pair, start_worker
 ):
-    o = orch_env
-    for name in ("foo", "bar"):
-        o.add_remote(name, make_agent(name))
-    o.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    o = pair
     o.run("launch", "foo:bb", "foo:mig")
     o.run("launch", "foo:bb", "foo:halt", "-c", "evacuate=stop")
     evacuate = _spawn(o, "evacuate", "foo:", "--yes")  # no worker: the move waits
@@ -77,13 +79,8 @@ def test_ctrl_c_during_evacuate_says_the_host_state_and_how_to_go_on_and_restore
     assert on_foo == {"halt": "Running", "mig": "Running"}
 
 
-def test_hints_name_the_remote_and_only_options_the_command_has(
-    make_agent, orch_env, busybox_image, start_worker
-):
-    o = orch_env
-    for name in ("foo", "bar"):
-        o.add_remote(name, make_agent(name))
-    o.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+def test_hints_name_the_remote_and_only_options_the_command_has(pair, start_worker):
+    o = pair
     o.run("launch", "foo:bb", "foo:c1")
     o.run("init", "foo:bb", "foo:off")
     o.run("init", "foo:bb", "bar:off")

@@ -23,12 +23,8 @@ from hostagent.runtimes.base import RUNNING, STOPPED
 from hostagent.runtimes.idmap import IdMap, default_idmap, shift_into, shift_out_of
 from hostagent.runtimes.native import NativeRuntime, halt_signal, resolve_in_root, runc_prefix
 from hostagent.runtimes.oci import RLIM_INFINITY_OCI, clamp_rlimits, make_spec
-from hostagent.runtimes.runc import (
-    EXEC_NOT_EXECUTABLE_CODE,
-    EXEC_NOT_FOUND_CODE,
-    EXEC_TIMEOUT_CODE,
-    summarize,
-)
+from hostagent.runtimes.runc import summarize
+from hostagent.runtimes.runc_exec import EXEC_NOT_EXECUTABLE_CODE, EXEC_NOT_FOUND_CODE, EXEC_TIMEOUT_CODE
 from hostagent.storage.btrfs import BtrfsDriver, is_subvolume
 from hostagent.storage.dir import DirDriver
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, InternalError, NotFound

@@ -28,13 +28,9 @@ from pathlib import Path
 
 from hostagent.execsession import fdio
 from hostagent.execsession.base import ExecProcess, ExecSpec
-from hostagent.runtimes.runc import (
-    EXEC_NOT_EXECUTABLE_CODE,
-    EXEC_NOT_FOUND_CODE,
-    Runc,
-    descendants,
-)
-from hostagent.runtimes.runc import _log_error as runc_log_error
+from hostagent.runtimes.runc import Runc, descendants
+from hostagent.runtimes.runc_exec import EXEC_NOT_EXECUTABLE_CODE, EXEC_NOT_FOUND_CODE
+from hostagent.runtimes.runc_exec import log_error as runc_log_error
 
 #: how long output may still come after the command exited (a background job holding the pipe)
 DRAIN_AFTER_EXIT = 1.0

@@ -12,6 +12,7 @@ from orchestrator.cli.completion import containers
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.images import ensure_image
 from orchestrator.cli.output import emit, format_option, human_size, table
+from orchestrator.cli.pairs import parse_pairs
 from orchestrator.refs import Ref, parse, parse_container
 
 
@@ -45,13 +46,7 @@ def _create(ctx: Context, image: str, name: str | None, config: tuple[str, ...],
 
 
 def _parse_config(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadRequest(f"invalid config {pair!r}", "use -c KEY=VALUE")
-        out[key] = value
-    return out
+    return parse_pairs(pairs, "config", "-c KEY=VALUE")
 
 
 config_option = click.option("--config", "-c", multiple=True, metavar="KEY=VALUE", help="Container config.")

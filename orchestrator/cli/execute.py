@@ -16,6 +16,7 @@ import click
 from orchapi.errors import BadRequest
 from orchestrator.cli.completion import containers
 from orchestrator.cli.context import Context, pass_ctx
+from orchestrator.cli.pairs import parse_pairs
 from orchestrator.refs import parse_container
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,11 +51,7 @@ def _environment(pairs: tuple[str, ...], interactive: bool, user: int | None) ->
     env = {"PATH": DEFAULT_PATH, "HOME": home, "LANG": "C.UTF-8"}
     if interactive:
         env["TERM"] = os.environ.get("TERM", "xterm")
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadRequest(f"invalid environment variable {pair!r}", "use --env KEY=VALUE")
-        env[key] = value
+    env.update(parse_pairs(pairs, "environment variable", "--env KEY=VALUE"))
     return env
 
 

@@ -15,7 +15,7 @@ from hostagent.console import native as consoles
 from hostagent.execsession.base import ExecProcess, ExecSpec
 from hostagent.execsession.runc import RuncExec
 from hostagent.jsonfile import write_json
-from hostagent.runtimes import modes
+from hostagent.runtimes import modes, runc_exec
 from hostagent.runtimes.base import (
     RUNNING,
     STOPPED,
@@ -205,7 +205,9 @@ class Lifecycle(NativeBase):
         if status != RUNNING:
             raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
         with self._named_errors(name):
-            return self.runc.exec(self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout)
+            return runc_exec.collect(
+                self.runc, self.runc_id(name), list(command), env or {}, cwd or None, stdin, timeout
+            )
 
     def exec_process(self, name: str, spec: ExecSpec) -> ExecProcess:
         self._load(name)
