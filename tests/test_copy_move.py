@@ -86,6 +86,8 @@ def test_copy_with_snapshots_keeps_each_snapshot_intact(cluster, orch_env):
     record = last_job(orch_env)
     assert record["status"] == "succeeded" and record["kind"] == "copy" and record["method"] == "rsync"
     assert record["steps_done"] == ["verify_target", "issue_token", "pull_image", "transfer_delta"]
+    # rsync sends deltas of unknown size: no made-up total (the 3 volumes' full size) for a bar to stall on
+    assert record["bytes_total"] == 0 and record["bytes_done"] > 0, record
     orch_env.run("start", "bar:c1")
     assert orch_env.run("exec", "bar:c1", "--", "cat", "/root/c").stdout == "three\n"
 
@@ -305,3 +307,14 @@ def test_cancel_a_running_job_rolls_back(cluster, orch_env):
         assert "c1" in containers(orch_env, "foo") and "c1" not in containers(orch_env, "bar")
     else:  # the transfer won the race; the move completed
         assert record["status"] == "succeeded"
+
+
+def test_tar_sends_whole_volumes_so_the_job_has_a_true_total(cluster, orch_env):
+    foo, _ = cluster
+    orch_env.run("init", "foo:bb", "foo:c1")
+    put(rootfs(foo, "c1") / "root" / "blob", os.urandom(3 * 1024 * 1024))
+    orch_env.run("copy", "foo:c1", "bar:", "--method", "tar")
+    record = last_job(orch_env)
+    assert record["method"] == "tar" and record["bytes_total"] >= 3 * 1024 * 1024, record
+    # the total is what travelled (tar's headers and padding beside the files' bytes)
+    assert 0.9 <= record["bytes_done"] / record["bytes_total"] <= 1.1, record
