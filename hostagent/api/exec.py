@@ -115,7 +115,7 @@ async def exec_command(request: web.Request) -> web.Response:
     if (await agent.blocking(agent.runtime.get, name)).status != RUNNING:
         raise Conflict(f"container {name} is not running", f"start it first: orch start {name}")
     if websockets:
-        return _streamed(request, name, _spec(body, command, env, cwd))
+        return await _streamed(request, name, _spec(body, command, env, cwd))
     if body.get("interactive"):
         raise BadRequest("an interactive exec needs wait-for-websocket: true")
 
@@ -130,10 +130,10 @@ async def exec_command(request: web.Request) -> web.Response:
     return async_op(agent.operations.start(f"Executing command in {name}", work, resources(name)))
 
 
-def _streamed(request: web.Request, name: str, spec: ExecSpec) -> web.Response:
+async def _streamed(request: web.Request, name: str, spec: ExecSpec) -> web.Response:
     """The LXD-style exec: an operation whose websockets carry the streams."""
     agent = request.app[AGENT_KEY]
-    process = agent.runtime.exec_process(name, spec)
+    process = await agent.blocking(agent.runtime.exec_process, name, spec)  # it asks runc: a thread
     return start_session(agent, name, process, spec.interactive, f"Executing command in {name}")
 
 
