@@ -65,7 +65,6 @@ class RuncExec(ExecProcess):
         self.master: int | None = None
         self._exited: asyncio.Future[int] | None = None
         self._exit_time = 0.0
-        self._status: int | None = None
         self._stdin_closed = False
 
     async def start(self) -> None:
