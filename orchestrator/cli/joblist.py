@@ -52,6 +52,8 @@ WATCH_EVERY = 1.0
 
 
 def _seconds(value: float) -> str:
+    if value < 10:
+        return f"{value:.1f}s"  # most moves are over in seconds: "0s" would say nothing
     value = int(value)
     if value >= 3600:
         return f"{value // 3600}h{value % 3600 // 60:02d}m"
