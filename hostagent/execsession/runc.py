@@ -174,6 +174,11 @@ class RuncExec(ExecProcess):
 
     async def kill(self) -> None:
         pid = self._pid()
+        for _ in range(20):  # runc writes the pid file as it starts the command: give it a moment
+            if pid or self.proc is None or self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+            pid = self._pid()
         for p in descendants(pid) if pid else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
