@@ -27,6 +27,7 @@ from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
 from hostagent.runtimes import RuntimeOptions, make_runtime
 from hostagent.runtimes.base import Runtime
+from hostagent.transfer.ratelimit import BWLIMIT_KEY, TokenBucket, configured_rate
 from hostagent.transfer.registry import available_methods
 from hostagent.trust import TrustStore
 from orchapi import certs, tlsconfig
@@ -76,6 +77,9 @@ class Agent:
         self.storage = self.runtime.storage
         self.images = self.runtime.images
         self.operations = OperationRegistry()
+        #: this agent's total bandwidth for migrations, each direction, shared by all that run at once
+        #: (server config ``migration.bwlimit``; unlimited when unset)
+        self.bandwidth = TokenBucket(configured_rate(self.trust.server_config().get(BWLIMIT_KEY, "")))
         #: streaming execs whose websockets are open or awaited, by operation id
         self.exec_sessions: dict[str, ExecSession] = {}
         #: migrations this agent issued as a source (in memory: a restart invalidates their tokens)

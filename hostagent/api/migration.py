@@ -29,13 +29,15 @@ from hostagent.migration.tokens import DEFAULT_TTL
 from orchapi import certs
 from orchapi.errors import BadRequest, Forbidden, OrchError
 from orchapi.names import check_snapshot_name
+from orchapi.rates import MIN_RATE
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/1.0/containers/{name}/migration")
 async def create_migration(request: web.Request) -> web.Response:
-    """Body: ``{"target_certificate": PEM, "snapshot": null|name, "instance_only": bool, "ttl": seconds}``."""
+    """Body: ``{"target_certificate": PEM, "snapshot": null|name, "instance_only": bool, "ttl": seconds,
+    "bwlimit": bytes per second}``."""
     agent = request.app[AGENT_KEY]
     name = container_name(request)
     body = await json_body(request)
@@ -50,6 +52,11 @@ async def create_migration(request: web.Request) -> web.Response:
     if not isinstance(instance_only, bool):
         raise BadRequest("instance_only must be true or false")
     ttl = body.get("ttl", DEFAULT_TTL)
+    bwlimit = body.get("bwlimit")
+    if bwlimit is not None and (
+        not isinstance(bwlimit, int) or isinstance(bwlimit, bool) or not MIN_RATE <= bwlimit <= 2**62
+    ):
+        raise BadRequest(f"bwlimit must be a number of bytes per second, at least {MIN_RATE}")
     plan = await agent.blocking(agent.runtime.export_plan, name, snapshot, instance_only)
     size = sum(u.bytes for u in await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes]))
     image_available = bool(plan.base_image) and await agent.blocking(has_image, agent.images, plan.base_image)
@@ -63,6 +70,7 @@ async def create_migration(request: web.Request) -> web.Response:
         pem,
         ttl,
     )
+    migration.bwlimit = bwlimit
     if agent.ssl_context is not None:
         # the target presents this certificate as its client certificate: the handshake must accept it
         agent.ssl_context.load_verify_locations(cadata=pem)

@@ -7,7 +7,9 @@ from aiohttp import web
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import json_body, sync
 from hostagent.migration.policy import ALLOW_KEY
+from hostagent.transfer.ratelimit import BWLIMIT_KEY, configured_rate
 from orchapi.errors import BadRequest
+from orchapi.rates import parse_rate
 
 routes = web.RouteTableDef()
 
@@ -21,6 +23,8 @@ SERVER_KEYS: dict[str, tuple[str, ...] | None] = {
     # whether every migration may bring elevated containers here (privileged, raw.*, host devices ...);
     # without it only a job's own --allow-privileged does (hostagent/migration/policy.py)
     ALLOW_KEY: ("", "true", "false"),
+    # this agent's total bandwidth for migrations (each direction, all at once): "50MiB", "" for none
+    BWLIMIT_KEY: None,
 }
 
 
@@ -46,11 +50,15 @@ async def patch_server(request: web.Request) -> web.Response:
         if allowed is not None and value not in allowed:
             expected = "expected one of: " + ", ".join(repr(v) for v in allowed)
             raise BadRequest(f"invalid value {value!r} for {key}", expected)
+    if config.get(BWLIMIT_KEY):
+        parse_rate(config[BWLIMIT_KEY])  # refused here, before anything is stored
     if "core.trust_password" in config:
         await agent.blocking(agent.trust.set_password, config["core.trust_password"])
-    for key in ("orch.status", ALLOW_KEY):
+    for key in ("orch.status", ALLOW_KEY, BWLIMIT_KEY):
         if key in config:
             await agent.blocking(agent.trust.set_server_key, key, config[key])
+    if BWLIMIT_KEY in config:  # the transfers running now too
+        agent.bandwidth.set_rate(configured_rate(config[BWLIMIT_KEY]))
     return sync({})
 
 

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hostagent.transfer.ratelimit import Throttle
 from orchapi.errors import BadRequest, OrchError, Unavailable
 
 #: payload bytes read from the local process per frame
@@ -112,6 +113,11 @@ class Relay:
         self._deliver = memoryview(b"")  # payload the local process has not taken yet
         self._peer_done = False  # the peer's EOF frame arrived
         self._closed = False  # the peer closed the connection (after its EOF frame, if all is well)
+        # bandwidth limits (set by hostagent/transfer/link.py): past a bucket's rate, the local process
+        # (outbound) or the socket (inbound) is not read again until the debt is paid
+        self.send_throttle: Throttle | None = None
+        self.recv_throttle: Throttle | None = None
+        self._send_hold = self._recv_hold = 0.0
 
     def stop(self) -> None:
         """Make :meth:`run` end soon (it raises :class:`Unavailable`)."""
@@ -128,7 +134,7 @@ class Relay:
             while not self._finished():
                 if self._stop.is_set():
                     raise Unavailable(f"the transfer of {self.what} was stopped")
-                if sock.pending() and self._idle_inbound():
+                if sock.pending() and self._idle_inbound() and self._recv_hold <= time.monotonic():
                     self._read_socket()  # records OpenSSL already decrypted: poll() would not see them
                     continue
                 for fd, mask in self._poll():
@@ -169,15 +175,26 @@ class Relay:
 
     def _poll(self) -> list[tuple[int, int]]:
         poller = select.poll()
-        mask = select.POLLIN if self._idle_inbound() else 0  # backpressure: the process first
+        now = time.monotonic()
+        timeout = _TICK
+        # backpressure: the process first; and a bandwidth limit's debt paid
+        mask = 0
+        if self._idle_inbound():
+            if self._recv_hold <= now:
+                mask = select.POLLIN
+            else:
+                timeout = min(timeout, self._recv_hold - now)
         if self._frames or self._want_write:
             mask |= select.POLLOUT
         poller.register(self.sock.fileno(), mask)
         if self.out_fd is not None and not self._out_done and self._pending_out < HIGH_WATER:
-            poller.register(self.out_fd, select.POLLIN)
+            if self._send_hold <= now:
+                poller.register(self.out_fd, select.POLLIN)
+            else:
+                timeout = min(timeout, self._send_hold - now)
         if self.in_fd is not None and self._deliver:
             poller.register(self.in_fd, select.POLLOUT)
-        return poller.poll(_TICK * 1000)
+        return poller.poll(max(timeout, 0.0) * 1000)
 
     # -- outbound --------------------------------------------------------------------------------------
     def _queue(self, frame: bytes | bytearray) -> None:
@@ -204,6 +221,8 @@ class Relay:
         if n:
             self.result.sent += n
             self._queue(_LEN.pack(n) + self._lview[:n])  # the one copy: into the frame OpenSSL encrypts
+            if self.send_throttle is not None:
+                self._send_hold = time.monotonic() + self.send_throttle.take(n)
         if self._out_done:
             self._queue(_LEN.pack(0))
 
@@ -251,6 +270,11 @@ class Relay:
             if filled:
                 self._start, self._end = 0, filled
                 self._handle()
+                if self.recv_throttle is not None:
+                    wait = self.recv_throttle.take(filled)
+                    if wait:
+                        self._recv_hold = time.monotonic() + wait
+                        return  # the socket waits (and so does the peer, by TCP's back-pressure)
             if drained:
                 return
 

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType
 
 from hostagent.jsoninput import parse_json
+from hostagent.transfer.ratelimit import Throttle
 from orchapi.errors import BadRequest, OrchError, Unavailable, error_for_status
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ class Channel:
         self._budget: int | None = None
         self._budget_start = 0
         self._budget_what = ""
+        #: the bandwidth limits on the data this side sends / receives (hostagent/transfer/ratelimit.py),
+        #: over the websocket here and over the data links (hostagent/transfer/link.py hands them on)
+        self.send_throttle: Throttle | None = None
+        self.recv_throttle: Throttle | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     # -- counting -------------------------------------------------------------------------------------
@@ -122,6 +127,8 @@ class Channel:
 
     async def send_data(self, data: bytes) -> None:
         self.ws_sent += len(data)
+        if self.send_throttle is not None:
+            await self.send_throttle.pace(len(data))
         await self.ws.send_bytes(data)
 
     async def send_eof(self) -> None:
@@ -180,6 +187,8 @@ class Channel:
 
     async def _deliver(self, data: bytes) -> None:
         self.ws_received += len(data)
+        if self.recv_throttle is not None:
+            await self.recv_throttle.pace(len(data))  # the websocket is not read meanwhile: back-pressure
         if self.refused is not None:
             self.discarded += len(data)
             return

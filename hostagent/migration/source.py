@@ -20,6 +20,7 @@ from hostagent.migration.tokens import Migration
 from hostagent.runtimes.base import ExportPlan
 from hostagent.storage.base import VolumeUsage
 from hostagent.transfer.base import SendContext, SendPreparation, TransferMethod, probe_features
+from hostagent.transfer.ratelimit import Throttle, TokenBucket
 from hostagent.transfer.registry import get_method
 from orchapi.errors import BadRequest, Conflict, OrchError
 
@@ -35,6 +36,8 @@ class SourceSession:
         self.migration = migration
         self.ws = ws
         self.channel = Channel(ws, "target")
+        job_limit = TokenBucket(migration.bwlimit) if migration.bwlimit else None
+        self.channel.send_throttle = Throttle(agent.bandwidth, job_limit)
         self.plan: ExportPlan | None = None
         #: the target's accept
         self.accept = Accept("")

@@ -56,6 +56,8 @@ class Migration:
     hashes: dict[str, bytes]
     used: set[str] = field(default_factory=set)
     revoked: bool = False
+    #: the job's bandwidth limit in bytes per second (--bwlimit; None: only the agents' own limits)
+    bwlimit: int | None = None
     #: tasks streaming for this migration right now (cancelled by a revoke)
     sessions: set[asyncio.Task] = field(default_factory=set)
 

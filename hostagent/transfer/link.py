@@ -69,6 +69,7 @@ async def relay(relay_: Relay, ch: Channel | None = None) -> RelayResult:
     waits for the thread)."""
     if ch is not None:
         ch.count(relay_.result)
+        relay_.send_throttle, relay_.recv_throttle = ch.send_throttle, ch.recv_throttle
     loop = asyncio.get_running_loop()
     done: asyncio.Future[RelayResult] = loop.create_future()
 

@@ -89,6 +89,20 @@ allow_privileged_option = click.option(
     is_flag=True,
     help="Let the target accept a privileged container, raw.* config or host devices for this job.",
 )
+
+
+def parse_rate_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from orchapi.rates import parse_rate
+
+    return parse_rate(value) if value else None
+
+
+bwlimit_option = click.option(
+    "--bwlimit",
+    metavar="RATE",
+    callback=parse_rate_option,
+    help="At most this bandwidth for the transfer, e.g. 50MiB (per second); the agents' own limits hold too.",
+)
 method_option = click.option(
     "--method",
     type=click.Choice(["btrfs", "rsync", "tar", "lxd-migration"]),
@@ -102,6 +116,7 @@ method_option = click.option(
 @click.option("--refresh", is_flag=True, help="Update an existing copy with only what changed.")
 @click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
 @method_option
+@bwlimit_option
 @allow_privileged_option
 @wait_option
 @pass_ctx
@@ -112,11 +127,14 @@ def copy(
     refresh: bool,
     instance_only: bool,
     method: str | None,
+    bwlimit: int | None,
     allow_privileged: bool,
     no_wait: bool,
 ) -> int:
     """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
     options = {"refresh": refresh, "instance_only": instance_only, "method": method}
+    if bwlimit:
+        options["bwlimit"] = bwlimit
     if allow_privileged:
         options["allow_privileged"] = True
     return _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
@@ -130,6 +148,7 @@ def copy(
     "--instance-only", is_flag=True, help="Move without snapshots (they are deleted with the source)."
 )
 @method_option
+@bwlimit_option
 @allow_privileged_option
 @wait_option
 @pass_ctx
@@ -140,11 +159,14 @@ def move(
     stateless: bool,
     instance_only: bool,
     method: str | None,
+    bwlimit: int | None,
     allow_privileged: bool,
     no_wait: bool,
 ) -> int:
     """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
     options = {"stateless": stateless, "instance_only": instance_only, "method": method}
+    if bwlimit:
+        options["bwlimit"] = bwlimit
     if allow_privileged:
         options["allow_privileged"] = True
     return _submit_and_follow(ctx, "move", source, target, options, not no_wait)

@@ -30,6 +30,8 @@ def issue(ctx: StepContext, job: Job) -> None:
         "instance_only": bool(job.options.get("instance_only")),
         "ttl": TOKEN_TTL,
     }
+    if job.options.get("bwlimit"):
+        body["bwlimit"] = int(job.options["bwlimit"])  # the source paces what it sends to it
     migration = src.call("POST", f"/1.0/containers/{s['source_name']}/migration", json=body)
     ctx.jobs.set_secrets(job.id, migration["secrets"])
     base_url = reachable_url(s["source_remote"], src)

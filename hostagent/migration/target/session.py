@@ -36,6 +36,7 @@ from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import Operation
 from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer.base import TransferMethod, probe_features
+from hostagent.transfer.ratelimit import Throttle
 from hostagent.transfer.registry import get_method, negotiate, usable_between
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, Unavailable
 
@@ -77,6 +78,7 @@ async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -
             except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
                 raise connect_error(spec.source, exc) from None
             ch = Channel(ws, "source")
+            ch.recv_throttle = Throttle(agent.bandwidth)  # this agent's total for what it receives
             try:
                 check_peer(ws.get_extra_info, spec.source.fingerprint)
                 return await TargetSession(agent, op, name, spec, ch).run()
