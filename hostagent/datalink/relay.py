@@ -39,6 +39,9 @@ from orchapi.errors import BadRequest, OrchError, Unavailable
 
 #: payload bytes read from the local process per frame
 CHUNK = 1 << 20
+#: what is read at once under a bandwidth limit: the limit is paid after each read, so a big read would
+#: go out as one burst above the rate (a 1 MiB chunk is half a second's worth at 2 MiB/s)
+THROTTLED_CHUNK = 64 << 10
 #: the largest frame accepted from the peer
 MAX_FRAME = 4 << 20
 #: outbound bytes kept pending before the local process is read again (backpressure)
@@ -205,9 +208,10 @@ class Relay:
         """Read what the local process wrote — as much as is there, up to a frame — and queue it."""
         assert self.out_fd is not None
         n = 0
-        while n < CHUNK:
+        chunk = THROTTLED_CHUNK if self.send_throttle is not None and self.send_throttle.limited() else CHUNK
+        while n < chunk:
             try:
-                got = os.readv(self.out_fd, [self._lview[n:]])
+                got = os.readv(self.out_fd, [self._lview[n:chunk]])
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -250,7 +254,10 @@ class Relay:
         """Read what the socket has — as many records as fit the buffer — and hand it on."""
         while self._idle_inbound():
             filled, drained, closed = 0, False, False
-            while filled < RECV_BUFFER - RECORD:
+            room = RECV_BUFFER - RECORD
+            if self.recv_throttle is not None and self.recv_throttle.limited():
+                room = THROTTLED_CHUNK
+            while filled < room:
                 try:
                     n = self.sock.recv_into(self._rview[filled:])
                 except ssl.SSLWantReadError:

@@ -72,6 +72,10 @@ class Throttle:
         self.buckets = [b for b in buckets if b is not None]
         self.throttled = 0.0  # seconds of waiting imposed
 
+    def limited(self) -> bool:
+        """Whether any of its buckets has a rate now (readers then take small steps)."""
+        return any(b.rate for b in self.buckets)
+
     def take(self, n: int) -> float:
         wait = max((b.take(n) for b in self.buckets), default=0.0)
         self.throttled += wait
