@@ -200,4 +200,4 @@ def test_exec_websockets_need_trust_and_a_secret_that_works_once(c1, two_agents)
 
     assert asyncio.run(attempts()) == [403, 101, 403, 400, 101, 403]
     client.request("DELETE", path)  # cancelled: the command never started (not all streams came)
-    assert client.get(path)["status"] == "Cancelled"
+    assert client.get(f"{path}/wait", params={"timeout": 10})["status"] == "Cancelled"
