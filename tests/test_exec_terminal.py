@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -201,3 +202,17 @@ def test_exec_websockets_need_trust_and_a_secret_that_works_once(c1, two_agents)
     assert asyncio.run(attempts()) == [403, 101, 403, 400, 101, 403]
     client.request("DELETE", path)  # cancelled: the command never started (not all streams came)
     assert client.get(f"{path}/wait", params={"timeout": 10})["status"] == "Cancelled"
+
+
+def test_a_slow_reader_gets_all_of_the_output_of_a_command_that_has_ended(c1) -> None:
+    """The command ends long before its output has reached a reader that takes its time: nothing of it
+    is dropped (the end of output is a silence after the exit, not a deadline)."""
+    slow = (
+        "import sys, time\nn = 0\n"
+        "while b := sys.stdin.buffer.read(16384):\n    n += len(b); time.sleep(0.05)\nprint(n)"
+    )
+    proc = subprocess.run(
+        f"{ORCH} exec foo:c1 -- head -c 1000000 /dev/zero | python3 -c {shlex.quote(slow)}",
+        shell=True, env=c1.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+    assert proc.stdout.strip() == "1000000", proc.stderr

@@ -21,8 +21,9 @@ from orchapi.execapi import CONTROL, STDIN, Resize, Signal, fds_for
 
 #: LXD takes whole seconds to wait on an operation; a shell may stay open for days
 FOREVER = float(2**31)
-#: how long output may still arrive after LXD reported the command's end
-DRAIN_AFTER_END = 0.5
+#: after LXD reported the command's end, how long a silence ends a stream (LXD writes all output
+#: before it ends the operation, but under load our side may take a while to read it: 0.5 s lost output)
+DRAIN_AFTER_END = 5.0
 
 
 class LxdExec(ExecProcess):

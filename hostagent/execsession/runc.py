@@ -23,7 +23,6 @@ import secrets
 import signal
 import struct
 import termios
-import time
 from pathlib import Path
 
 from hostagent.execsession import fdio
@@ -32,7 +31,7 @@ from hostagent.runtimes.runc import Runc, descendants
 from hostagent.runtimes.runc_exec import EXEC_NOT_EXECUTABLE_CODE, EXEC_NOT_FOUND_CODE
 from hostagent.runtimes.runc_exec import log_error as runc_log_error
 
-#: how long output may still come after the command exited (a background job holding the pipe)
+#: after the command exited, how long a silence ends its output (a background job may hold the pipe)
 DRAIN_AFTER_EXIT = 1.0
 
 
@@ -64,7 +63,6 @@ class RuncExec(ExecProcess):
         self.proc: asyncio.subprocess.Process | None = None
         self.master: int | None = None
         self._exited: asyncio.Future[int] | None = None
-        self._exit_time = 0.0
         self._stdin_closed = False
 
     async def start(self) -> None:
@@ -95,7 +93,6 @@ class RuncExec(ExecProcess):
     async def _watch(self) -> int:
         assert self.proc is not None
         status = await self.proc.wait()
-        self._exit_time = time.monotonic()
         return status
 
     # -- streams -----------------------------------------------------------------------------------
@@ -107,17 +104,17 @@ class RuncExec(ExecProcess):
         return await self._after_exit(reader.read(fdio.CHUNK))
 
     async def _after_exit(self, reading) -> bytes:  # type: ignore[no-untyped-def]
-        """``reading``'s result, or ``b""`` if the command has exited and nothing came for a while:
-        output the command wrote is already in the pipe, so only a background job could be holding it."""
+        """``reading``'s result, or ``b""`` once the command has exited and nothing more came for
+        :data:`DRAIN_AFTER_EXIT`: what the command wrote is in the pipe already (read as fast as the
+        client takes it, however long that is), so only a background job could hold the pipe open."""
         assert self._exited is not None
         task = asyncio.ensure_future(reading)
         if not self._exited.done():
             await asyncio.wait({task, self._exited}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
-        left = self._exit_time + DRAIN_AFTER_EXIT - time.monotonic()
         try:
-            return await asyncio.wait_for(task, max(left, 0.0))
+            return await asyncio.wait_for(task, DRAIN_AFTER_EXIT)
         except TimeoutError:
             return b""
 
