@@ -15,14 +15,14 @@ from typing import Any
 import aiohttp
 
 from hostagent.execsession.base import ExecProcess, ExecSpec
+from hostagent.lxd import websocket
 from hostagent.lxd.client import LxdClient, path_of
 from orchapi.errors import InternalError
 from orchapi.execapi import CONTROL, STDIN, Resize, Signal, fds_for
 
 #: LXD takes whole seconds to wait on an operation; a shell may stay open for days
 FOREVER = float(2**31)
-#: how long output may still arrive after LXD reported the command's end. 5 s lost a quick command's
-#: output every time in tests/test_lxd.py and 0.5 s did not: why is not understood yet (issue-11 note)
+#: how long a terminal's output may still arrive after LXD reported the command's end
 DRAIN_AFTER_END = 0.5
 
 
@@ -68,13 +68,16 @@ class LxdExec(ExecProcess):
         order = sorted(fds_for(self.spec.interactive), key=lambda fd: (fd != CONTROL, fd == STDIN))
         for fd in order:
             url = f"http://lxd{op_path}/websocket?secret={fds[fd]}"
-            self._ws[fd] = await self._http.ws_connect(url, max_msg_size=1 << 20)
+            self._ws[fd] = await websocket.connect(self._http, url)
         self._status = asyncio.ensure_future(asyncio.to_thread(self.client.wait, self._doc, FOREVER))
 
     async def read(self, stream: str) -> bytes:
-        """LXD may keep a terminal's websocket open after the command ended (the lxc client stops at
-        the operation's end): once the operation is over, what is still coming gets a moment."""
+        """Pipes end with LXD's end-of-stream frame, always sent before the operation ends. LXD may
+        keep a terminal's websocket open after the command ended (the lxc client stops at the
+        operation's end): once the operation is over, what is still coming gets a moment."""
         assert self._status is not None
+        if not self.spec.interactive:
+            return await self._receive(self._ws[stream])
         receiving = asyncio.ensure_future(self._receive(self._ws[stream]))
         if not self._status.done():
             await asyncio.wait({receiving, self._status}, return_when=asyncio.FIRST_COMPLETED)
@@ -90,7 +93,7 @@ class LxdExec(ExecProcess):
         """The next chunk; at the stream's end (LXD sends an empty text or binary frame, or closes)
         ``b""``, and our side closed, which LXD waits for before it ends the operation."""
         while True:
-            msg = await ws.receive()
+            msg = await websocket.receive(ws)
             if msg.type == aiohttp.WSMsgType.BINARY and msg.data:
                 return msg.data
             if msg.type == aiohttp.WSMsgType.TEXT and msg.data:

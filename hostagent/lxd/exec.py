@@ -1,10 +1,10 @@
 """Run a command in an LXD container and collect its output (non-interactive, like the native runtime).
 
 Without input, LXD records stdout and stderr to log files (``record-output``) that are read and then
-deleted. With input, LXD's websocket mode is used: one websocket per stream plus a control one; stdin is
-written and closed, stdout and stderr are read until LXD closes them, and the operation gives the exit
-code. The websockets are reached over the same unix socket with aiohttp, in a private event loop (driver
-calls run in worker threads).
+deleted. With input, it is the streaming exec's :class:`LxdExec` (one websocket per stream plus a
+control one, over LXD's unix socket) in a private event loop (driver calls run in worker threads):
+stdin is written and closed, stdout and stderr are read to their ends, and the operation gives the exit
+code.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-import aiohttp
-
+from hostagent.execsession.base import ExecSpec
+from hostagent.execsession.lxd import LxdExec
 from hostagent.lxd.client import LxdClient, path_of
 from hostagent.runtimes.base import ExecResult
 from orchapi.errors import Unavailable
@@ -32,19 +32,20 @@ def run(
     stdin: bytes | None,
     timeout: float | None,
 ) -> ExecResult:
+    if stdin is not None:
+        spec = ExecSpec(command, env, cwd or "/")
+        return asyncio.run(_websockets(client, name, spec, stdin, timeout))
     body: dict[str, Any] = {
         "command": command,
         "environment": env,
         "interactive": False,
-        "wait-for-websocket": stdin is not None,
-        "record-output": stdin is None,
+        "wait-for-websocket": False,
+        "record-output": True,
     }
     if cwd:
         body["cwd"] = cwd
     doc = client.request("POST", path_of("instances", name, "exec"), json=body)
-    if stdin is None:
-        return _recorded(client, doc, timeout)
-    return asyncio.run(_websockets(client, doc, stdin, timeout))
+    return _recorded(client, doc, timeout)
 
 
 def _recorded(client: LxdClient, doc: dict[str, Any], timeout: float | None) -> ExecResult:
@@ -64,47 +65,37 @@ def _recorded(client: LxdClient, doc: dict[str, Any], timeout: float | None) -> 
 
 
 async def _websockets(
-    client: LxdClient, doc: dict[str, Any], stdin: bytes, timeout: float | None
+    client: LxdClient,
+    name: str,
+    spec: ExecSpec,
+    stdin: bytes,
+    timeout: float | None,
 ) -> ExecResult:
-    op = doc["metadata"]
-    op_path = doc["operation"]
-    fds = op["metadata"]["fds"]
-    connector = aiohttp.UnixConnector(path=client.socket_path)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        def url(secret: str) -> str:
-            return f"http://lxd{op_path}/websocket?secret={secret}"
-
-        control = await session.ws_connect(url(fds["control"]))
-        ws_in = await session.ws_connect(url(fds["0"]))
-        ws_out = await session.ws_connect(url(fds["1"]))
-        ws_err = await session.ws_connect(url(fds["2"]))
+    process = LxdExec(client, name, spec)
+    await process.start()
+    try:
 
         async def feed() -> None:
             for start in range(0, len(stdin), 1 << 16):
-                await ws_in.send_bytes(stdin[start : start + (1 << 16)])
-            await ws_in.close()
+                await process.write(stdin[start : start + (1 << 16)])
+            await process.close_stdin()
 
-        async def drain(ws: aiohttp.ClientWebSocketResponse) -> bytes:
+        async def collect(stream: str) -> bytes:
             out = bytearray()
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    if not msg.data:  # LXD's end-of-stream marker
-                        break
-                    if len(out) < MAX_OUTPUT:
-                        out += msg.data
-                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR):
-                    break
-            await ws.close()
+            while chunk := await process.read(stream):
+                if len(out) < MAX_OUTPUT:
+                    out += chunk
             return bytes(out)
 
+        async def everything() -> tuple[bytes, bytes, int]:
+            _, out, err = await asyncio.gather(feed(), collect("1"), collect("2"))
+            return out, err, await process.wait()
+
         try:
-            _, out, err = await asyncio.wait_for(
-                asyncio.gather(feed(), drain(ws_out), drain(ws_err)), timeout
-            )
+            out, err, code = await asyncio.wait_for(everything(), timeout)
         except TimeoutError:
+            await process.kill()
             raise Unavailable(f"the command did not finish within {timeout:g} s") from None
-        finally:
-            await control.close()
-    result = await asyncio.get_running_loop().run_in_executor(None, client.wait, doc, 60.0)
-    return ExecResult(int(result.get("return", -1)), out, err)
+    finally:
+        await process.close()
+    return ExecResult(code, out, err)
