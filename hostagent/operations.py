@@ -80,13 +80,25 @@ class OperationRegistry:
 
     def __init__(self, keep_seconds: float = 600.0) -> None:
         self._ops: dict[str, Operation] = {}
+        self._keyed: dict[str, str] = {}  # idempotency key -> operation id
         self.keep_seconds = keep_seconds
 
-    def start(self, description: str, work: Work, resources: dict[str, list[str]] | None = None) -> Operation:
-        """Create an operation and schedule ``work(op)``; its return value becomes the metadata."""
+    def start(
+        self,
+        description: str,
+        work: Work,
+        resources: dict[str, list[str]] | None = None,
+        key: str | None = None,
+    ) -> Operation:
+        """Create an operation and schedule ``work(op)``; its return value becomes the metadata.
+
+        ``key`` makes the request idempotent: :meth:`find` gives the same operation back for as long as
+        it is kept, so a client that lost the answer (a worker killed mid-request) can ask again."""
         self._expire()
         op = Operation(description, resources or {})
         self._ops[op.id] = op
+        if key is not None:
+            self._keyed[key] = op.id
         op.task = asyncio.get_running_loop().create_task(self._run(op, work))
         return op
 
@@ -114,6 +126,12 @@ class OperationRegistry:
             raise NotFound(f"operation {op_id} not found", "finished operations are kept for 10 minutes")
         return op
 
+    def find(self, key: str) -> Operation | None:
+        """The operation started with idempotency ``key``, if it is still kept."""
+        self._expire()
+        op_id = self._keyed.get(key)
+        return self._ops.get(op_id) if op_id else None
+
     def list(self) -> list[Operation]:
         self._expire()
         return sorted(self._ops.values(), key=lambda o: o.created_at)
@@ -139,6 +157,8 @@ class OperationRegistry:
             i for i, o in self._ops.items() if o.finished_monotonic and o.finished_monotonic < cutoff
         ]:
             del self._ops[op_id]
+        for key in [k for k, op_id in self._keyed.items() if op_id not in self._ops]:
+            del self._keyed[key]
 
 
 async def run_cancellable(executor: Executor, fn: Callable[..., T], *args: Any) -> T:

@@ -344,6 +344,23 @@ def test_token_replay_is_refused_and_the_first_transfer_goes_on(pair):
         pull_image(a, b, migration)
 
 
+def test_the_same_pull_asked_again_is_the_same_operation(pair):
+    """A worker killed between asking for the pull and recording its URL asks again after redelivery:
+    while the first pull runs and after it committed, the answer is the first operation, not a second
+    pull or "already exists"; another name with the same secret is still a replay."""
+    a, b, _ = pair
+    write(a, "c1", "root/big", os.urandom(16 * MiB))
+    migration = issue(a, b, "c1")
+    pull_image(a, b, migration)
+    first = start_pull(a, b, migration, "c1")
+    assert start_pull(a, b, migration, "c1") == first  # while it runs
+    assert wait(b, first)["verified"] is True
+    assert start_pull(a, b, migration, "c1") == first  # after it committed
+    with pytest.raises(Forbidden, match="migration token already used"):
+        wait(b, start_pull(a, b, migration, "c2"))
+    assert container_names(b) == ["c1"] and leftovers(b) == []
+
+
 def test_a_token_only_opens_its_own_migration(pair):
     a, b, fingerprint = pair
     create(a, "c2", fingerprint)

@@ -37,7 +37,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiohttp import WSMsgType
+from aiohttp import ClientError, WSMsgType
 
 from hostagent.jsoninput import parse_json
 from hostagent.transfer.ratelimit import Throttle
@@ -150,6 +150,18 @@ class Channel:
                 await asyncio.wait_for(self.send("error", message=message, status=status), 1)
         except Exception:  # noqa: BLE001 - the peer will see the connection close instead
             pass
+
+    def explain(self, exc: BaseException) -> BaseException:
+        """What to report for ``exc``, which ended the conversation. A write that failed because the
+        peer hung up is not the story: the refusal that made it hang up is (a hostile source closes as
+        soon as it is refused, often while the target still writes), or else the peer's going away."""
+        if isinstance(exc, OrchError | asyncio.CancelledError) or not isinstance(exc, Exception):
+            return exc
+        if self.refused is not None:
+            return self.refused
+        if isinstance(exc, ConnectionError | ClientError):
+            return Unavailable(f"the connection to the {self.peer} agent closed unexpectedly ({exc})")
+        return exc
 
     def abort(self) -> None:
         """Tear the connection down at once (after a failure): a graceful close could wait forever behind

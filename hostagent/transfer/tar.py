@@ -37,7 +37,7 @@ from hostagent.transfer.base import (
     grow_pipe,
     relay_child_stdout,
 )
-from orchapi.errors import InternalError, Unavailable
+from orchapi.errors import InternalError, OrchError, Unavailable
 
 
 def tar_argv(path: Path) -> list[str]:
@@ -128,9 +128,11 @@ class TarMethod(TransferMethod):
                 await work
             except Exception as exc:
                 ch.set_sink(None)
-                if ch.ws.closed:
+                if ch.ws.closed and not isinstance(exc, OrchError):  # a refusal stays the story
                     raise Unavailable("the connection to the source agent closed unexpectedly") from exc
-                await ch.send("exit", code=1, message=str(exc))
+                # best effort: a refused peer often hangs up first, and the refusal is what to report
+                with contextlib.suppress(ConnectionError):
+                    await ch.send("exit", code=1, message=str(exc))
                 raise
             ch.set_sink(None)
             if ch.ws.closed:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import ssl
 from typing import Any
@@ -33,7 +35,7 @@ from hostagent.migration.target.connect import (
 )
 from hostagent.migration.target.request import PullSpec, parse_pull
 from hostagent.migration.target.volumes import VolumeReceiver
-from hostagent.operations import Operation
+from hostagent.operations import RUNNING, SUCCESS, Operation
 from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer.base import TransferMethod, probe_features
 from hostagent.transfer.ratelimit import Throttle
@@ -49,13 +51,29 @@ TICK = 0.25
 async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation:
     """Validate the request and start the pull (a taken name is refused now, before any connection)."""
     spec = parse_pull(source)
+    # The same request again (its single-use secret included) is a client that lost the answer, e.g.
+    # a worker killed between asking and recording: it gets the pull it started, running or done, not
+    # a refusal because the container it pulls now exists. After a failure it is a new attempt.
+    request = json.dumps({"name": name, "source": source}, sort_keys=True, default=str)
+    key = "pull:" + hashlib.sha256(request.encode()).hexdigest()
+    if (started := _replayable(agent, key)) is not None:
+        return started
     await agent.blocking(agent.runtime.import_check, name, spec.refresh)
 
     async def work(op: Operation) -> dict[str, Any]:
         return await pull_container(agent, op, name, spec)
 
     resources = {"containers": [f"/1.0/containers/{name}"]}
-    return agent.operations.start(f"Copying container {name} from {spec.source.where}", work, resources)
+    if (started := _replayable(agent, key)) is not None:  # asked twice at once: one pull
+        return started
+    return agent.operations.start(
+        f"Copying container {name} from {spec.source.where}", work, resources, key=key
+    )
+
+
+def _replayable(agent: Any, key: str) -> Operation | None:
+    op = agent.operations.find(key)
+    return op if op is not None and op.status in (RUNNING, SUCCESS) else None
 
 
 async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -> dict[str, Any]:
@@ -83,9 +101,12 @@ async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -
                 check_peer(ws.get_extra_info, spec.source.fingerprint)
                 return await TargetSession(agent, op, name, spec, ch).run()
             except BaseException as exc:
-                await ch.send_error(exc)
+                reported = ch.explain(exc)
+                await ch.send_error(reported)
                 ch.abort()
-                raise
+                if reported is exc:
+                    raise
+                raise reported from exc
             finally:
                 await ch.close()
 
