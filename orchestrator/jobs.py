@@ -99,6 +99,11 @@ class Job:
             "duration": round(self.finished_ts - self.created_ts, 3) if self.finished_ts else None,
             "error": self.error,
             "method": self.state.get("method", ""),
+            # what went over the wire, what it carried (before compression), and the limits' toll
+            "compression": self.state.get("compression", ""),
+            "wire_bytes": self.state.get("bytes_received"),
+            "payload_bytes": self.state.get("payload_bytes"),
+            "throttled_seconds": self.state.get("throttled_seconds"),
         }
 
 

@@ -13,6 +13,9 @@ Metrics (all computed over the jobs read):
 - ``orch_transferred_bytes_total`` counter: ``bytes_done`` summed over the jobs. Job records are not
   deleted, so it only grows, unless more than ``max_jobs`` jobs exist and old ones leave the window
   (Prometheus' ``rate()`` treats a drop as a counter reset).
+- ``orch_wire_bytes_total``, ``orch_payload_bytes_total`` counters: what finished transfers received
+  over the wire, and what that carried before compression (where the target measured it);
+  ``orch_throttled_seconds_total``: how long bandwidth limits held them back.
 - ``orch_job_queue_wait_seconds{kind}`` histogram: from a job's creation to the start of its first step.
 - ``orch_job_duration_seconds{kind,status}`` histogram: from a job's creation to its end.
 - ``orch_metrics_jobs_read`` gauge, ``orch_metrics_redis_up`` gauge (0 when Redis could not be read: then
@@ -130,6 +133,22 @@ def job_metrics(jobs: Sequence[Job]) -> Iterator[Metric]:
     moved = CounterMetricFamily("orch_transferred_bytes", "Bytes transferred by the jobs (bytes_done summed)")
     moved.add_metric([], sum(j.bytes_done for j in jobs))
     yield moved
+
+    # what finished transfers sent over the wire, what that carried before compression (where the
+    # target measured it), and how long bandwidth limits held them back
+    wire = CounterMetricFamily("orch_wire_bytes", "Bytes finished transfers received over the wire")
+    wire.add_metric([], sum(int(j.state.get("bytes_received") or 0) for j in jobs))
+    yield wire
+    payload = CounterMetricFamily(
+        "orch_payload_bytes", "Bytes finished transfers carried before compression (where measured)"
+    )
+    payload.add_metric([], sum(int(j.state.get("payload_bytes") or 0) for j in jobs))
+    yield payload
+    throttled = CounterMetricFamily(
+        "orch_throttled_seconds", "Seconds bandwidth limits held finished transfers back"
+    )
+    throttled.add_metric([], sum(float(j.state.get("throttled_seconds") or 0.0) for j in jobs))
+    yield throttled
 
     waits: dict[tuple[str, ...], _Histogram] = defaultdict(lambda: _Histogram(QUEUE_WAIT_BUCKETS))
     for kind in KINDS:

@@ -213,13 +213,19 @@ async def finish_volume(ch: Channel, index: int, path: Path | None) -> None:
 
 
 async def send_with_method(
-    ch: Channel, method: str, path: Path, features: frozenset[str], index: int = 0, link: Any = None
+    ch: Channel,
+    method: str,
+    path: Path,
+    features: frozenset[str],
+    index: int = 0,
+    link: Any = None,
+    compression: str = "",
 ) -> None:
     """One volume sent by the real source side of ``method`` (rsync, tar, btrfs) from ``path``; the
     ``features`` decide its options (e.g. ``devices`` makes rsync send device nodes); with ``link``
     (:meth:`HostilePeer.offers`) its bytes go over the peer's data port."""
     await ch.send("volume", index=index, snapshot=None)
-    await get_method(method).send(SendContext(ch, path, None, features, link=link))
+    await get_method(method).send(SendContext(ch, path, None, features, link=link, compression=compression))
     await finish_volume(ch, index, path)
 
 

@@ -94,14 +94,18 @@ def script(volume_of, **header_over):  # type: ignore[no-untyped-def]
     return run
 
 
-def by_method(method: str, path: Path, declaration: dict | None = None, features=None, link=None):  # type: ignore[no-untyped-def]
-    """A volume sent by the real sender of ``method``; ``link``: over the peer's data port."""
+def by_method(method: str, path: Path, declaration: dict | None = None, features=None, link=None,  # type: ignore[no-untyped-def]
+              compression: str = ""):  # fmt: skip
+    """A volume sent by the real sender of ``method``; ``link``: over the peer's data port;
+    ``compression``: the stream compressed so (whatever the target accepted)."""
 
     def volume_of():  # type: ignore[no-untyped-def]
         async def send(ch, accept):  # type: ignore[no-untyped-def]
             wanted = features if features is not None else frozenset(accept.get("features") or [])
             offer = link if accept.get("link") else None
-            await hp.send_with_method(ch, method, path, frozenset(wanted), link=offer)
+            await hp.send_with_method(
+                ch, method, path, frozenset(wanted), link=offer, compression=compression
+            )
 
         return send, declaration or hp.declared(path)
 
@@ -465,6 +469,30 @@ def test_btrfs_volume_larger_than_declared_and_honest_capabilities(agents, peer,
     assert pull(target, peer)["verified"] is True, peer.errors
     tool = target.data_dir / "containers/evil/rootfs/bin/tool"
     assert os.getxattr(tool, "security.capability") == filecaps.granting(1 << 2, ROOT)
+
+
+@pytest.mark.parametrize("over_link", [False, True], ids=["websocket", "link"])
+@pytest.mark.parametrize("method", ["tar", "btrfs"])
+def test_a_compressed_stream_cannot_bring_more_than_declared(agents, peer, tmpdir755, btrfs_tree, method,
+                                                             over_link):  # fmt: skip
+    """A zstd bomb: 64 MiB in a few KiB of compressed stream, declared as nothing. The target counts
+    what it decompresses against the allowance, not what came over the wire."""
+
+    def bomb(path: Path) -> None:
+        (path / "bomb").write_bytes(b"A" * (64 * MiB))
+        os.chown(path / "bomb", ROOT, ROOT)
+
+    if method == "btrfs":
+        target, src = agents("t", fs="btrfs"), btrfs_tree(bomb)
+    else:
+        target, src = agents("t"), tree(tmpdir755 / "src")
+        bomb(src)
+    lie = {"snapshot": None, "size": 0, "entries": 4}
+    volume = by_method(method, src, declaration=lie, features=frozenset(), compression="zstd",
+                       **link_of(peer, target, over_link))  # fmt: skip
+    peer.script = script(volume, features=["xattrs", "acls", "zstd"], **header_link(peer, over_link))
+    message = refused(target, peer, BadRequest, "more than", compression="zstd")
+    assert "declared" in message or "written" in message
 
 
 # ------------------------------------------------------------------------------ base images

@@ -17,7 +17,7 @@ from hostagent.migration import manifest, policy
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.runtimes.idmap import IdMap
 from hostagent.storage.base import StorageDriver
-from hostagent.transfer import base as transfer_base
+from hostagent.transfer import features as transfer_features
 from hostagent.transfer import registry as transfer_registry
 from hostagent.transfer.rsync import client_options, validate_server_argv
 from hostagent.transfer.tar import extract
@@ -381,7 +381,7 @@ def test_negotiation_and_the_methods_environment_variable():
 
 
 def test_feature_probe(tmp_path: Path):
-    assert transfer_base.probe_features(tmp_path) <= {"xattrs", "acls"}
+    assert transfer_features.probe_features(tmp_path) <= {"xattrs", "acls", "zstd"}
 
 
 def test_usage_tells_whether_a_volume_has_holes(tmp_path: Path) -> None:

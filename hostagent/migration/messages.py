@@ -20,6 +20,7 @@ from typing import Any, ClassVar, NamedTuple
 from hostagent.migration.protocol import PROTOCOL_VERSION, ProtocolError, require
 from hostagent.runtimes.base import LAYOUT_ROOTFS
 from hostagent.runtimes.idmap import IdMap
+from hostagent.transfer.features import ZSTD
 from orchapi.errors import BadRequest
 from orchapi.names import check_snapshot_name
 
@@ -63,6 +64,9 @@ class Header:
     name: str = ""
     #: the source's storage driver (informative)
     storage: str = ""
+    #: whether a bandwidth limit applies to what the source sends (the job's or its agent's): the target
+    #: then compresses under ``--compress auto``
+    limited: bool = False
 
     def to_message(self) -> dict[str, Any]:
         c = self.container
@@ -89,6 +93,7 @@ class Header:
             "size": self.size,
             "features": sorted(self.features),
             "link": {"port": self.link_port} if self.link_port is not None else None,
+            "limited": self.limited,
         }
 
     @classmethod
@@ -159,6 +164,7 @@ class Header:
             link_port=_link_port(msg.get("link")),
             name=name[:256] if isinstance(name, str) else "",
             storage=storage[:128] if isinstance(storage, str) else "",
+            limited=msg.get("limited") is True,
         )
 
 
@@ -178,6 +184,8 @@ class Accept:
     devices: bool | None = None
     #: whether the target dials data-link offers; None: not said (sent as absent, read as False)
     link: bool | None = None
+    #: the streams' compression, "zstd" or "" (hostagent/transfer/compression.py; absent: none)
+    compression: str = ""
 
     def to_message(self) -> dict[str, Any]:
         msg: dict[str, Any] = {
@@ -190,6 +198,8 @@ class Accept:
             msg["devices"] = self.devices
         if self.link is not None:
             msg["link"] = self.link
+        if self.compression:
+            msg["compression"] = self.compression
         return msg
 
     @classmethod
@@ -200,12 +210,16 @@ class Accept:
         skip = msg.get("skip") or []
         if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
             raise ProtocolError("migration protocol error: the target skips unknown snapshots")
+        compression = msg.get("compression") or ""
+        if compression not in ("", ZSTD):
+            raise ProtocolError(f"migration protocol error: unknown compression {str(compression)[:32]!r}")
         return cls(
             method,
             skip,
             _strings(msg.get("features"), "migration protocol error: invalid features in accept"),
             msg.get("devices") is True,
             msg.get("link") is True,
+            compression,
         )
 
 
@@ -218,16 +232,27 @@ class VolumeEnd:
     index: int
     digest: str
     count: int
+    #: the seconds the source's bandwidth limits have held its sending back so far (informative)
+    throttled: float = 0.0
 
     def to_message(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "index": self.index, "digest": self.digest, "count": self.count}
+        return {
+            "type": self.TYPE,
+            "index": self.index,
+            "digest": self.digest,
+            "count": self.count,
+            "throttled": round(self.throttled, 3),
+        }
 
     @classmethod
     def from_message(cls, msg: dict[str, Any], index: int) -> VolumeEnd:
         """The source's volume-end for volume ``index`` (:class:`ProtocolError` for another one)."""
         if msg.get("index") != index:
             raise ProtocolError("migration protocol error: volume-end for another volume")
-        return cls(index, require(msg, "digest", str), require(msg, "count", int))
+        throttled = msg.get("throttled")
+        if not isinstance(throttled, int | float) or isinstance(throttled, bool) or not 0 <= throttled < 1e9:
+            throttled = 0.0
+        return cls(index, require(msg, "digest", str), require(msg, "count", int), float(throttled))
 
 
 # ---------------------------------------------------------------------------------------------- fields

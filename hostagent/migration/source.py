@@ -19,7 +19,8 @@ from hostagent.migration.protocol import MANIFEST_CHUNK, Channel, ProtocolError
 from hostagent.migration.tokens import Migration
 from hostagent.runtimes.base import ExportPlan
 from hostagent.storage.base import VolumeUsage
-from hostagent.transfer.base import SendContext, SendPreparation, TransferMethod, probe_features
+from hostagent.transfer.base import SendContext, SendPreparation, TransferMethod
+from hostagent.transfer.features import probe_features
 from hostagent.transfer.ratelimit import Throttle, TokenBucket
 from hostagent.transfer.registry import get_method
 from orchapi.errors import BadRequest, Conflict, OrchError
@@ -71,6 +72,10 @@ class SourceSession:
                     )
                 if not set(accept.skip) <= set(m.snapshots):
                     raise ProtocolError("migration protocol error: the target skips unknown snapshots")
+                if accept.compression and accept.compression not in features:
+                    raise BadRequest(
+                        f"the target chose compression {accept.compression!r}, which this agent lacks"
+                    )
                 await get_method(accept.method).send_container(self)
         except BaseException as exc:
             log.warning(
@@ -117,6 +122,7 @@ class SourceSession:
             link_port=agent.datalink.port if agent.datalink is not None else None,
             name=plan.name,
             storage=agent.runtime.storage_name,
+            limited=self.channel.send_throttle is not None and self.channel.send_throttle.limited(),
         )
 
     async def send_volumes(self, method: TransferMethod) -> None:
@@ -174,9 +180,14 @@ class SourceSession:
         try:
             checksum = False
             while True:
-                await method.send(SendContext(ch, path, previous, features, checksum, make_offer, sparse))
+                await method.send(
+                    SendContext(
+                        ch, path, previous, features, checksum, make_offer, sparse, self.accept.compression
+                    )
+                )
                 ours = await computing
-                await ch.send_message(VolumeEnd(index, ours.digest, ours.count))
+                throttled = ch.send_throttle.throttled if ch.send_throttle is not None else 0.0
+                await ch.send_message(VolumeEnd(index, ours.digest, ours.count, throttled))
                 while True:
                     msg = await ch.recv("verified", "manifest-request", "retry")
                     if msg["type"] != "manifest-request":

@@ -34,12 +34,10 @@ import fcntl
 import os
 import shutil
 import signal
-import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from hostagent.migration.protocol import CHUNK, Channel, pump
 from hostagent.runtimes.base import LAYOUT_ROOTFS, ExportVolume, ImportStaging
@@ -54,36 +52,6 @@ STDERR_TAIL = 8192
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1024 * 1024
 NO_SPACE = "no space left on device"
-
-
-_features: dict[str, frozenset[str]] = {}
-
-
-def probe_features(data_dir: Path) -> frozenset[str]:
-    """``xattrs`` and ``acls`` if the data dir's filesystem stores them (rsync -X / -A need both sides)."""
-    key = str(data_dir)
-    if key in _features:
-        return _features[key]
-    found = set()
-    with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".probe-") as fh:
-        for name in ("trusted.orch-probe", "user.orch-probe"):
-            try:
-                os.setxattr(fh.name, name, b"1")
-                found.add("xattrs")
-                break
-            except OSError:
-                continue
-        # the minimal access ACL (user::rw- group::r-- other::r--), equivalent to mode 0644
-        acl = struct.pack("<I", 2) + b"".join(
-            struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 6), (4, 4), (0x20, 4))
-        )
-        try:
-            os.setxattr(fh.name, "system.posix_acl_access", acl)
-            found.add("acls")
-        except OSError:
-            pass
-    _features[key] = frozenset(found)
-    return _features[key]
 
 
 # -------------------------------------------------------------------------------------------- interface
@@ -102,6 +70,8 @@ class SendContext:
     link: Any = None
     #: whether a file of the volume has holes to keep (rsync's --sparse costs CPU where none has)
     sparse: bool = True
+    #: the stream's compression ("zstd" or "": hostagent/transfer/compression.py)
+    compression: str = ""
 
 
 @dataclass
@@ -120,6 +90,10 @@ class ReceiveContext:
     tree: str | None = None
     #: dials the source's data-link offer (hostagent/transfer/link.py); None: the websocket only
     link: Any = None
+    #: the stream's compression ("zstd" or "": hostagent/transfer/compression.py)
+    compression: str = ""
+    #: set by the method: the bytes of the volume's stream after decompression (0: not measured)
+    payload_bytes: int = 0
 
 
 class SendPreparation:
@@ -238,6 +212,18 @@ def grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
 
 
+class Process(Protocol):
+    """What the relays need of a local process: a :class:`Child`, or a pipeline that looks like one
+    (hostagent/transfer/compression.py)."""
+
+    proc: asyncio.subprocess.Process
+
+    async def wait(self) -> int: ...
+    async def kill(self) -> None: ...
+    def stderr(self) -> str: ...
+    def last_error_line(self) -> str: ...
+
+
 class Child:
     """A child process in its own process group, with the tail of its stderr kept for messages."""
 
@@ -325,7 +311,7 @@ class Child:
         return InternalError(f"{self.what} failed: {detail}")
 
 
-async def check_sent(ch: Channel, child: Child, rc: int, what: str, peer_failed: str) -> None:
+async def check_sent(ch: Channel, child: Process, rc: int, what: str, peer_failed: str) -> None:
     """After a sending child exited with ``rc``: its failure, else the target's (its ``exit`` message)."""
     if rc != 0:
         raise InternalError(f"{what} failed: {child.last_error_line() or f'exit status {rc}'}")
@@ -334,7 +320,7 @@ async def check_sent(ch: Channel, child: Child, rc: int, what: str, peer_failed:
         raise InternalError(f"{peer_failed}: {done.get('message') or done.get('code')}")
 
 
-async def relay_child_stdout(ch: Channel, child: Child, what: str, peer_failed: str) -> None:
+async def relay_child_stdout(ch: Channel, child: Process, what: str, peer_failed: str) -> None:
     """Stream a sending child's stdout to the peer, then check the child's and the peer's exit status.
 
     The pump and the child are awaited together: if the websocket fails the pump stops, and the child

@@ -22,9 +22,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hostagent.migration.protocol import CHUNK
 from hostagent.runtimes.base import ExportVolume, ImportStaging
 from hostagent.storage.btrfs import is_subvolume
-from hostagent.transfer import link
+from hostagent.transfer import compression, link
 from hostagent.transfer.base import (
     Child,
     ReceiveContext,
@@ -36,7 +37,7 @@ from hostagent.transfer.base import (
     relay_child_stdout,
 )
 from hostagent.transfer.btrfs_stream import SendStreamGuard
-from orchapi.errors import InternalError, Unavailable
+from orchapi.errors import BadRequest, InternalError, OrchError, Unavailable
 
 FAILED = "btrfs receive on the target failed"
 
@@ -84,9 +85,11 @@ class BtrfsMethod(TransferMethod):
         argv.append(str(ctx.path))
         sock = await link.offer(ch, ctx.link, "btrfs", incremental=ctx.parent is not None)
         if sock is not None:
-            await link.send_output(ch, sock, argv, "btrfs send", FAILED)
+            await link.send_output(ch, sock, argv, "btrfs send", FAILED, ctx.compression)
             return
-        child = await Child.spawn(argv, "btrfs send", stdout=asyncio.subprocess.PIPE)
+        child = await compression.spawn_sender(
+            ctx.compression, argv, "btrfs send", stdout=asyncio.subprocess.PIPE
+        )
         try:
             await relay_child_stdout(ch, child, "btrfs send", FAILED)
         finally:
@@ -96,6 +99,9 @@ class BtrfsMethod(TransferMethod):
         ch = ctx.channel
         sock = await link.accept(await ch.recv("btrfs"), ctx.link, ctx.what)
         argv = [*file_size_limit(ctx.allowance), "btrfs", "receive", "--chroot", "-q", str(ctx.dest)]
+        if ctx.compression:
+            await self._receive_compressed(ctx, sock, argv)
+            return self._received(ctx)
         stdin_r, stdin_w = link.pipe() if sock is not None else (None, None)
         relaying = None
         try:
@@ -107,15 +113,7 @@ class BtrfsMethod(TransferMethod):
             raise
         link.close(stdin_r)
         try:
-            idmap = ctx.idmap
-            guard = SendStreamGuard(
-                WriterSink(child.proc.stdin) if child.proc.stdin is not None else _Discard(),
-                ctx.what,
-                range(idmap.host_base, idmap.host_base + idmap.size) if idmap else None,
-                range(idmap.gid_host_base, idmap.gid_host_base + idmap.size) if idmap else None,
-                idmap.host_base if idmap else None,
-                ctx.tree,
-            )
+            guard = _guard(ctx, WriterSink(child.proc.stdin) if child.proc.stdin is not None else _Discard())
             if sock is None:
                 ch.set_sink(guard)
                 await ch.send("ready", link=False)
@@ -140,12 +138,96 @@ class BtrfsMethod(TransferMethod):
             await link.settle(relaying)
             link.close(stdin_w)
             await child.kill()
-        # the stream names the subvolume; accept nothing but exactly one subvolume called "rootfs"
+        return self._received(ctx)
+
+    @staticmethod
+    def _received(ctx: ReceiveContext) -> Path:
+        """The stream names the subvolume: accept nothing but exactly one subvolume called "rootfs"."""
         entries = os.listdir(ctx.dest)
         received = ctx.dest / "rootfs"
         if entries != ["rootfs"] or os.path.islink(received) or not is_subvolume(received):
             raise InternalError(f"btrfs receive of {ctx.what} did not produce exactly one subvolume 'rootfs'")
         return received
+
+    async def _receive_compressed(self, ctx: ReceiveContext, sock: Any, argv: list[str]) -> None:
+        """What arrives goes to ``zstd -d``, whose output is counted against the allowance (decompressed
+        bytes are the ones that land) and passed through the stream guard to ``btrfs receive``."""
+        ch = ctx.channel
+        child = await Child.spawn(argv, "btrfs receive", stdin=asyncio.subprocess.PIPE)
+        unzstd: compression.Decompressor | None = None
+        relaying = feeding = None
+        try:
+            assert child.proc.stdin is not None
+            guard = _guard(ctx, WriterSink(child.proc.stdin))
+            unzstd = await compression.Decompressor.start(
+                ctx.what, stdout=asyncio.subprocess.PIPE, from_link=sock is not None
+            )
+            if sock is None:
+                assert unzstd.child.proc.stdin is not None
+                ch.set_sink(WriterSink(unzstd.child.proc.stdin))
+                await ch.send("ready", link=False)
+            else:
+                await ch.send("ready", link=True)
+                in_fd, unzstd.in_fd = unzstd.in_fd, None
+                assert in_fd is not None
+                relaying = link.receive_relay(ch, sock, in_fd, ctx.what, ctx.allowance)
+            feeding = asyncio.ensure_future(_feed(unzstd, guard, ctx))
+            waiting = [child.wait(), feeding] + ([relaying] if relaying is not None else [])
+            try:
+                code, ctx.payload_bytes, *_ = await asyncio.gather(*waiting)
+            except OrchError:
+                if ch.ws.closed:
+                    raise
+                with contextlib.suppress(ConnectionError):  # best effort, as for a refusal below
+                    await ch.send("exit", code=1, message="refused")
+                raise
+            ch.set_sink(None)
+            if ch.ws.closed:
+                raise Unavailable("the connection to the source agent closed unexpectedly")
+            await ch.send("exit", code=code, message=child.last_error_line() if code else "")
+            if ch.refused is not None:
+                raise ch.refused
+            if code != 0:
+                raise child.failure(code, ctx.what)
+            guard.finish()
+        finally:
+            ch.set_sink(None)
+            await link.settle(relaying)
+            await link.settle(feeding)
+            if unzstd is not None:
+                await unzstd.kill()
+            await child.kill()
+
+
+def _guard(ctx: ReceiveContext, sink: Any) -> SendStreamGuard:
+    """The stream guard for one received volume: owners within the source's id map (unprivileged)."""
+    idmap = ctx.idmap
+    return SendStreamGuard(
+        sink,
+        ctx.what,
+        range(idmap.host_base, idmap.host_base + idmap.size) if idmap else None,
+        range(idmap.gid_host_base, idmap.gid_host_base + idmap.size) if idmap else None,
+        idmap.host_base if idmap else None,
+        ctx.tree,
+    )
+
+
+async def _feed(unzstd: compression.Decompressor, guard: SendStreamGuard, ctx: ReceiveContext) -> int:
+    """zstd's output through the guard, at most the volume's allowance; the bytes passed on."""
+    out = unzstd.child.proc.stdout
+    assert out is not None
+    total = 0
+    while chunk := await out.read(CHUNK):
+        total += len(chunk)
+        if ctx.allowance is not None and total > ctx.allowance:
+            raise BadRequest(
+                f"the source sent more than it declared for {ctx.what} (over {ctx.allowance} bytes "
+                "once decompressed); the transfer was stopped"
+            )
+        await guard.write(chunk)
+    await unzstd.finish(ctx.what)
+    await guard.close()
+    return total
 
 
 class _ReadOnlyVolumes(SendPreparation):

@@ -24,7 +24,8 @@ from typing import Any
 
 from hostagent.datalink.relay import LOCAL, PEER, Relay, RelayResult, close_connection, run_relay
 from hostagent.migration.protocol import Channel
-from hostagent.transfer.base import Child, check_sent, grow_pipe
+from hostagent.transfer.base import Process, check_sent, grow_pipe
+from hostagent.transfer.compression import spawn_sender
 from orchapi.errors import OrchError
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,16 @@ def close(*fds: int | None) -> None:
                 os.close(fd)
 
 
-async def send_output(ch: Channel, sock: ssl.SSLSocket, argv: list[str], what: str, peer_failed: str) -> None:
-    """Source side of a one-way method over a link: run ``argv``, relay its stdout, check both ends'
-    exit status (ours, then the target's ``exit``)."""
+async def send_output(
+    ch: Channel, sock: ssl.SSLSocket, argv: list[str], what: str, peer_failed: str, compression: str = ""
+) -> None:
+    """Source side of a one-way method over a link: run ``argv`` (its output compressed as negotiated),
+    relay its stdout, check both ends' exit status (ours, then the target's ``exit``)."""
     read_fd, write_fd = pipe()
-    child: Child | None = None
+    child: Process | None = None
     relaying: asyncio.Future[RelayResult] | None = None
     try:
-        child = await Child.spawn(argv, what, stdout=write_fd)
+        child = await spawn_sender(compression, argv, what, stdout=write_fd)
         close(write_fd)
         write_fd = None
         relaying = asyncio.ensure_future(relay(Relay(sock, read_fd, None, what=what, until=LOCAL), ch))

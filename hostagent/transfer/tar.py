@@ -26,9 +26,8 @@ from typing import IO, Any
 from hostagent import safetar
 from hostagent.migration.protocol import CHUNK
 from hostagent.runtimes.idmap import IdMap
-from hostagent.transfer import link
+from hostagent.transfer import compression, link
 from hostagent.transfer.base import (
-    Child,
     ReceiveContext,
     SendContext,
     TransferMethod,
@@ -91,9 +90,11 @@ class TarMethod(TransferMethod):
         ch = ctx.channel
         sock = await link.offer(ch, ctx.link, "tar")
         if sock is not None:
-            await link.send_output(ch, sock, tar_argv(ctx.path), "tar (source)", FAILED)
+            await link.send_output(ch, sock, tar_argv(ctx.path), "tar (source)", FAILED, ctx.compression)
             return
-        child = await Child.spawn(tar_argv(ctx.path), "tar (source)", stdout=asyncio.subprocess.PIPE)
+        child = await compression.spawn_sender(
+            ctx.compression, tar_argv(ctx.path), "tar (source)", stdout=asyncio.subprocess.PIPE
+        )
         try:
             await relay_child_stdout(ch, child, "tar (source)", FAILED)
         finally:
@@ -105,11 +106,26 @@ class TarMethod(TransferMethod):
         loop = asyncio.get_running_loop()
         read_fd, write_fd = os.pipe()
         grow_pipe(write_fd)
-        stream = os.fdopen(read_fd, "rb", buffering=CHUNK)
+        stream = compression.CountingReader(os.fdopen(read_fd, "rb", buffering=CHUNK))
         sink: WriterSink | None = None
         relaying: asyncio.Future[Any] | None = None
-        if sock is None:
+        unzstd: compression.Decompressor | None = None
+        if ctx.compression:  # what arrives goes to zstd -d, which writes the tar stream to the pipe
+            try:
+                unzstd = await compression.Decompressor.start(
+                    ctx.what, stdout=write_fd, from_link=sock is not None
+                )
+            finally:
+                os.close(write_fd)
+            if sock is None:
+                assert unzstd.child.proc.stdin is not None
+                sink = WriterSink(unzstd.child.proc.stdin)
+            else:
+                assert unzstd.in_fd is not None
+                write_fd, unzstd.in_fd = unzstd.in_fd, None  # the relay's from now on
+        elif sock is None:
             sink = WriterSink(await fd_writer(write_fd))
+        if sink is not None:
             ch.set_sink(sink)
         cancel = threading.Event()
         work: asyncio.Future[Any] = loop.run_in_executor(
@@ -126,7 +142,13 @@ class TarMethod(TransferMethod):
                     raise relaying.exception()  # type: ignore[misc]
             try:
                 await work
-            except Exception as exc:
+                if unzstd is not None:
+                    # tar pads its end: zstd may find the reader gone after the archive's end, which is
+                    # no failure; a stream it could not decode has failed the extraction already
+                    with contextlib.suppress(OrchError):
+                        await unzstd.finish(ctx.what)
+                ctx.payload_bytes = stream.count
+            except Exception as exc:  # a stream zstd cannot decode ends early: safetar calls it truncated
                 ch.set_sink(None)
                 if ch.ws.closed and not isinstance(exc, OrchError):  # a refusal stays the story
                     raise Unavailable("the connection to the source agent closed unexpectedly") from exc
@@ -146,6 +168,8 @@ class TarMethod(TransferMethod):
             await link.settle(relaying)
             if sink is not None:
                 await sink.close()
+            if unzstd is not None:
+                await unzstd.kill()
             # the thread stops at the end of the pipe; wait for it so nothing writes after a cleanup
             with contextlib.suppress(BaseException):
                 await asyncio.shield(work)

@@ -10,7 +10,7 @@ import click
 from orchapi.errors import BadRequest, Conflict, NotFound, OrchError
 from orchestrator.cli.completion import containers, remotes
 from orchestrator.cli.context import Context, pass_ctx
-from orchestrator.cli.jobs import parse_rate_option
+from orchestrator.cli.jobs import compress_option, parse_rate_option, transfer_options
 from orchestrator.cli.output import emit, format_option, human_size, table
 from orchestrator.refs import Ref, parse_remote
 
@@ -124,12 +124,13 @@ PLAN_HEADERS = [
 )
 @click.option("--bwlimit", metavar="RATE", callback=parse_rate_option,
               help="At most this bandwidth per move, e.g. 50MiB (per second).")  # fmt: skip
+@compress_option
 @click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
 @format_option
 @pass_ctx
 def evacuate(
     ctx: Context, source: str, to: str | None, parallel: int, per_host: int, action: str | None,
-    plan_only: bool, allow_privileged: bool, bwlimit: int | None, yes: bool, fmt: str,
+    plan_only: bool, allow_privileged: bool, bwlimit: int | None, compression: str, yes: bool, fmt: str,
 ) -> int:  # fmt: skip
     """Drain SOURCE: (cordon it, move its containers away, restart on the targets what ran)."""
     from orchestrator.evacuation.placement import MIGRATE, STOP, plan
@@ -177,7 +178,7 @@ def evacuate(
     target_ids = {t.remote: t.host_id for t in targets}
     jobs = _submit_evacuation_jobs(
         host, source_host.id, target_ids, placements, record, store, parallel, per_host, allow_privileged,
-        bwlimit,
+        transfer_options(bwlimit, compression),
     )  # fmt: skip
     earlier = record.outcomes()  # a rerun: what an interrupted run stopped must still be restarted
     try:
@@ -210,7 +211,7 @@ def evacuate(
 
 
 def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store, parallel, per_host,  # type: ignore[no-untyped-def]
-                            allow_privileged=False, bwlimit=None):  # fmt: skip
+                            allow_privileged=False, transfer=None):  # fmt: skip
     """One move chain per container to migrate; jobs of an earlier run are reused (idempotent).
 
     The slots and the recorded origin are keyed by host identity, so limits hold across a host's names
@@ -238,9 +239,7 @@ def _submit_evacuation_jobs(host, host_id, target_ids, placements, record, store
             (host_slot(host_id), per_host),
             (host_slot(target_ids[p.target]), per_host),
         ]
-        options = {"stateless": True, "origin": host_id}
-        if bwlimit:
-            options["bwlimit"] = bwlimit
+        options = {"stateless": True, "origin": host_id, **(transfer or {})}
         if allow_privileged:  # and `orch restore` moves them back with the same opt-in (the origin says)
             options["allow_privileged"] = True
         try:

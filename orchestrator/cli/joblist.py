@@ -135,11 +135,11 @@ def _readable(key: str, value: Any) -> str:
     """One field of `orch jobs show` as an operator reads it: units, no Python notation."""
     if value is None or value == "" or value == [] or value == {}:
         return "-"
-    if key in ("bytes_done", "bytes_total"):
+    if key in ("bytes_done", "bytes_total", "wire_bytes", "payload_bytes"):
         return f"{human_size(int(value))} ({int(value):,} bytes)"
     if key == "rate":
         return f"{human_size(int(value))}/s"
-    if key == "duration":
+    if key in ("duration", "throttled_seconds"):
         return f"{float(value):.1f} s"
     if isinstance(value, dict):
         shown = {k: v for k, v in value.items() if v not in (None, False, "")}

@@ -103,6 +103,27 @@ bwlimit_option = click.option(
     callback=parse_rate_option,
     help="At most this bandwidth for the transfer, e.g. 50MiB (per second); the agents' own limits hold too.",
 )
+compress_option = click.option(
+    "--compress",
+    "compression",
+    type=click.Choice(["auto", "zstd", "none"]),
+    default="auto",
+    show_default=True,
+    help="Compress the streams with zstd (auto: when a bandwidth limit applies); "
+    "uncompressed where an agent lacks zstd.",
+)
+
+
+def transfer_options(bwlimit: int | None, compression: str) -> dict[str, object]:
+    """The job options of ``--bwlimit`` and ``--compress`` (the defaults are left out)."""
+    options: dict[str, object] = {}
+    if bwlimit:
+        options["bwlimit"] = bwlimit
+    if compression != "auto":
+        options["compression"] = compression
+    return options
+
+
 method_option = click.option(
     "--method",
     type=click.Choice(["btrfs", "rsync", "tar", "lxd-migration"]),
@@ -117,6 +138,7 @@ method_option = click.option(
 @click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
 @method_option
 @bwlimit_option
+@compress_option
 @allow_privileged_option
 @wait_option
 @pass_ctx
@@ -128,13 +150,13 @@ def copy(
     instance_only: bool,
     method: str | None,
     bwlimit: int | None,
+    compression: str,
     allow_privileged: bool,
     no_wait: bool,
 ) -> int:
     """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
     options = {"refresh": refresh, "instance_only": instance_only, "method": method}
-    if bwlimit:
-        options["bwlimit"] = bwlimit
+    options.update(transfer_options(bwlimit, compression))
     if allow_privileged:
         options["allow_privileged"] = True
     return _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
@@ -149,6 +171,7 @@ def copy(
 )
 @method_option
 @bwlimit_option
+@compress_option
 @allow_privileged_option
 @wait_option
 @pass_ctx
@@ -160,13 +183,13 @@ def move(
     instance_only: bool,
     method: str | None,
     bwlimit: int | None,
+    compression: str,
     allow_privileged: bool,
     no_wait: bool,
 ) -> int:
     """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
     options = {"stateless": stateless, "instance_only": instance_only, "method": method}
-    if bwlimit:
-        options["bwlimit"] = bwlimit
+    options.update(transfer_options(bwlimit, compression))
     if allow_privileged:
         options["allow_privileged"] = True
     return _submit_and_follow(ctx, "move", source, target, options, not no_wait)

@@ -43,6 +43,7 @@ def start_transfer(ctx: StepContext, job: Job) -> str:
             "method": job.options.get("method") or None,
             # the operator's opt-in for this job; the target decides everything else itself
             "allow_privileged": bool(job.options.get("allow_privileged")),
+            "compression": job.options.get("compression") or "auto",
         },
     }
     response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
@@ -130,6 +131,10 @@ def transfer(ctx: StepContext, job: Job) -> None:
         files=result.get("files", 0),
         bytes_received=result.get("bytes_received", 0),
         bytes_sent=result.get("bytes_sent", 0),
+        # what compression and the limits did (payload_bytes: the streams before compression)
+        compression=result.get("compression", ""),
+        payload_bytes=result.get("payload_bytes"),
+        throttled_seconds=result.get("throttled_seconds", 0.0),
     )
     if not result.get("verified"):
         raise OrchError("the target did not verify the copy; the source is kept")

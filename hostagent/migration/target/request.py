@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hostagent.migration.messages import FINGERPRINT
+from hostagent.transfer.compression import check_wish
 from hostagent.transfer.registry import PREFERENCE
 from orchapi import certs
 from orchapi.errors import BadRequest
@@ -68,6 +69,8 @@ class PullSpec:
     method: str | None = None
     #: the operator opted in to elevated containers for this job (``--allow-privileged``)
     allow_privileged: bool = False
+    #: the job's compression wish (``--compress``: auto, zstd, none)
+    compression: str = "auto"
 
 
 def parse_pull(source: dict[str, Any]) -> PullSpec:
@@ -90,7 +93,8 @@ def parse_pull(source: dict[str, Any]) -> PullSpec:
     allow = source.get("allow_privileged", False)
     if not isinstance(allow, bool):
         raise BadRequest("source.allow_privileged must be true or false")
-    return PullSpec(_source_ref(source, secrets.get("fs")), base_image, refresh, method, allow)
+    compression = check_wish(source.get("compression"))
+    return PullSpec(_source_ref(source, secrets.get("fs")), base_image, refresh, method, allow, compression)
 
 
 def parse_image_pull(source: dict[str, Any]) -> tuple[SourceRef, str]:

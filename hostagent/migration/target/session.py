@@ -37,7 +37,9 @@ from hostagent.migration.target.request import PullSpec, parse_pull
 from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import RUNNING, SUCCESS, Operation
 from hostagent.runtimes.base import ImportStaging
-from hostagent.transfer.base import TransferMethod, probe_features
+from hostagent.transfer import compression
+from hostagent.transfer.base import TransferMethod
+from hostagent.transfer.features import probe_features
 from hostagent.transfer.ratelimit import Throttle
 from hostagent.transfer.registry import get_method, negotiate, usable_between
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, Unavailable
@@ -222,17 +224,18 @@ class TargetSession:
                 f"it needs {needed} bytes, {free} are free"
             )
         features = probe_features(agent.data_dir) & header.features
+        limited = header.limited or (ch.recv_throttle is not None and ch.recv_throttle.limited())
+        compress = compression.choose(self.spec.compression, features, limited) if method.streams else ""
+        self.op.progress(compression=compress or "none")
         staging: ImportStaging = await agent.blocking(
             agent.runtime.import_begin, self.name, self.spec.refresh
         )
         dial = self._dialer(header)
-        receiver = VolumeReceiver(self, header, staging, method, features, privileged, dial)
+        receiver = VolumeReceiver(self, header, staging, method, features, privileged, dial, compress)
         committed = False
         try:
             # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
-            await ch.send_message(
-                Accept(method_name, skip, features, devices=privileged, link=dial is not None)
-            )
+            await ch.send_message(Accept(method_name, skip, features, privileged, dial is not None, compress))
             files = await receiver.receive_all(skip, len(todo))
             self.stage("commit")
             commit = asyncio.ensure_future(
@@ -278,6 +281,13 @@ class TargetSession:
             "volume": len(todo),
             "volumes": len(todo),
         }
+        # what a limit and compression did: wire bytes are bytes_received; payload_bytes what they
+        # were once decompressed (not measured when rsync decompresses inside itself)
+        result["compression"] = compress or "none"
+        if not (compress and method_name == "rsync"):
+            result["payload_bytes"] = receiver.payload_bytes
+        waited = ch.recv_throttle.throttled if ch.recv_throttle is not None else 0.0
+        result["throttled_seconds"] = round(waited + receiver.source_throttled, 1)
         if receiver.repaired:
             result["repaired"] = receiver.repaired
         return result

@@ -40,6 +40,7 @@ class VolumeReceiver:
         features: frozenset[str],
         privileged: bool,
         dial: Any = None,
+        compression: str = "",
     ) -> None:
         self.session = session
         self.agent = session.agent
@@ -52,6 +53,11 @@ class VolumeReceiver:
         self.idmap = policy.volume_idmap(header.idmap, privileged)
         #: volumes received again with --checksum after a mismatch
         self.repaired: list[str] = []
+        #: the streams' compression ("zstd" or ""), and the bytes they brought once decompressed
+        self.compression = compression
+        self.payload_bytes = 0
+        #: the seconds the source's limits held it back (as it reports them)
+        self.source_throttled = 0.0
 
     async def receive_all(self, skip: list[str], todo: int) -> int:
         """Receive every volume not skipped; returns the number of entries of the rootfs."""
@@ -113,7 +119,9 @@ class VolumeReceiver:
     ) -> tuple[Path, manifest.Manifest]:
         """Receive, verify (with one repair pass for pre-filling methods) and check one volume."""
         tree = self.method.tree(self.header.layout)
-        ctx = ReceiveContext(self.ch, dest, self.features, self.idmap, what, rules.allowance, tree, self.dial)
+        ctx = ReceiveContext(
+            self.ch, dest, self.features, self.idmap, what, rules.allowance, tree, self.dial, self.compression
+        )
         received = await self._receive(ctx, rules)
         ours = await self._verify(index, what, received)
         if ours is None:  # a repair pass (rsync with --checksum), then verify again
@@ -128,8 +136,14 @@ class VolumeReceiver:
     async def _receive(self, ctx: ReceiveContext, rules: policy.VolumeRules) -> Path:
         """One pass of the method, the channel refusing every byte beyond the volume's allowance."""
         self.ch.limit(rules.allowance, ctx.what)
+        wire_before, ctx.payload_bytes = self.ch.bytes_received, 0
         try:
             received = await self.method.receive(ctx)
+            # uncompressed, what came is the payload; compressed, the method measured it (rsync, which
+            # decompresses inside itself, does not: its payload is left out of the count)
+            self.payload_bytes += (
+                ctx.payload_bytes if self.compression else self.ch.bytes_received - wire_before
+            )
         except Exception:
             if self.ch.refused is not None:  # the real cause: what made the method's input end early
                 raise self.ch.refused from None
@@ -147,6 +161,7 @@ class VolumeReceiver:
         self.session.stage("verify")
         ours = await self.agent.blocking(manifest.compute, received)
         end = VolumeEnd.from_message(await self.ch.recv(VolumeEnd.TYPE), index)
+        self.source_throttled = max(self.source_throttled, end.throttled)
         digest, count = end.digest, end.count
         if digest == ours.digest:
             return ours
