@@ -23,6 +23,7 @@ from hostagent.datalink import ktls
 from hostagent.datalink.listener import DataListener
 from hostagent.enrolment import Enrolment
 from hostagent.execsession.session import ExecSession
+from hostagent.migration.sinks import SinkRegistry
 from hostagent.migration.tokens import MigrationRegistry
 from hostagent.operations import OperationRegistry
 from hostagent.runtimes import RuntimeOptions, make_runtime
@@ -84,6 +85,8 @@ class Agent:
         self.exec_sessions: dict[str, ExecSession] = {}
         #: migrations this agent issued as a source (in memory: a restart invalidates their tokens)
         self.migrations = MigrationRegistry()
+        #: push sinks open on this agent (target side of push mode)
+        self.sinks = SinkRegistry()
         #: the storage's transfer methods whose tools exist, restricted by ORCH_AGENT_TRANSFER_METHODS
         self.transfer_methods = available_methods(self.runtime.transfer_methods)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)

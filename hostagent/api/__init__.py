@@ -17,6 +17,7 @@ from hostagent.api import (
     openapi,
     operations,
     server,
+    sinks,
     snapshots,
 )
 from hostagent.api import (
@@ -33,6 +34,7 @@ MODULES = (
     console,
     images,
     migration,
+    sinks,
     operations,
     openapi,
 )

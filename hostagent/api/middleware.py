@@ -28,7 +28,11 @@ AGENT_KEY: web.AppKey = web.AppKey("agent", object)
 PUBLIC = {("GET", "/1.0"), ("POST", "/1.0/certificates")}
 #: migration data endpoints: authorised by their handler (a one-shot token scoped to the peer's TLS
 #: certificate, see hostagent/migration/tokens.py), not by the trust store
-TOKEN_AUTH = {("GET", "/1.0/migrations/{id}/image"), ("GET", "/1.0/migrations/{id}/fs")}
+TOKEN_AUTH = {
+    ("GET", "/1.0/migrations/{id}/image"),
+    ("GET", "/1.0/migrations/{id}/fs"),
+    ("GET", "/1.0/sinks/{id}/fs"),  # a push sink (hostagent/migration/sinks.py)
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -3,6 +3,8 @@
 - ``POST /1.0/containers/<name>/migration`` (trusted): one-shot secrets for the ``image`` and ``fs``
   channels, scoped to this container (its snapshot list) and to the target agent's certificate, which is
   loaded into the live TLS context so that the target's handshake with that certificate succeeds.
+- ``POST /1.0/migrations/<id>/push`` (trusted): push mode, the source dials the target's sink
+  (hostagent/migration/push.py).
 - ``DELETE /1.0/migrations/<id>`` (trusted): revoke; idempotent (200 for a migration already used,
   expired or revoked), 404 only for an id this agent never issued or forgot (an hour after expiry, or
   after a restart).
@@ -21,9 +23,10 @@ from aiohttp import web
 
 from hostagent.api.containers import container_name
 from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
-from hostagent.api.responses import error, json_body, sync
+from hostagent.api.responses import async_op, error, json_body, sync
 from hostagent.images.store import has_image
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
+from hostagent.migration.push import parse_push, start_push
 from hostagent.migration.source import SourceSession, volume_sizes
 from hostagent.migration.tokens import DEFAULT_TTL
 from orchapi import certs
@@ -92,13 +95,25 @@ async def create_migration(request: web.Request) -> web.Response:
     )
 
 
+@routes.post("/1.0/migrations/{id}/push")
+async def push_migration(request: web.Request) -> web.Response:
+    """Push mode (trusted: the worker): dial the target's sink and send the container; an operation.
+    Body: ``{"addresses": ["HOST:PORT", ...], "sink": id, "secret": token}``."""
+    agent = request.app[AGENT_KEY]
+    migration = agent.migrations.get(request.match_info["id"])
+    addresses, sink, secret = parse_push(await json_body(request))
+    return async_op(start_push(agent, migration, addresses, sink, secret))
+
+
 @routes.delete("/1.0/migrations/{id}")
 async def delete_migration(request: web.Request) -> web.Response:
     request.app[AGENT_KEY].migrations.revoke(request.match_info["id"])
     return sync({})
 
 
-def _refuse(exc: OrchError) -> web.Response:
+def refusal(exc: OrchError) -> web.Response:
+    """A token endpoint's 403 (or other 4xx): JSON, and the message in ``X-Orch-Error`` for websocket
+    clients, which see only the headers of a refused upgrade."""
     response = error(str(exc), exc.status)
     response.headers["X-Orch-Error"] = (
         str(exc).encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
@@ -130,7 +145,7 @@ async def migration_image(request: web.Request) -> web.StreamResponse:
             raise NotFound(f"container {migration.container} has no base image")
         path = await agent.blocking(agent.images.tarball_path, migration.base_image)
     except OrchError as exc:
-        return _refuse(exc)
+        return refusal(exc)
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
 
@@ -145,7 +160,7 @@ async def migration_fs(request: web.Request) -> web.StreamResponse:
             raise BadRequest("expected a websocket upgrade")
         migration = _redeem(request, "fs")
     except OrchError as exc:
-        return _refuse(exc)
+        return refusal(exc)
     await ws.prepare(request)
     task = asyncio.current_task()
     assert task is not None

@@ -1,8 +1,10 @@
-"""The source side of a migration: stream a container's volumes to the target agent that connected.
+"""The source side of a migration: stream a container's volumes to the target agent.
 
 Runs in the handler of ``GET /1.0/migrations/<id>/fs`` once the token and the peer's certificate were
-accepted, holding the container's lock for the whole transfer (so the container cannot be started,
-snapshotted or deleted meanwhile). See :mod:`hostagent.migration.protocol` for the conversation.
+accepted (pull), or in the operation that dialed the target's sink (push,
+:mod:`hostagent.migration.push`), holding the container's lock for the whole transfer (so the container
+cannot be started, snapshotted or deleted meanwhile). See :mod:`hostagent.migration.protocol` for the
+conversation.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class SourceSession:
         self._prepared: SendPreparation | None = None
         #: whether each planned volume (by path) has files with holes
         self.sparse: dict[Path, bool] = {}
+        #: why the conversation failed (the target was told); None after a success
+        self.failure: BaseException | None = None
 
     async def run(self) -> None:
         agent, m, ch = self.agent, self.migration, self.channel
@@ -85,6 +89,7 @@ class SourceSession:
                 exc or type(exc).__name__,
                 exc_info=not isinstance(exc, OrchError | asyncio.CancelledError | ConnectionError),
             )
+            self.failure = ch.explain(exc)
             await ch.send_error(exc)
             ch.abort()
             if isinstance(exc, asyncio.CancelledError):

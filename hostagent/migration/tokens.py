@@ -25,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from orchapi.errors import BadRequest, Forbidden, NotFound
 
@@ -63,6 +64,50 @@ class Migration:
 
     def expired(self) -> bool:
         return time.monotonic() > self.expires
+
+    @property
+    def peer_fingerprint(self) -> str:
+        """Who may redeem the tokens: the target agent (pull, push) or the relaying worker."""
+        return self.target_fingerprint
+
+
+class Scoped(Protocol):
+    """What :func:`check_token` needs of a grant (a :class:`Migration`, a push sink)."""
+
+    hashes: dict[str, bytes]
+    used: set[str]
+    revoked: bool
+
+    @property
+    def peer_fingerprint(self) -> str: ...
+
+    def expired(self) -> bool: ...
+
+
+def check_token(
+    item: Scoped | None, channel: str, token: str, peer_fingerprint: str | None, consume: bool = True
+) -> None:
+    """Check a token for one connection and mark it used; :class:`Forbidden` if it must be refused.
+
+    The token is burnt only when everything matches: a connection from the wrong agent does not use
+    up the real peer's token. ``consume=False`` only checks (e.g. before a request turns out not to be
+    a websocket upgrade).
+    """
+    expected = item.hashes.get(channel) if item is not None else None
+    # always compare, even for an unknown grant, so timing does not tell which ids exist
+    ok = hmac.compare_digest(token_hash(token or ""), expected or token_hash(secrets.token_hex(16)))
+    if item is None or expected is None or not ok:
+        raise Forbidden("invalid migration token")
+    if item.revoked:
+        raise Forbidden("migration token revoked")
+    if peer_fingerprint is None or not hmac.compare_digest(peer_fingerprint, item.peer_fingerprint):
+        raise Forbidden("this migration token was issued to another agent")
+    if channel in item.used:
+        raise Forbidden("migration token already used")
+    if item.expired():
+        raise Forbidden("migration token expired", "ask the source agent for a new migration")
+    if consume:
+        item.used.add(channel)
 
 
 class MigrationRegistry:
@@ -120,23 +165,8 @@ class MigrationRegistry:
         be a websocket upgrade).
         """
         migration = self._items.get(migration_id)
-        expected = migration.hashes.get(channel) if migration is not None else None
-        # always compare, even for an unknown migration, so timing does not tell which ids exist
-        ok = hmac.compare_digest(token_hash(token or ""), expected or token_hash(secrets.token_hex(16)))
-        if migration is None or expected is None or not ok:
-            raise Forbidden("invalid migration token")
-        if migration.revoked:
-            raise Forbidden("migration token revoked")
-        if peer_fingerprint is None or not hmac.compare_digest(
-            peer_fingerprint, migration.target_fingerprint
-        ):
-            raise Forbidden("this migration token was issued to another agent")
-        if channel in migration.used:
-            raise Forbidden("migration token already used")
-        if migration.expired():
-            raise Forbidden("migration token expired", "ask the source agent for a new migration")
-        if consume:
-            migration.used.add(channel)
+        check_token(migration, channel, token, peer_fingerprint, consume)
+        assert migration is not None
         return migration
 
     def revoke(self, migration_id: str) -> Migration:

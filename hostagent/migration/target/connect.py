@@ -38,12 +38,12 @@ def client_context(agent: Any, source_pem: str) -> ssl.SSLContext:
     return ctx
 
 
-def check_peer(get_extra_info: Any, fingerprint: str) -> None:
+def check_peer(get_extra_info: Any, fingerprint: str, peer: str = "source") -> None:
     """The same check again on the live connection (in case aiohttp's hook ever changes)."""
     sslobj = get_extra_info("ssl_object")
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
     if not der or certs.fingerprint_der(der) != fingerprint:
-        raise Forbidden("the source agent's certificate does not match the one given for the migration")
+        raise Forbidden(f"the {peer} agent's certificate does not match the one given for the migration")
 
 
 @contextlib.asynccontextmanager
@@ -54,26 +54,27 @@ async def client(agent: Any, ref: SourceRef) -> AsyncIterator[aiohttp.ClientSess
         yield session
 
 
-def connect_error(ref: SourceRef, exc: BaseException) -> OrchError:
+def connect_error(ref: SourceRef, exc: BaseException, peer: str = "source") -> OrchError:
+    """What went wrong reaching the ``peer`` agent (the source when pulling, the target when pushing)."""
     if isinstance(exc, aiohttp.ServerFingerprintMismatch):
         return Forbidden(
-            f"the source agent at {ref.where} presented a certificate other than the migration's",
+            f"the {peer} agent at {ref.where} presented a certificate other than the migration's",
             f"expected {ref.fingerprint}, got {exc.got.hex()}",
         )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
         return Forbidden(
-            f"TLS with the source agent at {ref.where} failed: its certificate is not the one given for "
+            f"TLS with the {peer} agent at {ref.where} failed: its certificate is not the one given for "
             f"the migration, or it does not accept this agent's ({exc})"
         )
     if isinstance(exc, aiohttp.ClientResponseError):
         message = (exc.headers or {}).get("X-Orch-Error") if exc.headers else None
         return error_for_status(
-            exc.status, f"the source agent refused the migration: {message or f'{exc.status} {exc.message}'}"
+            exc.status, f"the {peer} agent refused the migration: {message or f'{exc.status} {exc.message}'}"
         )
     if isinstance(exc, aiohttp.ServerDisconnectedError) or getattr(exc, "errno", None) == errno.ECONNRESET:
         return Unavailable(
-            f"cannot reach the source agent at {ref.where}: it closed the connection",
+            f"cannot reach the {peer} agent at {ref.where}: it closed the connection",
             "with TLS 1.3 this is how a refused client certificate looks: "
             "was the migration issued for this agent?",
         )
-    return Unavailable(f"cannot reach the source agent at {ref.where}: {exc}")
+    return Unavailable(f"cannot reach the {peer} agent at {ref.where}: {exc}")

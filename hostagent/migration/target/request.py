@@ -17,6 +17,8 @@ from hostagent.transfer.registry import PREFERENCE
 from orchapi import certs
 from orchapi.errors import BadRequest
 
+#: who dials: the target (pull) or the source, into the target's sink (push)
+MODES = ("pull", "push")
 _OPERATION_PATH = re.compile(r"^/1\.0/migrations/[0-9a-fA-F-]{36}\Z")
 
 
@@ -31,6 +33,8 @@ class SourceRef:
 
     @property
     def where(self) -> str:
+        if not self.url:
+            return "the agent that pushes it"
         parts = urlsplit(self.url)
         return parts.netloc
 
@@ -62,6 +66,9 @@ def _source_ref(source: dict[str, Any], token: Any) -> SourceRef:
 
 @dataclass
 class PullSpec:
+    """A container to receive: pulled from ``source`` (mode pull), or pushed by it (mode push: the
+    source dials this agent's sink, and ``source`` holds only its certificate)."""
+
     source: SourceRef
     base_image: str
     refresh: bool
@@ -71,14 +78,16 @@ class PullSpec:
     allow_privileged: bool = False
     #: the job's compression wish (``--compress``: auto, zstd, none)
     compression: str = "auto"
+    #: pushed: the peer dialed this agent (no data links then: this agent may not reach the peer)
+    pushed: bool = False
 
 
 def parse_pull(source: dict[str, Any]) -> PullSpec:
     """The ``source`` object of ``POST /1.0/containers`` for ``type: migration``."""
     mode = source.get("mode", "pull")
-    if mode != "pull":
-        raise BadRequest(f"migration mode {mode!r} is not supported", "only pull mode is")
-    secrets = source.get("secrets")
+    if mode not in MODES:
+        raise BadRequest(f"migration mode {mode!r} is not supported", "use pull or push")
+    secrets = source.get("secrets") if mode == "pull" else {"fs": ""}
     if not isinstance(secrets, dict):
         raise BadRequest("source.secrets must hold the 'fs' migration secret")
     base_image = source.get("base-image") or ""
@@ -94,7 +103,20 @@ def parse_pull(source: dict[str, Any]) -> PullSpec:
     if not isinstance(allow, bool):
         raise BadRequest("source.allow_privileged must be true or false")
     compression = check_wish(source.get("compression"))
-    return PullSpec(_source_ref(source, secrets.get("fs")), base_image, refresh, method, allow, compression)
+    ref = _source_ref(source, secrets.get("fs")) if mode == "pull" else _pusher_ref(source)
+    return PullSpec(ref, base_image, refresh, method, allow, compression, pushed=mode == "push")
+
+
+def _pusher_ref(source: dict[str, Any]) -> SourceRef:
+    """Push mode: only the certificate of the peer that will dial (the source agent, or a relaying
+    worker); the sink's token is made here, not brought."""
+    for key in ("operation", "secrets"):
+        if source.get(key):
+            raise BadRequest(f"source.{key} is for pull mode; a push sink makes its own secret")
+    pem = source.get("certificate")
+    if not isinstance(pem, str) or not pem:
+        raise BadRequest("source.certificate must be the PEM certificate of the agent that will push")
+    return SourceRef("", "", pem, certs.fingerprint_pem(pem))
 
 
 def parse_image_pull(source: dict[str, Any]) -> tuple[SourceRef, str]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import ssl
 from typing import Any
@@ -33,9 +31,9 @@ from hostagent.migration.target.connect import (
     client_context,
     connect_error,
 )
-from hostagent.migration.target.request import PullSpec, parse_pull
+from hostagent.migration.target.request import PullSpec
 from hostagent.migration.target.volumes import VolumeReceiver
-from hostagent.operations import RUNNING, SUCCESS, Operation
+from hostagent.operations import Operation
 from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer import compression
 from hostagent.transfer.base import TransferMethod
@@ -48,34 +46,6 @@ log = logging.getLogger(__name__)
 
 #: the operation metadata is refreshed this often while bytes move
 TICK = 0.25
-
-
-async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation:
-    """Validate the request and start the pull (a taken name is refused now, before any connection)."""
-    spec = parse_pull(source)
-    # The same request again (its single-use secret included) is a client that lost the answer, e.g.
-    # a worker killed between asking and recording: it gets the pull it started, running or done, not
-    # a refusal because the container it pulls now exists. After a failure it is a new attempt.
-    request = json.dumps({"name": name, "source": source}, sort_keys=True, default=str)
-    key = "pull:" + hashlib.sha256(request.encode()).hexdigest()
-    if (started := _replayable(agent, key)) is not None:
-        return started
-    await agent.blocking(agent.runtime.import_check, name, spec.refresh)
-
-    async def work(op: Operation) -> dict[str, Any]:
-        return await pull_container(agent, op, name, spec)
-
-    resources = {"containers": [f"/1.0/containers/{name}"]}
-    if (started := _replayable(agent, key)) is not None:  # asked twice at once: one pull
-        return started
-    return agent.operations.start(
-        f"Copying container {name} from {spec.source.where}", work, resources, key=key
-    )
-
-
-def _replayable(agent: Any, key: str) -> Operation | None:
-    op = agent.operations.find(key)
-    return op if op is not None and op.status in (RUNNING, SUCCESS) else None
 
 
 async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -> dict[str, Any]:
@@ -97,20 +67,26 @@ async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -
                 raise Unavailable(f"the source agent at {spec.source.where} did not answer in time") from None
             except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
                 raise connect_error(spec.source, exc) from None
-            ch = Channel(ws, "source")
-            ch.recv_throttle = Throttle(agent.bandwidth)  # this agent's total for what it receives
-            try:
-                check_peer(ws.get_extra_info, spec.source.fingerprint)
-                return await TargetSession(agent, op, name, spec, ch).run()
-            except BaseException as exc:
-                reported = ch.explain(exc)
-                await ch.send_error(reported)
-                ch.abort()
-                if reported is exc:
-                    raise
-                raise reported from exc
-            finally:
-                await ch.close()
+            return await converse(agent, op, name, spec, ws)
+
+
+async def converse(agent: Any, op: Operation, name: str, spec: PullSpec, ws: Any) -> dict[str, Any]:
+    """Receive the container over ``ws``, whoever dialed (pull: we did; push: the peer did); the peer is
+    told why if it fails, and the connection torn down."""
+    ch = Channel(ws, "source")
+    ch.recv_throttle = Throttle(agent.bandwidth)  # this agent's total for what it receives
+    try:
+        check_peer(ws.get_extra_info, spec.source.fingerprint)
+        return await TargetSession(agent, op, name, spec, ch).run()
+    except BaseException as exc:
+        reported = ch.explain(exc)
+        await ch.send_error(reported)
+        ch.abort()
+        if reported is exc:
+            raise
+        raise reported from exc
+    finally:
+        await ch.close()
 
 
 class TargetSession:
@@ -296,8 +272,8 @@ class TargetSession:
         """How this session dials the source's data-link offers (None: keep the bytes on the websocket):
         to the source's data port on the host its agent was reached at, with the migration's own TLS
         context (our certificate, the source's pinned)."""
-        if header.link_port is None or not self.agent.use_datalinks:
-            return None
+        if header.link_port is None or not self.agent.use_datalinks or self.spec.pushed:
+            return None  # pushed: this agent may have no way to the peer (that is why it pushes)
         agent, ref, port = self.agent, self.spec.source, header.link_port
         host = urlsplit(ref.url).hostname or ""
         ctx = ktls.enable(client_context(agent, ref.certificate))

@@ -1,0 +1,43 @@
+"""Starting a container's reception: a pull (this agent dials the source) or a push sink (the source,
+or a worker relaying for it, dials this agent); ``POST /1.0/containers`` with a migration source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from hostagent.migration.target.push import open_sink
+from hostagent.migration.target.request import parse_pull
+from hostagent.migration.target.session import pull_container
+from hostagent.operations import RUNNING, SUCCESS, Operation
+
+
+async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation:
+    """Validate the request and start the pull (a taken name is refused now, before any connection)."""
+    spec = parse_pull(source)
+    # The same request again (its single-use secret included) is a client that lost the answer, e.g.
+    # a worker killed between asking and recording: it gets the pull it started, running or done, not
+    # a refusal because the container it pulls now exists. After a failure it is a new attempt.
+    request = json.dumps({"name": name, "source": source}, sort_keys=True, default=str)
+    key = "pull:" + hashlib.sha256(request.encode()).hexdigest()
+    if (started := _replayable(agent, key)) is not None:
+        return started
+    await agent.blocking(agent.runtime.import_check, name, spec.refresh)
+    if (started := _replayable(agent, key)) is not None:  # asked twice at once: one pull
+        return started
+    resources = {"containers": [f"/1.0/containers/{name}"]}
+    if spec.pushed:
+        return open_sink(agent, name, spec, resources, key)
+
+    async def work(op: Operation) -> dict[str, Any]:
+        return await pull_container(agent, op, name, spec)
+
+    return agent.operations.start(
+        f"Copying container {name} from {spec.source.where}", work, resources, key=key
+    )
+
+
+def _replayable(agent: Any, key: str) -> Operation | None:
+    op = agent.operations.find(key)
+    return op if op is not None and op.status in (RUNNING, SUCCESS) else None
