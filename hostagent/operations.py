@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from hostagent.safetar.cancel import Cancelled
-from orchapi.errors import Conflict, NotFound, OrchError
+from orchapi.errors import Conflict, NotFound, OrchError, PeerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Operation:
         self.metadata: dict[str, Any] = {}
         self.err = ""
         self.err_code = 0
+        #: the error's class name where a client acts on it (orchapi/errors.py: PeerUnreachable)
+        self.err_class = ""
         self.finished_monotonic: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
@@ -69,6 +71,7 @@ class Operation:
             "may_cancel": self.status == RUNNING,
             "err": self.err,
             "err_code": self.err_code,
+            "err_class": self.err_class,
         }
 
 
@@ -112,6 +115,7 @@ class OperationRegistry:
             op.status, op.err, op.err_code = CANCELLED, "operation cancelled", 499
         except OrchError as exc:
             op.status, op.err, op.err_code = FAILURE, str(exc), exc.status
+            op.err_class = type(exc).__name__ if isinstance(exc, PeerUnreachable) else ""
         except Exception as exc:  # a bug or host failure: keep the agent alive, report it
             log.exception("operation %s (%s) failed", op.id, op.description)
             op.status, op.err, op.err_code = FAILURE, f"internal error: {exc}", 500

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import requests
 
 from orchapi import certs, tlsconfig
-from orchapi.errors import Forbidden, OrchError, Unavailable, error_for_status
+from orchapi.errors import Forbidden, OrchError, PeerUnreachable, Unavailable, error_for_status
 from orchapi.transport import PinnedHTTPSAdapter, UnixSocketAdapter
 
 DEFAULT_PORT = 8443
@@ -64,6 +64,15 @@ def _unreachable(url: str, exc: BaseException) -> Unavailable:
     return Unavailable(
         f"cannot reach the agent at {url}: {reason}", "check the address and that orch-agent runs there"
     )
+
+
+def operation_error(op: dict[str, Any]) -> OrchError:
+    """The error of a failed operation as the agent classed it (its HTTP status, and PeerUnreachable
+    kept as such: a caller may try the transfer the other way round)."""
+    message = op.get("err") or "operation failed"
+    if op.get("err_class") == PeerUnreachable.__name__:
+        return PeerUnreachable(message)
+    return error_for_status(int(op.get("err_code") or 500), message)
 
 
 class AgentClient:
@@ -195,7 +204,7 @@ class AgentClient:
             if op["status"] != "Running":
                 break
         if op["status"] != "Success":
-            raise error_for_status(int(op.get("err_code") or 500), op.get("err") or "operation failed")
+            raise operation_error(op)
         return op.get("metadata") or {}
 
 

@@ -64,6 +64,12 @@ class Unavailable(OrchError):
     status = 503
 
 
+class PeerUnreachable(Unavailable):
+    """One agent could not connect to the other (no route, refused, no answer): the transfer may get
+    through the other way round (push) or through the worker (relay). An operation that failed so says
+    it in its ``err_class``; TLS or token refusals are never this."""
+
+
 class InternalError(OrchError):
     """A bug or an unexpected host failure (never used for bad input)."""
 

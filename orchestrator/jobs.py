@@ -99,6 +99,7 @@ class Job:
             "duration": round(self.finished_ts - self.created_ts, 3) if self.finished_ts else None,
             "error": self.error,
             "method": self.state.get("method", ""),
+            "mode": self.state.get("mode", ""),  # who dialed whom (orchestrator/transfers/)
             # what went over the wire, what it carried (before compression), and the limits' toll
             "compression": self.state.get("compression", ""),
             "wire_bytes": self.state.get("bytes_received"),

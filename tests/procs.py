@@ -23,12 +23,21 @@ ORCH_AGENT = str(VENV_BIN / "orch-agent")
 class AgentProcess:
     """One running ``orch-agent``."""
 
-    def __init__(self, data_dir: Path, name: str, listen: bool = True, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        name: str,
+        listen: bool = True,
+        args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.name = name
         self.listen = listen
         #: further command-line arguments, e.g. ``("--runtime", "lxd", "--lxd-socket", ...)``
         self.args = tuple(args)
+        #: what the agent is started through, e.g. ``("nsenter", "--net=/run/netns/NS")``
+        self.prefix = tuple(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
 
@@ -48,7 +57,7 @@ class AgentProcess:
         """Start (or restart) the agent; pass ``listen_addr=agent.addr`` to keep the same port."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "listen.addr").unlink(missing_ok=True)
-        args = [ORCH_AGENT, "--data-dir", str(self.data_dir), "--name", self.name, *self.args]
+        args = [*self.prefix, ORCH_AGENT, "--data-dir", str(self.data_dir), "--name", self.name, *self.args]
         if self.listen:
             args += ["--listen", listen_addr]
         log = open(self.log_path, "ab")

@@ -26,7 +26,7 @@ from hostagent.migration.target.request import SourceRef
 from hostagent.migration.tokens import Migration
 from hostagent.operations import Operation
 from orchapi import certs
-from orchapi.errors import BadRequest, Forbidden, OrchError, Unavailable
+from orchapi.errors import BadRequest, Forbidden, OrchError, PeerUnreachable
 
 #: host:port, [v6]:port
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")
@@ -117,4 +117,4 @@ async def _dial(
             await stack.enter_async_context(attempt)
             return ws, address
         await attempt.aclose()
-    raise Unavailable("cannot reach the target agent at any of its addresses: " + "; ".join(failures))
+    raise PeerUnreachable("cannot reach the target agent at any of its addresses: " + "; ".join(failures))

@@ -10,7 +10,7 @@ import click
 from orchapi.errors import BadRequest, Conflict, NotFound, OrchError
 from orchestrator.cli.completion import containers, remotes
 from orchestrator.cli.context import Context, pass_ctx
-from orchestrator.cli.jobs import compress_option, parse_rate_option, transfer_options
+from orchestrator.cli.jobs import compress_option, mode_option, parse_rate_option, transfer_options
 from orchestrator.cli.output import emit, format_option, human_size, table
 from orchestrator.refs import Ref, parse_remote
 
@@ -125,12 +125,14 @@ PLAN_HEADERS = [
 @click.option("--bwlimit", metavar="RATE", callback=parse_rate_option,
               help="At most this bandwidth per move, e.g. 50MiB (per second).")  # fmt: skip
 @compress_option
+@mode_option
 @click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
 @format_option
 @pass_ctx
 def evacuate(
     ctx: Context, source: str, to: str | None, parallel: int, per_host: int, action: str | None,
-    plan_only: bool, allow_privileged: bool, bwlimit: int | None, compression: str, yes: bool, fmt: str,
+    plan_only: bool, allow_privileged: bool, bwlimit: int | None, compression: str, mode: str, yes: bool,
+    fmt: str,
 ) -> int:  # fmt: skip
     """Drain SOURCE: (cordon it, move its containers away, restart on the targets what ran)."""
     from orchestrator.evacuation.placement import MIGRATE, STOP, plan
@@ -178,7 +180,7 @@ def evacuate(
     target_ids = {t.remote: t.host_id for t in targets}
     jobs = _submit_evacuation_jobs(
         host, source_host.id, target_ids, placements, record, store, parallel, per_host, allow_privileged,
-        transfer_options(bwlimit, compression),
+        transfer_options(bwlimit, compression, mode),
     )  # fmt: skip
     earlier = record.outcomes()  # a rerun: what an interrupted run stopped must still be restarted
     try:

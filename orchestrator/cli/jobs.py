@@ -114,13 +114,25 @@ compress_option = click.option(
 )
 
 
-def transfer_options(bwlimit: int | None, compression: str) -> dict[str, object]:
-    """The job options of ``--bwlimit`` and ``--compress`` (the defaults are left out)."""
+mode_option = click.option(
+    "--mode",
+    type=click.Choice(["auto", "pull", "push"]),
+    default="auto",
+    show_default=True,
+    help="Who dials whom: the target the source (pull), the source the target (push); auto tries "
+    "pull, then push, when the agents cannot connect.",
+)
+
+
+def transfer_options(bwlimit: int | None, compression: str, mode: str = "auto") -> dict[str, object]:
+    """The job options of ``--bwlimit``, ``--compress`` and ``--mode`` (the defaults are left out)."""
     options: dict[str, object] = {}
     if bwlimit:
         options["bwlimit"] = bwlimit
     if compression != "auto":
         options["compression"] = compression
+    if mode != "auto":
+        options["mode"] = mode
     return options
 
 
@@ -137,6 +149,7 @@ method_option = click.option(
 @click.option("--refresh", is_flag=True, help="Update an existing copy with only what changed.")
 @click.option("--instance-only", is_flag=True, help="Copy without snapshots.")
 @method_option
+@mode_option
 @bwlimit_option
 @compress_option
 @allow_privileged_option
@@ -149,6 +162,7 @@ def copy(
     refresh: bool,
     instance_only: bool,
     method: str | None,
+    mode: str,
     bwlimit: int | None,
     compression: str,
     allow_privileged: bool,
@@ -156,7 +170,7 @@ def copy(
 ) -> int:
     """Copy a container (or a snapshot: REMOTE:NAME/SNAP) to [REMOTE:][NAME]."""
     options = {"refresh": refresh, "instance_only": instance_only, "method": method}
-    options.update(transfer_options(bwlimit, compression))
+    options.update(transfer_options(bwlimit, compression, mode))
     if allow_privileged:
         options["allow_privileged"] = True
     return _submit_and_follow(ctx, "copy", source, target, options, not no_wait)
@@ -170,6 +184,7 @@ def copy(
     "--instance-only", is_flag=True, help="Move without snapshots (they are deleted with the source)."
 )
 @method_option
+@mode_option
 @bwlimit_option
 @compress_option
 @allow_privileged_option
@@ -182,6 +197,7 @@ def move(
     stateless: bool,
     instance_only: bool,
     method: str | None,
+    mode: str,
     bwlimit: int | None,
     compression: str,
     allow_privileged: bool,
@@ -189,7 +205,7 @@ def move(
 ) -> int:
     """Move a container to [REMOTE:][NAME] (a rename when the remote is the same)."""
     options = {"stateless": stateless, "instance_only": instance_only, "method": method}
-    options.update(transfer_options(bwlimit, compression))
+    options.update(transfer_options(bwlimit, compression, mode))
     if allow_privileged:
         options["allow_privileged"] = True
     return _submit_and_follow(ctx, "move", source, target, options, not no_wait)

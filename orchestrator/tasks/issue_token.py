@@ -7,7 +7,7 @@ certificate, valid for one connection within a short TTL. The worker keeps them 
 
 from __future__ import annotations
 
-from orchapi.errors import InsufficientStorage
+from orchapi.errors import InsufficientStorage, OrchError
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, StepTask, step
@@ -20,6 +20,25 @@ def issue(ctx: StepContext, job: Job) -> None:
     s = job.state
     if s.get("migration_id") and ctx.jobs.secrets(job.id):
         return  # issued by an earlier delivery of this step
+    issue_migration(ctx, job)
+
+
+def reissue(ctx: StepContext, job: Job) -> Job:
+    """New secrets for a job whose migration was spent or expired (a change of transfer mode): the
+    old migration is revoked first; the job as it is now."""
+    old = job.state.get("migration_id")
+    if old:
+        try:
+            source(ctx, job).call("DELETE", f"/1.0/migrations/{old}")
+        except OrchError:
+            pass  # forgotten or gone already: it can no longer be used either way
+    issue_migration(ctx, job)
+    return ctx.jobs.get(job.id)
+
+
+def issue_migration(ctx: StepContext, job: Job) -> None:
+    """Ask the source for a migration of the job's container to the target's certificate."""
+    s = job.state
     src = source(ctx, job)
     target_certificate = (
         s.get("target_certificate") or target(ctx, job).get("/1.0")["environment"]["certificate"]
@@ -43,6 +62,7 @@ def issue(ctx: StepContext, job: Job) -> None:
         base_image=migration.get("base_image", ""),
         snapshots=migration.get("snapshots", []),
         size=migration.get("size", 0),
+        migration_spent=False,
     )
     ctx.jobs.update(job.id, bytes_total=migration.get("size", 0))
     size, free = migration.get("size", 0), s.get("target_free")

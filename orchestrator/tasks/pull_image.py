@@ -8,11 +8,15 @@ longer has is not an error: the transfer then simply sends everything.
 
 from __future__ import annotations
 
-from orchapi.errors import NotFound, OrchError
+import logging
+
+from orchapi.errors import NotFound, OrchError, PeerUnreachable
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, StepTask, step
 from orchestrator.tasks.common import target
+
+log = logging.getLogger(__name__)
 
 
 def pull(ctx: StepContext, job: Job) -> None:
@@ -37,7 +41,24 @@ def pull(ctx: StepContext, job: Job) -> None:
     except NotFound:
         ctx.jobs.update_state(job.id, image_missing=True)
         return
+    except PeerUnreachable as exc:
+        if (job.options.get("mode") or "auto") == "pull":
+            raise
+        # the target cannot reach the source: the container goes the other way round (push), without
+        # a pre-fill unless the target has the image already (pushing the image is not built yet)
+        log.info("job %s: the target cannot pull the image (%s); transferring without it", job.id, exc)
+        has = _target_has(ctx, job, s["base_image"])
+        ctx.jobs.update_state(job.id, image_missing=not has, mode=s.get("mode") or "push")
+        return
     ctx.jobs.update_state(job.id, image_cached=bool(result.get("cached")), image_bytes=result.get("bytes", 0))
+
+
+def _target_has(ctx: StepContext, job: Job, fingerprint: str) -> bool:
+    try:
+        target(ctx, job).get(f"/1.0/images/{fingerprint}")
+    except OrchError:
+        return False
+    return True
 
 
 pull_image = app.task(base=StepTask, bind=True, name="orch.pull_image")(step("pull_image")(pull))

@@ -20,7 +20,7 @@ import aiohttp
 
 from hostagent.migration.target.request import SourceRef
 from orchapi import certs, tlsconfig
-from orchapi.errors import Forbidden, OrchError, Unavailable, error_for_status
+from orchapi.errors import Forbidden, OrchError, PeerUnreachable, Unavailable, error_for_status
 from orchapi.wsclient import PinnedConnector
 
 #: how long connecting (TCP, TLS, websocket upgrade) to the source may take
@@ -72,9 +72,9 @@ def connect_error(ref: SourceRef, exc: BaseException, peer: str = "source") -> O
             exc.status, f"the {peer} agent refused the migration: {message or f'{exc.status} {exc.message}'}"
         )
     if isinstance(exc, aiohttp.ServerDisconnectedError) or getattr(exc, "errno", None) == errno.ECONNRESET:
-        return Unavailable(
+        return Unavailable(  # not PeerUnreachable: it may be our certificate refused (TLS 1.3)
             f"cannot reach the {peer} agent at {ref.where}: it closed the connection",
             "with TLS 1.3 this is how a refused client certificate looks: "
             "was the migration issued for this agent?",
         )
-    return Unavailable(f"cannot reach the {peer} agent at {ref.where}: {exc}")
+    return PeerUnreachable(f"cannot reach the {peer} agent at {ref.where}: {exc}")

@@ -15,7 +15,7 @@ from typing import Any
 from hostagent.migration.target.request import PullSpec
 from hostagent.migration.target.session import converse
 from hostagent.operations import Operation
-from orchapi.errors import Unavailable
+from orchapi.errors import PeerUnreachable
 
 #: how long the sink waits for the peer's connection (the token's lifetime)
 CONNECT_WAIT = 60
@@ -33,7 +33,7 @@ def open_sink(agent: Any, name: str, spec: PullSpec, resources: dict[str, list[s
             try:
                 ws = await asyncio.wait_for(asyncio.shield(sink.connected), CONNECT_WAIT)
             except TimeoutError:
-                raise Unavailable(
+                raise PeerUnreachable(
                     f"nothing connected to push container {name} within {CONNECT_WAIT} s",
                     "the source agent could not reach this agent: try --mode pull or relay",
                 ) from None

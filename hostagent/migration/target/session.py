@@ -40,7 +40,7 @@ from hostagent.transfer.base import TransferMethod
 from hostagent.transfer.features import probe_features
 from hostagent.transfer.ratelimit import Throttle
 from hostagent.transfer.registry import get_method, negotiate, usable_between
-from orchapi.errors import BadRequest, Conflict, InsufficientStorage, Unavailable
+from orchapi.errors import BadRequest, Conflict, InsufficientStorage, PeerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ async def pull_container(agent: Any, op: Operation, name: str, spec: PullSpec) -
                     CONNECT_TIMEOUT,
                 )
             except TimeoutError:
-                raise Unavailable(f"the source agent at {spec.source.where} did not answer in time") from None
+                raise PeerUnreachable(
+                    f"the source agent at {spec.source.where} did not answer in time"
+                ) from None
             except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
                 raise connect_error(spec.source, exc) from None
             return await converse(agent, op, name, spec, ws)

@@ -1,0 +1,115 @@
+"""Following a transfer: the target's operation, mirrored into the job every poll; the other agent's
+operation (push) watched beside it, so that one side failing cancels the other."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from orchapi.client import operation_error
+from orchapi.errors import NotFound, OrchError
+from orchestrator.connect import RemoteClient
+from orchestrator.jobs import Job
+from orchestrator.jobtext import progress_text, stage_words
+from orchestrator.stepping import Cancelled, StepContext
+
+log = logging.getLogger(__name__)
+
+POLL = 0.5  # job progress is refreshed at least this often while bytes move
+
+
+def send_progress(ctx: StepContext, job: Job, fields: dict[str, Any]) -> None:
+    """A Celery ``task-progress`` event for monitors (Flower shows the task as PROGRESS with these fields).
+
+    Best effort: sent without retrying, and a failure (no broker, no task) never disturbs the transfer.
+    """
+    task = getattr(ctx, "task", None)
+    if task is None:
+        return
+    try:
+        task.send_event(
+            "task-progress",
+            retry=False,
+            job_id=job.id,
+            label=job.label,
+            bytes_done=int(fields.get("bytes_done", 0)),
+            bytes_total=int(fields.get("bytes_total", job.bytes_total)),
+            rate=round(float(fields.get("rate", 0.0)), 1),
+            stage=str(fields.get("stage", "")),
+            # the "result" Flower shows in its task list while the task runs (see flowerview.py)
+            result=f"{fields.get('stage') or 'transferring'}: "
+            + progress_text(
+                int(fields.get("bytes_done", 0)),
+                int(fields.get("bytes_total", 0)),
+                float(fields.get("rate", 0)),
+            ),
+        )
+    except Exception as exc:  # monitoring must never break a transfer
+        log.debug("job %s: task-progress event not sent: %s", job.id, exc)
+
+
+def follow(
+    ctx: StepContext,
+    job: Job,
+    client: RemoteClient,
+    operation: str,
+    companion: tuple[RemoteClient, str] | None = None,
+) -> dict[str, Any]:
+    """Wait for the target's ``operation``, mirroring its progress into the job; honour cancellation.
+    ``companion``: the other agent's operation of the same transfer (push), checked every poll."""
+    #: the rate is measured from the first byte on (bytes / seconds since), so it is known at the
+    #: first progress report after data flows and does not jump with every poll
+    first: tuple[float, int] | None = None
+    while True:
+        try:
+            op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
+        except NotFound:
+            raise OrchError("the target agent lost the transfer (was it restarted?)") from None
+        meta = op.get("metadata") or {}
+        moved = int(meta.get("bytes_received", 0)) + int(meta.get("bytes_sent", 0))
+        now = time.monotonic()
+        if first is None and moved:
+            first = (now - POLL, 0)  # the first bytes came during the last poll
+        rate = (moved - first[1]) / max(now - first[0], 1e-3) if first else 0.0
+        fields: dict[str, Any] = {"bytes_done": moved, "rate": rate, "stage": stage_words(meta)}
+        # a total only when it is the bytes that will travel (whole volumes); a delta's size is not
+        # known before it is sent, and a bar stuck at 33 % while deltas travel would mislead
+        fields["bytes_total"] = int(meta.get("total_bytes") or 0) if meta.get("total_exact") else 0
+        ctx.jobs.update(job.id, **fields)
+        if meta.get("method") and not job.state.get("method"):  # negotiated: shown while it runs
+            job.state = ctx.jobs.update_state(job.id, method=str(meta["method"]))
+        send_progress(ctx, job, fields)
+        current = ctx.jobs.get(job.id)
+        ctx.renew_locks(current)
+        if op["status"] == "Success":
+            return meta
+        if op["status"] != "Running":
+            # it is over and cleaned up after itself: a retry must start a new one, not re-read this end
+            ctx.jobs.update_state(job.id, target_op=None, source_op=None)
+            raise operation_error(op)
+        if companion is not None:
+            _check_companion(client, operation, companion)
+        if current.cancel_requested:
+            _cancel(client, operation)
+            raise Cancelled()
+
+
+def _check_companion(client: RemoteClient, operation: str, companion: tuple[RemoteClient, str]) -> None:
+    """The other side's operation: if it failed, the target's is cancelled and its error raised (the
+    target's would only wait until its own timeout)."""
+    other, other_op = companion
+    try:
+        op = other.call("GET", other_op)
+    except NotFound:
+        op = {"status": "Failure", "err": "the source agent lost the push (was it restarted?)"}
+    if op["status"] in ("Failure", "Cancelled"):
+        _cancel(client, operation)
+        raise operation_error(op)
+
+
+def _cancel(client: RemoteClient, operation: str) -> None:
+    try:
+        client.call("DELETE", operation)
+    except OrchError:
+        pass

@@ -1,0 +1,45 @@
+"""Pull mode: the target agent dials the source's migration and pulls the container (LXD's default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchapi.errors import OrchError
+from orchestrator.jobs import Job
+from orchestrator.stepping import StepContext
+from orchestrator.tasks.common import target
+from orchestrator.transfers.follow import POLL, follow
+
+
+def receive_body(job: Job) -> dict[str, Any]:
+    """What the target is told of the container to receive, in every mode."""
+    s = job.state
+    return {
+        "type": "migration",
+        "certificate": s["source_certificate"],
+        "base-image": s.get("base_image", "") if not s.get("image_missing") else "",
+        "refresh": bool(job.options.get("refresh")),
+        "method": job.options.get("method") or None,
+        # the operator's opt-in for this job; the target decides everything else itself
+        "allow_privileged": bool(job.options.get("allow_privileged")),
+        "compression": job.options.get("compression") or "auto",
+    }
+
+
+def start(ctx: StepContext, job: Job) -> str:
+    s = job.state
+    secret = ctx.jobs.secrets(job.id).get("fs")
+    if not secret:
+        raise OrchError("the migration secrets expired before the transfer started; run the job again")
+    source = {**receive_body(job), "mode": "pull", "operation": s["migration_url"], "secrets": {"fs": secret}}
+    body = {"name": s["target_name"], "source": source}
+    response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
+    operation = response["operation"]
+    ctx.jobs.update_state(job.id, target_op=operation, migration_spent=True)
+    return operation
+
+
+def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
+    """Start (or, redelivered, re-attach to) the target's pull and follow it to its end."""
+    operation = job.state.get("target_op") or start(ctx, job)
+    return follow(ctx, job, target(ctx, job, timeout=POLL + 30), operation)

@@ -1,0 +1,51 @@
+"""Push mode: the target opens a sink for the source agent's certificate, the source dials it.
+
+The worker asks the target for the sink (its one-time secret comes back in the operation), then asks
+the source to push to it, naming first the address by which the worker reached the target and then
+the others the target reports; it follows the target's operation and watches the source's, so either
+side failing cancels the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from orchestrator.jobs import Job
+from orchestrator.stepping import StepContext
+from orchestrator.tasks.common import source, target
+from orchestrator.transfers.follow import POLL, follow
+from orchestrator.transfers.pull import receive_body
+
+
+def target_addresses(ctx: StepContext, job: Job) -> list[str]:
+    """The target's HOST:PORT addresses, the one the worker reached first."""
+    tgt = target(ctx, job)
+    first = urlsplit(tgt.url).netloc if tgt.url.startswith("https://") else ""
+    reported = tgt.get("/1.0")["environment"].get("addresses") or []
+    return list(dict.fromkeys([a for a in (first, *reported) if a]))
+
+
+def start(ctx: StepContext, job: Job) -> tuple[str, str]:
+    """The target's sink operation and the source's push operation (both recorded on the job)."""
+    s = job.state
+    tgt = target(ctx, job)
+    body = {"name": s["target_name"], "source": {**receive_body(job), "mode": "push"}}
+    sink = tgt.request("POST", "/1.0/containers", json=body).json()
+    sink_op = sink["operation"]
+    ctx.jobs.update_state(job.id, target_op=sink_op)
+    meta = sink.get("metadata", {}).get("metadata") or tgt.get(sink_op).get("metadata") or {}
+    push = {"addresses": target_addresses(ctx, job), "sink": meta["sink"], "secret": meta["secrets"]["fs"]}
+    pushed = source(ctx, job).request("POST", f"/1.0/migrations/{s['migration_id']}/push", json=push).json()
+    ctx.jobs.update_state(job.id, source_op=pushed["operation"], migration_spent=True)
+    return sink_op, pushed["operation"]
+
+
+def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
+    s = job.state
+    if s.get("target_op") and s.get("source_op"):
+        sink_op, push_op = s["target_op"], s["source_op"]  # redelivered: the same push goes on
+    else:
+        sink_op, push_op = start(ctx, job)
+    companion = (source(ctx, job, timeout=POLL + 30), push_op)
+    return follow(ctx, job, target(ctx, job, timeout=POLL + 30), sink_op, companion)

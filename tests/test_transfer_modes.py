@@ -1,0 +1,88 @@
+"""Transfer modes with real agents that cannot all reach each other: the target agent runs in a network
+namespace the test creates (a veth to the host), the source listens only on the host's 127.0.0.1. The
+worker reaches both; the target cannot reach the source. So pull fails with a clear error, push gets
+through with a verified copy, and auto finds push by itself and says so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.netlab import NetNs
+from tests.procs import AgentProcess
+
+pytestmark = pytest.mark.skipif(not shutil.which("nsenter"), reason="nsenter is not installed")
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def walled(tmpdir755, orch_env, busybox_image) -> Iterator[tuple[AgentProcess, AgentProcess]]:  # type: ignore[no-untyped-def]
+    """foo on the host's 127.0.0.1 with container c1 (busybox and 4 MiB of its own); bar in a namespace."""
+    ns = NetNs().create()
+    agents = []
+    try:
+        foo = AgentProcess(tmpdir755 / "foo", "foo").start()
+        agents.append(foo)
+        bar = AgentProcess(tmpdir755 / "bar", "bar", prefix=ns.prefix).start(listen_addr=f"{ns.inner_ip}:0")
+        agents.append(bar)
+        for name, agent in (("foo", foo), ("bar", bar)):
+            agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
+            orch_env.add_remote(name, agent)
+        orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+        orch_env.run("init", "foo:bb", "foo:c1")
+        blob = foo.data_dir / "containers" / "c1" / "rootfs" / "root" / "blob"
+        blob.write_bytes(os.urandom(4 * MIB))
+        owner = blob.parent.stat()
+        os.chown(blob, owner.st_uid, owner.st_gid)
+        yield foo, bar
+    finally:
+        for agent in agents:
+            agent.stop(kill_containers=True)
+        ns.delete()
+
+
+def _last_job(orch_env) -> dict:  # type: ignore[no-untyped-def]
+    job_id = json.loads(orch_env.run("jobs", "--format", "json").stdout)[0]["id"]
+    return json.loads(orch_env.run("jobs", "show", job_id, "--format", "json").stdout)
+
+
+def _same_blob(foo: AgentProcess, bar: AgentProcess, name: str) -> bool:
+    def digest(agent: AgentProcess, container: str) -> str:
+        path = agent.data_dir / "containers" / container / "rootfs" / "root" / "blob"
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    return digest(foo, "c1") == digest(bar, name)
+
+
+def test_pull_cannot_get_through_a_wall_and_says_why(walled, orch_env, start_worker):
+    start_worker("w1")
+    proc = orch_env.run("copy", "foo:c1", "bar:c1", "--mode", "pull", check=False, timeout=300)
+    assert proc.returncode != 0
+    assert "cannot reach the source agent" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(orch_env.run("list", "bar:", "--format", "json").stdout) == []
+
+
+@pytest.mark.parametrize("mode", ["push", "auto"])
+def test_push_gets_through_and_auto_finds_it(walled, orch_env, start_worker, mode):
+    foo, bar = walled
+    start_worker("w1")
+    orch_env.run("copy", "foo:c1", "bar:c1", "--mode", mode, timeout=300)
+    job = _last_job(orch_env)
+    assert job["status"] == "succeeded" and job["mode"] == "push", job
+    assert _same_blob(foo, bar, "c1")
+    assert "Mode: push" in orch_env.run("jobs", "show", job["id"]).stdout
+    # and a move: the source goes only after the pushed copy was verified
+    orch_env.run("move", "foo:c1", "bar:c2", "--mode", mode, timeout=300)
+    assert [c["name"] for c in json.loads(orch_env.run("list", "foo:", "--format", "json").stdout)] == []
+    assert sorted(c["name"] for c in json.loads(orch_env.run("list", "bar:", "--format", "json").stdout)) == [
+        "c1",
+        "c2",
+    ]
