@@ -22,16 +22,20 @@ pytestmark = pytest.mark.skipif(not shutil.which("nsenter"), reason="nsenter is 
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def walled(tmpdir755, orch_env, busybox_image) -> Iterator[tuple[AgentProcess, AgentProcess]]:  # type: ignore[no-untyped-def]
-    """foo on the host's 127.0.0.1 with container c1 (busybox and 4 MiB of its own); bar in a namespace."""
-    ns = NetNs().create()
+def _walled(tmpdir755, orch_env, busybox_image, source_walled: bool):  # type: ignore[no-untyped-def]
+    """foo (with container c1: busybox and 4 MiB of its own) and bar in a namespace of its own; foo on the
+    host's 127.0.0.1, or (``source_walled``) in another namespace: then neither reaches the other."""
+    namespaces = [NetNs().create() for _ in range(2 if source_walled else 1)]
     agents = []
     try:
-        foo = AgentProcess(tmpdir755 / "foo", "foo").start()
+        if source_walled:
+            foo = AgentProcess(tmpdir755 / "foo", "foo", prefix=namespaces[1].prefix)
+            foo.start(listen_addr=f"{namespaces[1].inner_ip}:0")
+        else:
+            foo = AgentProcess(tmpdir755 / "foo", "foo").start()
         agents.append(foo)
-        bar = AgentProcess(tmpdir755 / "bar", "bar", prefix=ns.prefix).start(listen_addr=f"{ns.inner_ip}:0")
-        agents.append(bar)
+        bar = AgentProcess(tmpdir755 / "bar", "bar", prefix=namespaces[0].prefix)
+        agents.append(bar.start(listen_addr=f"{namespaces[0].inner_ip}:0"))
         for name, agent in (("foo", foo), ("bar", bar)):
             agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
             orch_env.add_remote(name, agent)
@@ -45,7 +49,20 @@ def walled(tmpdir755, orch_env, busybox_image) -> Iterator[tuple[AgentProcess, A
     finally:
         for agent in agents:
             agent.stop(kill_containers=True)
-        ns.delete()
+        for ns in namespaces:
+            ns.delete()
+
+
+@pytest.fixture
+def walled(tmpdir755, orch_env, busybox_image) -> Iterator[tuple[AgentProcess, AgentProcess]]:  # type: ignore[no-untyped-def]
+    """The target cannot reach the source; the source reaches the target."""
+    yield from _walled(tmpdir755, orch_env, busybox_image, source_walled=False)
+
+
+@pytest.fixture
+def apart(tmpdir755, orch_env, busybox_image) -> Iterator[tuple[AgentProcess, AgentProcess]]:  # type: ignore[no-untyped-def]
+    """Neither agent reaches the other; the worker reaches both."""
+    yield from _walled(tmpdir755, orch_env, busybox_image, source_walled=True)
 
 
 def _last_job(orch_env) -> dict:  # type: ignore[no-untyped-def]
@@ -86,3 +103,17 @@ def test_push_gets_through_and_auto_finds_it(walled, orch_env, start_worker, mod
         "c1",
         "c2",
     ]
+
+
+@pytest.mark.parametrize("mode", ["relay", "auto"])
+def test_relay_carries_what_neither_agent_can_send_the_other(apart, orch_env, start_worker, mode):
+    foo, bar = apart
+    start_worker("w1")
+    if mode == "auto":
+        assert "cannot reach" in orch_env.run("copy", "foo:c1", "bar:c0", "--mode", "push", check=False,
+                                              timeout=300).stderr  # fmt: skip
+    orch_env.run("copy", "foo:c1", "bar:c1", "--mode", mode, timeout=300)
+    job = _last_job(orch_env)
+    assert job["status"] == "succeeded" and job["mode"] == "relay", job
+    assert job["wire_bytes"] > 4 * MIB  # what the target received, through the worker
+    assert _same_blob(foo, bar, "c1")

@@ -116,11 +116,11 @@ compress_option = click.option(
 
 mode_option = click.option(
     "--mode",
-    type=click.Choice(["auto", "pull", "push"]),
+    type=click.Choice(["auto", "pull", "push", "relay"]),
     default="auto",
     show_default=True,
-    help="Who dials whom: the target the source (pull), the source the target (push); auto tries "
-    "pull, then push, when the agents cannot connect.",
+    help="Who dials whom: the target the source (pull), the source the target (push), or this side "
+    "both, carrying the data (relay); auto tries them in turn when the agents cannot connect.",
 )
 
 

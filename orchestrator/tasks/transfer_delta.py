@@ -1,7 +1,7 @@
 """Step 4 — transfer_delta: the target agent receives the container from the source agent and verifies it.
 
-In the job's transfer mode (orchestrator/transfers/: pull, push; auto tries them in turn when the agents
-cannot connect).
+In the job's transfer mode (orchestrator/transfers/: pull, push, relay; auto tries them in turn when the
+agents cannot connect).
 The transfer is an operation inside the target agent (pre-fill from the image, then snapshots oldest to
 newest and the current state as deltas, by btrfs send/receive, rsync or tar, then a manifest check). The
 worker only starts it and follows it, copying its progress into the job record every second. Its URL is
@@ -19,7 +19,7 @@ from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, StepTask, complete, step
 from orchestrator.tasks.issue_token import reissue
-from orchestrator.transfers import MODES, pull, push
+from orchestrator.transfers import MODES, pull, push, relay
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_modes(ctx: StepContext, job: Job) -> dict[str, Any]:
             mode = later[0]
 
 
-TRANSFER = {"pull": pull.transfer, "push": push.transfer}
+TRANSFER = {"pull": pull.transfer, "push": push.transfer, "relay": relay.transfer}
 
 
 def transfer(ctx: StepContext, job: Job) -> None:

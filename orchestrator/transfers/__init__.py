@@ -3,7 +3,8 @@
 - ``pull`` (:mod:`.pull`): the target dials the source (LXD's default);
 - ``push`` (:mod:`.push`): the source dials a sink the target opened, for a target the source can reach
   but not the other way round;
-- ``relay``: the worker dials both and carries the frames (not yet built: see the issue-12 notes).
+- ``relay`` (:mod:`.relay`): the worker dials both and carries the frames, for agents that cannot reach
+  each other either way.
 
 ``auto`` (the default) tries them in that order and moves on only when the agents could not connect
 (:class:`~orchapi.errors.PeerUnreachable`: no route, refused, no answer), never after a protocol,
@@ -15,6 +16,6 @@ if one fails (a push watched on one side only could hang).
 
 from __future__ import annotations
 
-MODES = ("pull", "push")
+MODES = ("pull", "push", "relay")
 #: what ``--mode`` takes
 WISHES = ("auto", *MODES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from orchapi.client import operation_error
@@ -54,10 +55,12 @@ def follow(
     job: Job,
     client: RemoteClient,
     operation: str,
-    companion: tuple[RemoteClient, str] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Wait for the target's ``operation``, mirroring its progress into the job; honour cancellation.
-    ``companion``: the other agent's operation of the same transfer (push), checked every poll."""
+    ``check`` raises if the other side of the same transfer failed (the source's push operation, the
+    worker's relay), checked every poll: the target's operation is then cancelled (it would only wait
+    for its own timeout)."""
     #: the rate is measured from the first byte on (bytes / seconds since), so it is known at the
     #: first progress report after data flows and does not jump with every poll
     first: tuple[float, int] | None = None
@@ -88,24 +91,29 @@ def follow(
             # it is over and cleaned up after itself: a retry must start a new one, not re-read this end
             ctx.jobs.update_state(job.id, target_op=None, source_op=None)
             raise operation_error(op)
-        if companion is not None:
-            _check_companion(client, operation, companion)
+        if check is not None:
+            try:
+                check()
+            except OrchError:
+                _cancel(client, operation)
+                raise
         if current.cancel_requested:
             _cancel(client, operation)
             raise Cancelled()
 
 
-def _check_companion(client: RemoteClient, operation: str, companion: tuple[RemoteClient, str]) -> None:
-    """The other side's operation: if it failed, the target's is cancelled and its error raised (the
-    target's would only wait until its own timeout)."""
-    other, other_op = companion
-    try:
-        op = other.call("GET", other_op)
-    except NotFound:
-        op = {"status": "Failure", "err": "the source agent lost the push (was it restarted?)"}
-    if op["status"] in ("Failure", "Cancelled"):
-        _cancel(client, operation)
-        raise operation_error(op)
+def operation_check(client: RemoteClient, operation: str) -> Callable[[], None]:
+    """A check for :func:`follow`: raises once ``operation`` (on another agent) failed."""
+
+    def check() -> None:
+        try:
+            op = client.call("GET", operation)
+        except NotFound:
+            raise OrchError("the source agent lost the push (was it restarted?)") from None
+        if op["status"] in ("Failure", "Cancelled"):
+            raise operation_error(op)
+
+    return check
 
 
 def _cancel(client: RemoteClient, operation: str) -> None:

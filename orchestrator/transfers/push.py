@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
-from orchestrator.transfers.follow import POLL, follow
+from orchestrator.transfers.follow import POLL, follow, operation_check
 from orchestrator.transfers.pull import receive_body
 
 
@@ -47,5 +47,5 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
         sink_op, push_op = s["target_op"], s["source_op"]  # redelivered: the same push goes on
     else:
         sink_op, push_op = start(ctx, job)
-    companion = (source(ctx, job, timeout=POLL + 30), push_op)
-    return follow(ctx, job, target(ctx, job, timeout=POLL + 30), sink_op, companion)
+    pushing = operation_check(source(ctx, job, timeout=POLL + 30), push_op)
+    return follow(ctx, job, target(ctx, job, timeout=POLL + 30), sink_op, pushing)
