@@ -97,5 +97,5 @@ def test_push_requests_are_checked(pair):
         push(a, b, migration, sink, addresses=["not an address"])
     with pytest.raises(BadRequest, match="pull mode"):
         open_sink(b, certificate(a), "c2", secrets={"fs": "x"})
-    with pytest.raises(BadRequest, match="pull or push"):
+    with pytest.raises(BadRequest, match="pull, push or relay"):
         open_sink(b, certificate(a), "c3", mode="sideways")

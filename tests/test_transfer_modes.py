@@ -117,3 +117,24 @@ def test_relay_carries_what_neither_agent_can_send_the_other(apart, orch_env, st
     assert job["status"] == "succeeded" and job["mode"] == "relay", job
     assert job["wire_bytes"] > 4 * MIB  # what the target received, through the worker
     assert _same_blob(foo, bar, "c1")
+
+
+def test_an_agents_modes_policy_is_refused_up_front_and_auto_honours_it(agents, orch_env, busybox_image,
+                                                                       tmpdir755, start_worker):  # fmt: skip
+    foo, bar = agents("foo"), agents("bar")
+    for name, agent in (("foo", foo), ("bar", bar)):
+        agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
+        orch_env.add_remote(name, agent)
+    orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    orch_env.run("init", "foo:bb", "foo:c1")
+    assert "unknown transfer mode" in orch_env.fails(
+        "config", "set", "bar:", "migration.modes", "carrier-pigeon"
+    )
+    orch_env.run("config", "set", "bar:", "migration.modes", "push,relay")
+    start_worker("w1")
+    err = orch_env.fails("copy", "foo:c1", "bar:c1", "--mode", "pull")
+    assert "does not take part in pull transfers" in err and "--mode push" in err
+    assert json.loads(orch_env.run("list", "bar:", "--format", "json").stdout) == []
+    orch_env.run("copy", "foo:c1", "bar:c1")
+    job = _last_job(orch_env)
+    assert job["mode"] == "push" and job["status"] == "succeeded"

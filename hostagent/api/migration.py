@@ -25,12 +25,14 @@ from hostagent.api.containers import container_name
 from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
 from hostagent.api.responses import async_op, error, json_body, sync
 from hostagent.images.store import has_image
+from hostagent.migration.modes import require_mode
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
 from hostagent.migration.push import parse_push, start_push
 from hostagent.migration.source import SourceSession, volume_sizes
 from hostagent.migration.tokens import DEFAULT_TTL
 from orchapi import certs
 from orchapi.errors import BadRequest, Forbidden, OrchError
+from orchapi.modes import ALL
 from orchapi.names import check_snapshot_name
 from orchapi.rates import MIN_RATE
 
@@ -40,7 +42,8 @@ routes = web.RouteTableDef()
 @routes.post("/1.0/containers/{name}/migration")
 async def create_migration(request: web.Request) -> web.Response:
     """Body: ``{"target_certificate": PEM, "snapshot": null|name, "instance_only": bool, "ttl": seconds,
-    "bwlimit": bytes per second}``."""
+    "bwlimit": bytes per second, "mode": "pull"|"push"|"relay"}`` (the mode is checked against this
+    host's migration.modes; the target certificate is the relaying worker's in relay mode)."""
     agent = request.app[AGENT_KEY]
     name = container_name(request)
     body = await json_body(request)
@@ -54,6 +57,10 @@ async def create_migration(request: web.Request) -> web.Response:
     instance_only = body.get("instance_only", False)
     if not isinstance(instance_only, bool):
         raise BadRequest("instance_only must be true or false")
+    mode = body.get("mode", "pull")
+    if mode not in ALL:
+        raise BadRequest(f"unknown transfer mode {mode!r}", "use pull, push or relay")
+    require_mode(await agent.blocking(agent.trust.server_config), mode)
     ttl = body.get("ttl", DEFAULT_TTL)
     bwlimit = body.get("bwlimit")
     if bwlimit is not None and (
@@ -102,6 +109,7 @@ async def push_migration(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     migration = agent.migrations.get(request.match_info["id"])
     addresses, sink, secret = parse_push(await json_body(request))
+    require_mode(await agent.blocking(agent.trust.server_config), "push")
     return async_op(start_push(agent, migration, addresses, sink, secret))
 
 

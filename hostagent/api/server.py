@@ -9,6 +9,7 @@ from hostagent.api.responses import json_body, sync
 from hostagent.migration.policy import ALLOW_KEY
 from hostagent.transfer.ratelimit import BWLIMIT_KEY, configured_rate
 from orchapi.errors import BadRequest
+from orchapi.modes import MODES_KEY, parse_modes
 from orchapi.rates import parse_rate
 
 routes = web.RouteTableDef()
@@ -25,6 +26,8 @@ SERVER_KEYS: dict[str, tuple[str, ...] | None] = {
     ALLOW_KEY: ("", "true", "false"),
     # this agent's total bandwidth for migrations (each direction, all at once): "50MiB", "" for none
     BWLIMIT_KEY: None,
+    # the transfer modes this agent takes part in, e.g. "push,relay" ("" for all; orchapi/modes.py)
+    MODES_KEY: None,
 }
 
 
@@ -52,9 +55,11 @@ async def patch_server(request: web.Request) -> web.Response:
             raise BadRequest(f"invalid value {value!r} for {key}", expected)
     if config.get(BWLIMIT_KEY):
         parse_rate(config[BWLIMIT_KEY])  # refused here, before anything is stored
+    if MODES_KEY in config:
+        parse_modes(config[MODES_KEY])
     if "core.trust_password" in config:
         await agent.blocking(agent.trust.set_password, config["core.trust_password"])
-    for key in ("orch.status", ALLOW_KEY, BWLIMIT_KEY):
+    for key in ("orch.status", ALLOW_KEY, BWLIMIT_KEY, MODES_KEY):
         if key in config:
             await agent.blocking(agent.trust.set_server_key, key, config[key])
     if BWLIMIT_KEY in config:  # the transfers running now too

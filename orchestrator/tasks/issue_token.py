@@ -12,6 +12,7 @@ from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, StepTask, step
 from orchestrator.tasks.common import reachable_url, source, target
+from orchestrator.transfers.choice import modes_for
 
 TOKEN_TTL = 120
 
@@ -43,7 +44,9 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
     target_certificate = (
         s.get("target_certificate") or target(ctx, job).get("/1.0")["environment"]["certificate"]
     )
+    mode = s.get("mode") or modes_for(ctx, job)[0]
     body = {
+        "mode": mode,
         "target_certificate": target_certificate,
         "snapshot": s.get("source_snapshot") or None,
         "instance_only": bool(job.options.get("instance_only")),
@@ -63,6 +66,7 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
         snapshots=migration.get("snapshots", []),
         size=migration.get("size", 0),
         migration_spent=False,
+        mode=mode,
     )
     ctx.jobs.update(job.id, bytes_total=migration.get("size", 0))
     size, free = migration.get("size", 0), s.get("target_free")

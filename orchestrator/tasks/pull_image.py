@@ -23,6 +23,11 @@ def pull(ctx: StepContext, job: Job) -> None:
     s = job.state
     if not s.get("base_image"):
         return
+    if s.get("mode") not in (None, "pull"):
+        # the target is not to dial the source (pushed or relayed): its own copy pre-fills, if it has one
+        # (carrying the image the same way is not built yet)
+        ctx.jobs.update_state(job.id, image_missing=not _target_has(ctx, job, s["base_image"]))
+        return
     secret = ctx.jobs.secrets(job.id).get("image")
     if not secret:
         raise OrchError("the migration secrets expired before the image was pulled; run the job again")

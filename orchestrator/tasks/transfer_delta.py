@@ -19,18 +19,15 @@ from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, StepTask, complete, step
 from orchestrator.tasks.issue_token import reissue
-from orchestrator.transfers import MODES, pull, push, relay
+from orchestrator.transfers import pull, push, relay
+from orchestrator.transfers.choice import modes_for
 
 log = logging.getLogger(__name__)
-
-#: the modes ``auto`` tries, in order
-AUTO_ORDER = MODES
 
 
 def run_modes(ctx: StepContext, job: Job) -> dict[str, Any]:
     """The transfer in the job's mode; under ``auto`` the next mode when the agents could not connect."""
-    wish = job.options.get("mode") or "auto"
-    order = AUTO_ORDER if wish == "auto" else (wish,)
+    order = modes_for(ctx, job)
     mode = job.state.get("mode") if job.state.get("mode") in order else order[0]
     while True:
         job.state = ctx.jobs.update_state(job.id, mode=mode)

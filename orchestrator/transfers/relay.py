@@ -134,7 +134,7 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     tgt, src = target(ctx, job), source(ctx, job)
     if not tgt.url.startswith("https://") or not src.url.startswith("https://"):
         raise OrchError("relay mode needs both agents reached over HTTPS (a unix-socket remote has no TLS)")
-    body = {"name": s["target_name"], "source": {**receive_body(job), "mode": "push", "certificate": pem}}
+    body = {"name": s["target_name"], "source": {**receive_body(job), "mode": "relay", "certificate": pem}}
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
     ctx.jobs.update_state(job.id, target_op=sink_op, migration_spent=True)

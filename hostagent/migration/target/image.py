@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from hostagent.images.store import has_image
+from hostagent.migration.modes import require_mode
 from hostagent.migration.target.connect import check_peer, client, connect_error
 from hostagent.migration.target.request import SourceRef, parse_image_pull
 from hostagent.operations import Operation, run_cancellable
@@ -37,6 +38,7 @@ def start_image_pull(agent: Any, source: dict[str, Any]) -> Operation:
         async with _image_locks[fingerprint]:
             if await agent.blocking(has_image, agent.images, fingerprint):
                 return {"fingerprint": fingerprint, "cached": True}
+            require_mode(await agent.blocking(agent.trust.server_config), "pull")  # it would dial out
             return await pull_image(agent, op, ref, fingerprint)
 
     return agent.operations.start(f"Pulling image {fingerprint[:12]} from {ref.where}", work, {"images": []})

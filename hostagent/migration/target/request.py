@@ -17,8 +17,8 @@ from hostagent.transfer.registry import PREFERENCE
 from orchapi import certs
 from orchapi.errors import BadRequest
 
-#: who dials: the target (pull) or the source, into the target's sink (push)
-MODES = ("pull", "push")
+#: who dials: the target (pull), or the source (push) or a relaying worker (relay) into a sink
+MODES = ("pull", "push", "relay")
 _OPERATION_PATH = re.compile(r"^/1\.0/migrations/[0-9a-fA-F-]{36}\Z")
 
 
@@ -80,13 +80,15 @@ class PullSpec:
     compression: str = "auto"
     #: pushed: the peer dialed this agent (no data links then: this agent may not reach the peer)
     pushed: bool = False
+    #: the transfer mode (pull, push, relay), checked against this host's migration.modes
+    mode: str = "pull"
 
 
 def parse_pull(source: dict[str, Any]) -> PullSpec:
     """The ``source`` object of ``POST /1.0/containers`` for ``type: migration``."""
     mode = source.get("mode", "pull")
     if mode not in MODES:
-        raise BadRequest(f"migration mode {mode!r} is not supported", "use pull or push")
+        raise BadRequest(f"migration mode {mode!r} is not supported", "use pull, push or relay")
     secrets = source.get("secrets") if mode == "pull" else {"fs": ""}
     if not isinstance(secrets, dict):
         raise BadRequest("source.secrets must hold the 'fs' migration secret")
@@ -104,7 +106,7 @@ def parse_pull(source: dict[str, Any]) -> PullSpec:
         raise BadRequest("source.allow_privileged must be true or false")
     compression = check_wish(source.get("compression"))
     ref = _source_ref(source, secrets.get("fs")) if mode == "pull" else _pusher_ref(source)
-    return PullSpec(ref, base_image, refresh, method, allow, compression, pushed=mode == "push")
+    return PullSpec(ref, base_image, refresh, method, allow, compression, pushed=mode != "pull", mode=mode)
 
 
 def _pusher_ref(source: dict[str, Any]) -> SourceRef:

@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+from hostagent.migration.modes import require_mode
 from hostagent.migration.target.push import open_sink
 from hostagent.migration.target.request import parse_pull
 from hostagent.migration.target.session import pull_container
@@ -16,6 +17,7 @@ from hostagent.operations import RUNNING, SUCCESS, Operation
 async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation:
     """Validate the request and start the pull (a taken name is refused now, before any connection)."""
     spec = parse_pull(source)
+    require_mode(await agent.blocking(agent.trust.server_config), spec.mode)
     # The same request again (its single-use secret included) is a client that lost the answer, e.g.
     # a worker killed between asking and recording: it gets the pull it started, running or done, not
     # a refusal because the container it pulls now exists. After a failure it is a new attempt.
