@@ -18,8 +18,9 @@ from tests.procs import ORCH
 MIB = 1024 * 1024
 
 
-def _cluster(agents, orch_env, busybox_image, tmpdir755, fs: str = "dir", env=None):  # type: ignore[no-untyped-def]
-    foo, bar = agents("foo", fs=fs, env=env), agents("bar", fs=fs, env=env)
+def cluster(agents, orch_env, busybox_image, tmpdir755, fs: str = "dir", env=None, bar_env=None):  # type: ignore[no-untyped-def]
+    """Agents foo and bar as remotes (``bar_env``: bar's own environment), the image bb on foo."""
+    foo, bar = agents("foo", fs=fs, env=env), agents("bar", fs=fs, env=env if bar_env is None else bar_env)
     for name, agent in (("foo", foo), ("bar", bar)):
         agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
         orch_env.add_remote(name, agent)
@@ -83,7 +84,7 @@ def _measured_rate(orch_env, run) -> tuple[float, list[dict]]:  # type: ignore[n
 )
 def test_a_jobs_bwlimit_holds_for_every_method(agents, orch_env, busybox_image, tmpdir755, start_worker,
                                                method, fs, env):  # fmt: skip
-    foo, _ = _cluster(agents, orch_env, busybox_image, tmpdir755, fs, env)
+    foo, _ = cluster(agents, orch_env, busybox_image, tmpdir755, fs, env)
     start_worker("w1")
     _container(orch_env, foo, "c1", 20)
     rate, jobs = _measured_rate(
@@ -97,7 +98,7 @@ def test_a_jobs_bwlimit_holds_for_every_method(agents, orch_env, busybox_image, 
 
 def test_an_agents_total_is_shared_by_its_parallel_transfers(agents, orch_env, busybox_image, tmpdir755,
                                                              start_worker):  # fmt: skip
-    foo, _ = _cluster(agents, orch_env, busybox_image, tmpdir755)
+    foo, _ = cluster(agents, orch_env, busybox_image, tmpdir755)
     start_worker("w1")
     orch_env.run("config", "set", "foo:", "migration.bwlimit", "3MiB")
     assert orch_env.run("config", "get", "foo:", "migration.bwlimit").stdout.strip() == "3MiB"
@@ -120,7 +121,7 @@ def test_an_agents_total_is_shared_by_its_parallel_transfers(agents, orch_env, b
 
 
 def test_bad_limits_are_one_line_and_change_nothing(agents, orch_env, busybox_image, tmpdir755):
-    _cluster(agents, orch_env, busybox_image, tmpdir755)
+    cluster(agents, orch_env, busybox_image, tmpdir755)
     assert "is not a bandwidth" in orch_env.fails("copy", "foo:c1", "bar:", "--bwlimit", "fast")
     assert "below the least accepted" in orch_env.fails("move", "foo:c1", "bar:", "--bwlimit", "1KiB")
     assert "is not a bandwidth" in orch_env.fails("config", "set", "foo:", "migration.bwlimit", "lots")

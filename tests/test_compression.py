@@ -16,18 +16,9 @@ from hostagent.migration.messages import Accept
 from hostagent.migration.protocol import ProtocolError
 from hostagent.transfer import compression
 from orchapi.errors import BadRequest
-from tests.conftest import PASSWORD
+from tests.test_bwlimit import cluster
 
 MIB = 1024 * 1024
-
-
-def _cluster(agents, orch_env, busybox_image, tmpdir755, fs="dir", foo_env=None, bar_env=None):  # type: ignore[no-untyped-def]
-    foo, bar = agents("foo", fs=fs, env=foo_env), agents("bar", fs=fs, env=bar_env)
-    for name, agent in (("foo", foo), ("bar", bar)):
-        agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
-        orch_env.add_remote(name, agent)
-    orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
-    return foo, bar
 
 
 def _compressible(agent, name: str, mib: int) -> str:  # type: ignore[no-untyped-def]
@@ -67,7 +58,7 @@ def _copied(bar, name: str) -> str:  # type: ignore[no-untyped-def]
 )
 def test_zstd_makes_the_wire_bytes_a_fraction_of_the_payload(agents, orch_env, busybox_image, tmpdir755,
                                                             start_worker, method, fs, env):  # fmt: skip
-    foo, bar = _cluster(agents, orch_env, busybox_image, tmpdir755, fs, env, env)
+    foo, bar = cluster(agents, orch_env, busybox_image, tmpdir755, fs, env)
     start_worker("w1")
     orch_env.run("init", "foo:bb", "foo:c1")
     digest = _compressible(foo, "c1", 64)
@@ -86,7 +77,7 @@ def test_zstd_makes_the_wire_bytes_a_fraction_of_the_payload(agents, orch_env, b
 def test_auto_compresses_only_under_a_bandwidth_limit(
     agents, orch_env, busybox_image, tmpdir755, start_worker
 ):
-    foo, bar = _cluster(agents, orch_env, busybox_image, tmpdir755)
+    foo, bar = cluster(agents, orch_env, busybox_image, tmpdir755)
     start_worker("w1")
     orch_env.run("init", "foo:bb", "foo:c1")
     digest = _compressible(foo, "c1", 8)
@@ -119,7 +110,7 @@ def _path_without_zstd(tmp: Path) -> str:
 def test_an_agent_without_zstd_gets_the_transfer_uncompressed(agents, orch_env, busybox_image, tmpdir755,
                                                              start_worker, method):  # fmt: skip
     no_zstd = {"PATH": _path_without_zstd(tmpdir755)}
-    foo, bar = _cluster(agents, orch_env, busybox_image, tmpdir755, bar_env=no_zstd)
+    foo, bar = cluster(agents, orch_env, busybox_image, tmpdir755, bar_env=no_zstd)
     start_worker("w1")
     orch_env.run("init", "foo:bb", "foo:c1")
     digest = _compressible(foo, "c1", 8)

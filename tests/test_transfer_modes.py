@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.netlab import NetNs
 from tests.procs import AgentProcess
+from tests.test_bwlimit import cluster
 
 pytestmark = pytest.mark.skipif(not shutil.which("nsenter"), reason="nsenter is not installed")
 
@@ -121,11 +122,7 @@ def test_relay_carries_what_neither_agent_can_send_the_other(apart, orch_env, st
 
 def test_an_agents_modes_policy_is_refused_up_front_and_auto_honours_it(agents, orch_env, busybox_image,
                                                                        tmpdir755, start_worker):  # fmt: skip
-    foo, bar = agents("foo"), agents("bar")
-    for name, agent in (("foo", foo), ("bar", bar)):
-        agent.set_trust_password(PASSWORD, tmpdir755 / f"admin-{name}")
-        orch_env.add_remote(name, agent)
-    orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    cluster(agents, orch_env, busybox_image, tmpdir755)
     orch_env.run("init", "foo:bb", "foo:c1")
     assert "unknown transfer mode" in orch_env.fails(
         "config", "set", "bar:", "migration.modes", "carrier-pigeon"

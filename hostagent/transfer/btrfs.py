@@ -124,15 +124,7 @@ class BtrfsMethod(TransferMethod):
                 relaying = link.receive_relay(ch, sock, stdin_w, ctx.what, ctx.allowance, guard.inspect)
                 stdin_w = None
                 code, _ = await asyncio.gather(child.wait(), relaying)
-            ch.set_sink(None)
-            if ch.ws.closed:
-                raise Unavailable("the connection to the source agent closed unexpectedly")
-            await ch.send("exit", code=code, message=child.last_error_line() if code else "")
-            if ch.refused is not None:
-                raise ch.refused
-            if code != 0:
-                raise child.failure(code, ctx.what)
-            guard.finish()
+            await _conclude(ctx, child, code, guard)
         finally:
             ch.set_sink(None)
             await link.settle(relaying)
@@ -181,15 +173,7 @@ class BtrfsMethod(TransferMethod):
                 with contextlib.suppress(ConnectionError):  # best effort, as for a refusal below
                     await ch.send("exit", code=1, message="refused")
                 raise
-            ch.set_sink(None)
-            if ch.ws.closed:
-                raise Unavailable("the connection to the source agent closed unexpectedly")
-            await ch.send("exit", code=code, message=child.last_error_line() if code else "")
-            if ch.refused is not None:
-                raise ch.refused
-            if code != 0:
-                raise child.failure(code, ctx.what)
-            guard.finish()
+            await _conclude(ctx, child, code, guard)
         finally:
             ch.set_sink(None)
             await link.settle(relaying)
@@ -197,6 +181,21 @@ class BtrfsMethod(TransferMethod):
             if unzstd is not None:
                 await unzstd.kill()
             await child.kill()
+
+
+async def _conclude(ctx: ReceiveContext, child: Child, code: int, guard: SendStreamGuard) -> None:
+    """After ``btrfs receive`` exited with ``code``: tell the source, then raise what went wrong (the
+    channel's refusal first, the child's failure next) or check the stream's end."""
+    ch = ctx.channel
+    ch.set_sink(None)
+    if ch.ws.closed:
+        raise Unavailable("the connection to the source agent closed unexpectedly")
+    await ch.send("exit", code=code, message=child.last_error_line() if code else "")
+    if ch.refused is not None:
+        raise ch.refused
+    if code != 0:
+        raise child.failure(code, ctx.what)
+    guard.finish()
 
 
 def _guard(ctx: ReceiveContext, sink: Any) -> SendStreamGuard:
