@@ -23,7 +23,17 @@ from pathlib import Path
 
 from bench import content, lxd_ref
 from bench.cpu import Sample, measure
-from bench.stats import CHAIN_EMPTY, MOVE_EMPTY, MOVE_FULL, MOVE_GIB, ORCH, REFRESH, Result
+from bench.stats import (
+    CHAIN_EMPTY,
+    MOVE_EMPTY,
+    MOVE_FULL,
+    MOVE_GIB,
+    ORCH,
+    ORCH_PUSH,
+    ORCH_RELAY,
+    REFRESH,
+    Result,
+)
 from tests.procs import AgentProcess, Orch, RedisServer, WorkerProcess
 
 PASSWORD = "bench-password"
@@ -133,18 +143,26 @@ def _mount_btrfs(mountpoint: Path, image: Path, cleanup: ExitStack) -> None:
     cleanup.callback(subprocess.run, ["umount", "-l", str(mountpoint)], check=False)
 
 
-def _measure_move(lab: OrchLab, case: str, runs: int, spec: content.TreeSpec | None) -> list[Result]:
+MODE_TOOLS = {"push": ORCH_PUSH, "relay": ORCH_RELAY}
+
+
+def _measure_move(
+    lab: OrchLab, case: str, runs: int, spec: content.TreeSpec | None, mode: str | None = None
+) -> list[Result]:
+    """``orch move`` a → b (timed; with ``--mode MODE`` if given), then back (untimed)."""
     name = "full" if spec is content.SMALL else ("gib" if spec else "empty")
     lab.orch.run("init", "a:bb", f"a:{name}")
     rootfs = lab.rootfs("a", name)
     if spec is not None:
         lxd_ref.fill(rootfs, spec)
     digest = content.tree_digest(rootfs / lxd_ref.CONTENT_DIR if spec else rootfs)
-    result = Result(case, lab.pool, ORCH, command=f"orch move a:{name} b:", bytes=lxd_ref.tree_bytes(rootfs))
+    args = ["move", f"a:{name}", "b:", *(["--mode", mode] if mode else [])]
+    tool = MODE_TOOLS[mode] if mode else ORCH
+    result = Result(case, lab.pool, tool, command="orch " + " ".join(args), bytes=lxd_ref.tree_bytes(rootfs))
     chain = Result(CHAIN_EMPTY, lab.pool, ORCH, command="job duration of orch move a:empty b:")
     for _ in range(runs):
         subprocess.run(["sync"], check=True)
-        result.add(lab.timed("move", f"a:{name}", "b:"))
+        result.add(lab.timed(*args))
         chain.samples.append(lab.last_job()["duration"])
         moved = lab.rootfs("b", name)
         if content.tree_digest(moved / lxd_ref.CONTENT_DIR if spec else moved) != digest:
@@ -206,6 +224,9 @@ def measure_orch(ctx: OrchContext) -> list[Result]:
         lab = OrchLab(ctx, pool)
         lab.start()
         results += _measure_move(lab, MOVE_FULL, ctx.runs, content.SMALL)
+        if pool == "dir":  # the other transfer modes beside pull, on the same tree
+            results += _measure_move(lab, MOVE_FULL, ctx.runs, content.SMALL, "push")
+            results += _measure_move(lab, MOVE_FULL, ctx.runs, content.SMALL, "relay")
         results += _measure_move(lab, MOVE_EMPTY, ctx.runs, None)
         results.append(_measure_refresh(lab, ctx.runs))
         if pool == "dir" and ctx.gib:

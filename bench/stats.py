@@ -22,6 +22,10 @@ RSYNC_LXD_FLAGS = "rsync-lxdflags"  # rsync with the flags LXD's migration uses 
 LXD = "lxd"
 ORCH = "orch"
 ORCH_LXD = "orch-lxd"  # orch between LXD-backed agents; one tool per transfer method: "orch-lxd/rsync"...
+ORCH_PUSH = "orch/push"  # orch with --mode push (the source dials the target)
+ORCH_RELAY = "orch/relay"  # orch with --mode relay (the worker carries the frames)
+#: orch's own rows: the default (pull) and the other transfer modes
+ORCH_TOOLS = (ORCH, ORCH_PUSH, ORCH_RELAY)
 
 # Case names shared by every tool; a container case compares with the rsync case of the same suffix.
 MOVE_FULL = "move 52MB"  # stopped container: busybox base + 50 x 1 MiB + 500 x 4 KiB
@@ -41,7 +45,7 @@ def orch_lxd_tool(method: str) -> str:
 
 def compares_with_lxd(tool: str) -> bool:
     """Whether a tool's rows get a "vs LXD" ratio (``lxc move`` of the same case and pool)."""
-    return tool == ORCH or tool.startswith(ORCH_LXD + "/")
+    return tool in ORCH_TOOLS or tool.startswith(ORCH_LXD + "/")
 
 
 @dataclass
