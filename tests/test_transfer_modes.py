@@ -97,6 +97,8 @@ def test_push_gets_through_and_auto_finds_it(walled, orch_env, start_worker, mod
     assert job["status"] == "succeeded" and job["mode"] == "push", job
     assert _same_blob(foo, bar, "c1")
     assert "Mode: push" in orch_env.run("jobs", "show", job["id"]).stdout
+    images = json.loads(orch_env.run("image", "list", "bar:", "--format", "json").stdout)
+    assert len(images) == 1  # the base image, carried by the worker: the copy was pre-filled
     # and a move: the source goes only after the pushed copy was verified
     orch_env.run("move", "foo:c1", "bar:c2", "--mode", mode, timeout=300)
     assert [c["name"] for c in json.loads(orch_env.run("list", "foo:", "--format", "json").stdout)] == []
@@ -118,6 +120,7 @@ def test_relay_carries_what_neither_agent_can_send_the_other(apart, orch_env, st
     assert job["status"] == "succeeded" and job["mode"] == "relay", job
     assert job["wire_bytes"] > 4 * MIB  # what the target received, through the worker
     assert _same_blob(foo, bar, "c1")
+    assert len(json.loads(orch_env.run("image", "list", "bar:", "--format", "json").stdout)) == 1
 
 
 def test_an_agents_modes_policy_is_refused_up_front_and_auto_honours_it(agents, orch_env, busybox_image,

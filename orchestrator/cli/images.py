@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 from pathlib import Path
 
 import click
 
-from orchapi.errors import BadRequest, NotFound
+from orchapi.errors import BadRequest
+from orchapi.imagecopy import carry_image, has_image
 from orchestrator.cli.context import Context, pass_ctx
 from orchestrator.cli.output import emit, format_option
 from orchestrator.cli.progress import ProgressReader, byte_progress
@@ -55,25 +56,16 @@ def ensure_image(ctx: Context, source_remote: str, ref: str, target_remote: str)
     if source_remote == target_remote:
         return fingerprint
     target = ctx.client(target_remote)
-    try:
-        target.get(f"/1.0/images/{fingerprint}")
+    if has_image(target, fingerprint):
         return fingerprint
-    except NotFound:
-        pass
-    response = source.request("GET", f"/1.0/images/{fingerprint}/export", stream=True, timeout=3600)
-    size = int(response.headers.get("Content-Length", 0)) or None
-    digest = hashlib.sha256()
 
-    def chunks():  # type: ignore[no-untyped-def]
+    @contextlib.contextmanager
+    def bar(size: int | None):  # type: ignore[no-untyped-def]
         with byte_progress(f"Copying image {fingerprint[:12]}", size) as advance:
-            for chunk in response.iter_content(1024 * 1024):
-                digest.update(chunk)
-                advance(len(chunk))
-                yield chunk
+            yield advance
 
-    result = target.run("POST", "/1.0/images", data=chunks(), timeout=3600)
-    if result["fingerprint"] != fingerprint:
-        raise BadRequest(f"image {fingerprint[:12]} arrived corrupted on {target_remote}")
+    with contextlib.ExitStack() as stack:
+        carry_image(source, target, fingerprint, lambda size: stack.enter_context(bar(size)), target_remote)
     return fingerprint
 
 

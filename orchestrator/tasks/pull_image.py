@@ -3,7 +3,9 @@
 It uses its own copy when it has the fingerprint, else pulls the tarball from the source agent (one-time
 secret, pinned certificate) and imports it with all the usual checks. The image lets the target pre-fill
 the new container so that only the difference travels in the next step. A base image the source no
-longer has is not an error: the transfer then simply sends everything.
+longer has is not an error: the transfer then simply sends everything. In push and relay mode (or when
+the target cannot reach the source) the target does not dial the source: the worker carries the image
+from the source's export to the target's import instead.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import logging
 
 from orchapi.errors import NotFound, OrchError, PeerUnreachable
+from orchapi.imagecopy import carry_image, has_image
 from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext, StepTask, step
-from orchestrator.tasks.common import target
+from orchestrator.tasks.common import source, target
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +27,7 @@ def pull(ctx: StepContext, job: Job) -> None:
     if not s.get("base_image"):
         return
     if s.get("mode") not in (None, "pull"):
-        # the target is not to dial the source (pushed or relayed): its own copy pre-fills, if it has one
-        # (carrying the image the same way is not built yet)
-        ctx.jobs.update_state(job.id, image_missing=not _target_has(ctx, job, s["base_image"]))
+        carry(ctx, job)  # the target is not to dial the source (pushed or relayed)
         return
     secret = ctx.jobs.secrets(job.id).get("image")
     if not secret:
@@ -49,21 +50,29 @@ def pull(ctx: StepContext, job: Job) -> None:
     except PeerUnreachable as exc:
         if (job.options.get("mode") or "auto") == "pull":
             raise
-        # the target cannot reach the source: the container goes the other way round (push), without
-        # a pre-fill unless the target has the image already (pushing the image is not built yet)
-        log.info("job %s: the target cannot pull the image (%s); transferring without it", job.id, exc)
-        has = _target_has(ctx, job, s["base_image"])
-        ctx.jobs.update_state(job.id, image_missing=not has, mode=s.get("mode") or "push")
+        # the target cannot reach the source: the container will go the other way round (push), and
+        # the image through the worker
+        log.info("job %s: the target cannot pull the image (%s); the worker carries it", job.id, exc)
+        ctx.jobs.update_state(job.id, mode="push")
+        carry(ctx, job)
         return
     ctx.jobs.update_state(job.id, image_cached=bool(result.get("cached")), image_bytes=result.get("bytes", 0))
 
 
-def _target_has(ctx: StepContext, job: Job, fingerprint: str) -> bool:
+def carry(ctx: StepContext, job: Job) -> None:
+    """The worker carries the image from the source's export to the target's import (both trust it),
+    unless the target has it; a source that lost it means no pre-fill, as in a pull."""
+    fingerprint = job.state["base_image"]
+    tgt = target(ctx, job, timeout=600)
+    if has_image(tgt, fingerprint):
+        ctx.jobs.update_state(job.id, image_cached=True)
+        return
     try:
-        target(ctx, job).get(f"/1.0/images/{fingerprint}")
-    except OrchError:
-        return False
-    return True
+        moved = carry_image(source(ctx, job, timeout=600), tgt, fingerprint, what=job.state["target_remote"])
+    except NotFound:
+        ctx.jobs.update_state(job.id, image_missing=True)
+        return
+    ctx.jobs.update_state(job.id, image_cached=False, image_bytes=moved, image_carried=True)
 
 
 pull_image = app.task(base=StepTask, bind=True, name="orch.pull_image")(step("pull_image")(pull))

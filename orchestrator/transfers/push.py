@@ -8,9 +8,11 @@ side failing cancels the other.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from orchapi.errors import OrchError
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
@@ -47,5 +49,12 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
         sink_op, push_op = s["target_op"], s["source_op"]  # redelivered: the same push goes on
     else:
         sink_op, push_op = start(ctx, job)
-    pushing = operation_check(source(ctx, job, timeout=POLL + 30), push_op)
-    return follow(ctx, job, target(ctx, job, timeout=POLL + 30), sink_op, pushing)
+    src = source(ctx, job, timeout=POLL + 30)
+    try:
+        return follow(ctx, job, target(ctx, job, timeout=POLL + 30), sink_op, operation_check(src, push_op))
+    except BaseException:
+        # the target failed or the job was cancelled: the source's push stops too (it would find the
+        # connection gone soon, but need not send until then)
+        with contextlib.suppress(OrchError):
+            src.call("DELETE", push_op)
+        raise
