@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -138,3 +139,30 @@ def test_an_agents_modes_policy_is_refused_up_front_and_auto_honours_it(agents, 
     orch_env.run("copy", "foo:c1", "bar:c1")
     job = _last_job(orch_env)
     assert job["mode"] == "push" and job["status"] == "succeeded"
+
+
+def test_a_relay_whose_worker_is_killed_is_carried_again_by_another(apart, orch_env, start_worker):
+    """SIGKILL of the worker carrying the frames: the step is redelivered to the other worker, which
+    relays again from the start (resuming is not built yet) and the job completes, verified."""
+    foo, bar = apart
+    blob = foo.data_dir / "containers" / "c1" / "rootfs" / "root" / "blob"
+    blob.write_bytes(os.urandom(24 * MIB))
+    first = start_worker("w1", concurrency=1)
+    args = ("copy", "foo:c1", "bar:c1", "--mode", "relay", "--bwlimit", "4MiB", "--no-wait")
+    job_id = orch_env.run(*args).stdout.split()[-1]
+
+    def show() -> dict:
+        return json.loads(orch_env.run("jobs", "show", job_id, "--format", "json").stdout)
+
+    deadline = time.monotonic() + 60
+    while show()["bytes_done"] < 4 * MIB:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    first.kill()
+    start_worker("w2", concurrency=1)
+    deadline = time.monotonic() + 240
+    while not (job := show())["finished_at"]:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["status"] == "succeeded" and job["mode"] == "relay", job
+    assert _same_blob(foo, bar, "c1")

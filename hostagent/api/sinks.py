@@ -40,6 +40,9 @@ async def sink_fs(request: web.Request) -> web.StreamResponse:
     except OrchError as exc:
         return refusal(exc)
     await ws.prepare(request)
+    if sink.connected.done():  # type: ignore[attr-defined]
+        await ws.close(message=b"the sink was closed")  # its operation ended meanwhile
+        return ws
     sink.connected.set_result(ws)  # type: ignore[attr-defined]
     await sink.finished.wait()  # type: ignore[attr-defined]
     return ws

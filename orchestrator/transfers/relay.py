@@ -127,11 +127,19 @@ def _worker_certificate() -> str:
 def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     """Issue the migration to the worker's certificate, open the sink for it, pump, follow."""
     pem = _worker_certificate()
-    if job.state.get("migration_to") != "worker":
+    tgt, src = target(ctx, job), source(ctx, job)
+    prior = job.state.get("target_op")
+    if prior:  # redelivered: the relay died with its worker; its sink ends once the connections drop
+        op = tgt.call("GET", f"{prior}/wait", params={"timeout": 30})
+        if op["status"] == "Running":
+            raise Unavailable("the previous relay of this job still runs on the target; retrying")
+        if op["status"] == "Success":
+            return op.get("metadata") or {}  # it had got through before the worker died
+        ctx.jobs.update_state(job.id, target_op=None)
+    if job.state.get("migration_to") != "worker" or job.state.get("migration_spent"):
         ctx.jobs.update_state(job.id, target_certificate=pem, migration_to="worker")
         job = reissue(ctx, ctx.jobs.get(job.id))
     s = job.state
-    tgt, src = target(ctx, job), source(ctx, job)
     if not tgt.url.startswith("https://") or not src.url.startswith("https://"):
         raise OrchError("relay mode needs both agents reached over HTTPS (a unix-socket remote has no TLS)")
     body = {"name": s["target_name"], "source": {**receive_body(job), "mode": "relay", "certificate": pem}}
