@@ -682,7 +682,8 @@ def test_server_info_and_bad_requests(pair):
     migration = issue(a, b, "c1")
     for over, message in [
         ({"operation": "http://127.0.0.1:1/1.0/migrations/x"}, "invalid source.operation"),
-        ({"mode": "push"}, "only pull mode"),
+        ({"mode": "sideways"}, "pull, push or relay"),
+        ({"mode": "push"}, "source.operation is for pull mode"),  # a sink makes its own secret
         ({"certificate": "garbage"}, "not a valid PEM"),
     ]:
         with pytest.raises(OrchError, match=message):
