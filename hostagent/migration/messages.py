@@ -93,7 +93,7 @@ class Header:
             "size": self.size,
             "features": sorted(self.features),
             "link": {"port": self.link_port} if self.link_port is not None else None,
-            "limited": self.limited,
+            **({"limited": True} if self.limited else {}),  # absent when not: the older wire stays
         }
 
     @classmethod
@@ -236,13 +236,11 @@ class VolumeEnd:
     throttled: float = 0.0
 
     def to_message(self) -> dict[str, Any]:
-        return {
-            "type": self.TYPE,
-            "index": self.index,
-            "digest": self.digest,
-            "count": self.count,
-            "throttled": round(self.throttled, 3),
-        }
+        msg: dict[str, Any] = {"type": self.TYPE, "index": self.index, "digest": self.digest}
+        msg["count"] = self.count
+        if self.throttled > 0:  # absent when not: the older wire stays
+            msg["throttled"] = round(self.throttled, 3)
+        return msg
 
     @classmethod
     def from_message(cls, msg: dict[str, Any], index: int) -> VolumeEnd:
