@@ -1,12 +1,11 @@
 """Step 4 — transfer_delta: the target agent receives the container from the source agent and verifies it.
 
-In the job's transfer mode (orchestrator/transfers/: pull, push, relay; auto tries them in turn when the
-agents cannot connect).
-The transfer is an operation inside the target agent (pre-fill from the image, then snapshots oldest to
-newest and the current state as deltas, by btrfs send/receive, rsync or tar, then a manifest check). The
-worker only starts it and follows it, copying its progress into the job record every second. Its URL is
-saved before following, so if this worker dies, the redelivered step re-attaches to the same operation
-instead of starting a second transfer.
+Who dials whom is the job's transfer mode (orchestrator/transfers/: pull, push, relay; auto tries them
+in turn when the agents cannot connect). The transfer is an operation inside the target agent (pre-fill
+from the image, then snapshots oldest to newest and the current state as deltas, by btrfs send/receive,
+rsync or tar, then a manifest check). The worker only starts it and follows it, copying its progress
+into the job record every second. Its URL is saved before following, so if this worker dies, the
+redelivered step re-attaches to the same operation instead of starting a second transfer.
 """
 
 from __future__ import annotations

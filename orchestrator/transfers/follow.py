@@ -96,6 +96,11 @@ def follow(
                 check()
             except OrchError:
                 _cancel(client, operation)
+                ended = _ended(client, operation)
+                if ended is not None and ended["status"] == "Success":
+                    return ended.get("metadata") or {}  # it had verified and committed: the copy is good
+                if ended is not None:  # over: a retry starts anew (with the other side's error)
+                    ctx.jobs.update_state(job.id, target_op=None, source_op=None)
                 raise
         if current.cancel_requested:
             _cancel(client, operation)
@@ -114,6 +119,15 @@ def operation_check(client: RemoteClient, operation: str) -> Callable[[], None]:
             raise operation_error(op)
 
     return check
+
+
+def _ended(client: RemoteClient, operation: str) -> dict[str, Any] | None:
+    """The operation once it has ended (waiting up to 30 s), or None if it still runs or is gone."""
+    try:
+        op = client.call("GET", f"{operation}/wait", params={"timeout": 30})
+    except OrchError:
+        return None
+    return op if op["status"] != "Running" else None
 
 
 def _cancel(client: RemoteClient, operation: str) -> None:
