@@ -32,7 +32,7 @@ from orchestrator.tasks.issue_token import reissue
 from orchestrator.transfers.follow import POLL, follow
 from orchestrator.transfers.pull import receive_body
 
-#: the largest frame carried (the agents' own limit, hostagent/migration/protocol.py)
+#: the largest frame carried: the agents' own limit (MAX_MESSAGE in hostagent/migration/protocol.py)
 MAX_MESSAGE = 8 << 20
 CONNECT_TIMEOUT = 60
 
@@ -43,8 +43,7 @@ class Pump:
     def __init__(self, src: RemoteClient, src_path: str, src_token: str, tgt: RemoteClient, tgt_path: str,
                  tgt_token: str) -> None:  # fmt: skip
         self.ends = ((src, src_path, src_token), (tgt, tgt_path, tgt_token))
-        self.error: BaseException | None = None
-        self.carried = 0
+        self.error: OrchError | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = threading.Event()
@@ -72,9 +71,11 @@ class Pump:
     def _main(self) -> None:
         try:
             asyncio.run(self._run())
+        except OrchError as exc:
+            self.error = exc
         except BaseException as exc:  # noqa: BLE001 - reported through check()
-            if self.error is None and not isinstance(exc, asyncio.CancelledError):
-                self.error = exc
+            if not isinstance(exc, asyncio.CancelledError):
+                self.error = Unavailable(f"the relay broke: {str(exc) or type(exc).__name__}")
         finally:
             self._connected.set()
 
@@ -101,7 +102,6 @@ class Pump:
     async def _carry(self, frm: aiohttp.ClientWebSocketResponse, to: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in frm:
             if msg.type == aiohttp.WSMsgType.BINARY:
-                self.carried += len(msg.data)
                 await to.send_bytes(msg.data)
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 await to.send_str(msg.data)
