@@ -318,3 +318,39 @@ def test_tar_sends_whole_volumes_so_the_job_has_a_true_total(cluster, orch_env):
     assert record["method"] == "tar" and record["bytes_total"] >= 3 * 1024 * 1024, record
     # the total is what travelled (tar's headers and padding beside the files' bytes)
     assert 0.9 <= record["bytes_done"] / record["bytes_total"] <= 1.1, record
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_an_agent_killed_mid_transfer_and_restarted_still_completes_the_job(cluster, orch_env, start_worker,
+                                                                          side):  # fmt: skip
+    """SIGKILL of the source or the target agent mid-transfer, restarted 3 s later on its port: the
+    step's retries transfer again with fresh secrets (the restarted source has forgotten its migration;
+    the restarted target cleaned its staging), and the job succeeds instead of rolling back. Nothing is
+    resumed yet: the whole container travels again."""
+    foo, bar = cluster
+    # the default retry budget (6 retries, backoff from 0.5 s with full jitter: ~16 s expected), not the
+    # suite's quick 0.2 s, whose ~6 s an agent's 3 s down and start-up can exhaust
+    _kill_all_workers(orch_env)
+    orch_env.env["ORCH_RETRY_BASE"] = "0.5"
+    start_worker("w2")
+    orch_env.run("init", "foo:bb", "foo:c1")
+    big = rootfs(foo, "c1") / "root" / "big"
+    dd(big, 200)
+    orch_env.run("config", "set", "foo:", "migration.bwlimit", "40MiB")  # a few seconds in flight
+    job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    deadline = time.time() + 60
+    while (record := job(orch_env, job_id))["bytes_done"] < 20 * 1024 * 1024:
+        assert time.time() < deadline, record
+        time.sleep(0.05)
+    agent = foo if side == "source" else bar
+    address = agent.addr
+    agent.kill()
+    time.sleep(3)
+    agent.start(listen_addr=address)
+    deadline = time.time() + 180
+    while not (record := job(orch_env, job_id))["finished_at"]:
+        assert time.time() < deadline, record
+        time.sleep(0.5)
+    assert record["status"] == "succeeded", record["error"]
+    assert "c1" in containers(orch_env, "bar") and "c1" not in containers(orch_env, "foo")
+    assert os.path.getsize(rootfs(bar, "c1") / "root" / "big") == 200 * 1024 * 1024

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchapi.client import operation_error
-from orchapi.errors import NotFound, OrchError
+from orchapi.errors import NotFound, OrchError, Unavailable
 from orchestrator.connect import RemoteClient
 from orchestrator.jobs import Job
 from orchestrator.jobtext import progress_text, stage_words
@@ -68,7 +68,12 @@ def follow(
         try:
             op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
         except NotFound:
-            raise OrchError("the target agent lost the transfer (was it restarted?)") from None
+            # the target agent restarted: its operation, and what it had staged, are gone (it cleans
+            # its staging at start); the step's retry transfers again, with fresh secrets
+            ctx.jobs.update_state(job.id, target_op=None, source_op=None)
+            raise Unavailable(
+                "the target agent lost the transfer (was it restarted?); transferring again"
+            ) from None
         meta = op.get("metadata") or {}
         moved = int(meta.get("bytes_received", 0)) + int(meta.get("bytes_sent", 0))
         now = time.monotonic()
