@@ -100,6 +100,10 @@ def test_push_gets_through_and_auto_finds_it(walled, orch_env, start_worker, mod
     assert "Mode: push" in orch_env.run("jobs", "show", job["id"]).stdout
     images = json.loads(orch_env.run("image", "list", "bar:", "--format", "json").stdout)
     assert len(images) == 1  # the base image, carried by the worker: the copy was pre-filled
+    # the same request again, for the next job: a new sink, not the finished one
+    orch_env.run("delete", "bar:c1")
+    orch_env.run("copy", "foo:c1", "bar:c1", "--mode", mode, timeout=300)
+    assert _last_job(orch_env)["status"] == "succeeded"
     # and a move: the source goes only after the pushed copy was verified
     orch_env.run("move", "foo:c1", "bar:c2", "--mode", mode, timeout=300)
     assert [c["name"] for c in json.loads(orch_env.run("list", "foo:", "--format", "json").stdout)] == []

@@ -12,7 +12,7 @@ import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchapi.errors import OrchError
+from orchapi.errors import OrchError, Unavailable
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
@@ -28,6 +28,16 @@ def target_addresses(ctx: StepContext, job: Job) -> list[str]:
     return list(dict.fromkeys([a for a in (first, *reported) if a]))
 
 
+def sink_secret(answer: dict[str, Any]) -> dict[str, str]:
+    """The sink's id and secret from the target's answer to opening it. A sink without its secret was
+    dialed already: the same request of an earlier attempt, still receiving; the retry waits for it."""
+    meta = (answer.get("metadata") or {}).get("metadata") or {}
+    secret = (meta.get("secrets") or {}).get("fs")
+    if not secret or not meta.get("sink"):
+        raise Unavailable("an earlier attempt of this transfer is still being received; retrying")
+    return {"sink": meta["sink"], "secret": secret}
+
+
 def start(ctx: StepContext, job: Job) -> tuple[str, str]:
     """The target's sink operation and the source's push operation (both recorded on the job)."""
     s = job.state
@@ -36,8 +46,7 @@ def start(ctx: StepContext, job: Job) -> tuple[str, str]:
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
     ctx.jobs.update_state(job.id, target_op=sink_op)
-    meta = sink.get("metadata", {}).get("metadata") or tgt.get(sink_op).get("metadata") or {}
-    push = {"addresses": target_addresses(ctx, job), "sink": meta["sink"], "secret": meta["secrets"]["fs"]}
+    push = {"addresses": target_addresses(ctx, job), **sink_secret(sink)}
     pushed = source(ctx, job).request("POST", f"/1.0/migrations/{s['migration_id']}/push", json=push).json()
     ctx.jobs.update_state(job.id, source_op=pushed["operation"], migration_spent=True)
     return sink_op, pushed["operation"]

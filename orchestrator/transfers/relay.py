@@ -31,6 +31,7 @@ from orchestrator.tasks.common import source, target
 from orchestrator.tasks.issue_token import reissue
 from orchestrator.transfers.follow import POLL, follow
 from orchestrator.transfers.pull import receive_body
+from orchestrator.transfers.push import sink_secret
 
 #: the largest frame carried: the agents' own limit (MAX_MESSAGE in hostagent/migration/protocol.py)
 MAX_MESSAGE = 8 << 20
@@ -146,10 +147,10 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
     ctx.jobs.update_state(job.id, target_op=sink_op, migration_spent=True)
-    meta = sink.get("metadata", {}).get("metadata") or {}
+    opened = sink_secret(sink)
     fs_secret = ctx.jobs.secrets(job.id).get("fs", "")
     pump = Pump(src, f"/1.0/migrations/{s['migration_id']}/fs", fs_secret,
-                tgt, f"/1.0/sinks/{meta['sink']}/fs", meta["secrets"]["fs"])  # fmt: skip
+                tgt, f"/1.0/sinks/{opened['sink']}/fs", opened["secret"])  # fmt: skip
     try:
         pump.start()
         return follow(ctx, job, target(ctx, job, timeout=POLL + 30), sink_op, pump.check)

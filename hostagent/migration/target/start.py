@@ -23,10 +23,10 @@ async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation
     # a refusal because the container it pulls now exists. After a failure it is a new attempt.
     request = json.dumps({"name": name, "source": source}, sort_keys=True, default=str)
     key = "pull:" + hashlib.sha256(request.encode()).hexdigest()
-    if (started := _replayable(agent, key)) is not None:
+    if (started := _replayable(agent, key, spec.pushed)) is not None:
         return started
     await agent.blocking(agent.runtime.import_check, name, spec.refresh)
-    if (started := _replayable(agent, key)) is not None:  # asked twice at once: one pull
+    if (started := _replayable(agent, key, spec.pushed)) is not None:  # asked twice at once: one pull
         return started
     resources = {"containers": [f"/1.0/containers/{name}"]}
     if spec.pushed:
@@ -40,6 +40,11 @@ async def start_pull(agent: Any, name: str, source: dict[str, Any]) -> Operation
     )
 
 
-def _replayable(agent: Any, key: str) -> Operation | None:
+def _replayable(agent: Any, key: str, sink: bool) -> Operation | None:
+    """The operation the same request started, if it is to be given again: a pull's while it runs or
+    after it succeeded (its request holds a single-use secret: the same one is the same attempt); a
+    sink's only while it runs (its request holds no secret, so the next job's may be the same)."""
     op = agent.operations.find(key)
-    return op if op is not None and op.status in (RUNNING, SUCCESS) else None
+    if op is None:
+        return None
+    return op if op.status == RUNNING or (op.status == SUCCESS and not sink) else None
