@@ -24,7 +24,7 @@ from aiohttp import web
 from hostagent.agent import Agent
 from hostagent.api import build_app
 from hostagent.datalink import ktls
-from hostagent.runtimes import RuntimeOptions
+from hostagent.runtimes import RuntimeOptions, resume
 from orchapi.errors import OrchError
 
 log = logging.getLogger("orch-agent")
@@ -113,6 +113,21 @@ def data_address(value: str, listen: tuple[str, int]) -> tuple[str, int] | None:
     return parse_listen(value)
 
 
+#: how often expired suspended imports are removed (besides at start)
+GC_INTERVAL = float(os.environ.get("ORCH_AGENT_GC_INTERVAL", "600"))
+
+
+async def collect_suspended(agent: Agent) -> None:
+    """Remove expired suspended imports every :data:`GC_INTERVAL` seconds (hostagent/runtimes/resume.py)."""
+    while True:
+        await asyncio.sleep(GC_INTERVAL)
+        try:
+            for name in await agent.blocking(resume.collect_expired, agent.runtime):
+                log.info("removed the expired suspended import of %s", name)
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("could not remove expired suspended imports")
+
+
 async def serve(agent: Agent, listen: tuple[str, int] | None, data_listen: str = "auto") -> None:
     """Run the listeners until SIGTERM or SIGINT."""
     runner = web.AppRunner(build_app(agent), handle_signals=False, access_log=None)
@@ -138,6 +153,7 @@ async def serve(agent: Agent, listen: tuple[str, int] | None, data_listen: str =
             log.info("data port %s (kernel TLS: %s)", agent.datalink.port if agent.datalink else "-",
                      "yes" if ktls.available() else "no")  # fmt: skip
     log.info("local socket %s", sock_path)
+    collecting = asyncio.ensure_future(collect_suspended(agent))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,6 +162,7 @@ async def serve(agent: Agent, listen: tuple[str, int] | None, data_listen: str =
         await stop.wait()
     finally:
         log.info("shutting down (containers keep running)")
+        collecting.cancel()
         agent.stop_datalink()
         await runner.cleanup()
         addr_file.unlink(missing_ok=True)
@@ -161,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         options = RuntimeOptions(args.lxd_socket, args.lxd_dir, args.lxd_pool)
         agent = Agent(data_dir, runtime=args.runtime, name=args.name, options=options)
         agent.runtime.recover()
+        for name in resume.collect_expired(agent.runtime):
+            log.info("removed the expired suspended import of %s", name)
         if args.data_listen not in ("auto", "off"):
             parse_listen(args.data_listen)  # a bad address is an error now, not at the first migration
         asyncio.run(serve(agent, args.listen, args.data_listen))

@@ -51,6 +51,9 @@ class Operation:
         self.finished_monotonic: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
+        #: whether a client cancelled it (``DELETE /1.0/operations/<id>``), as opposed to the agent
+        #: stopping: an interrupted transfer is kept to resume only in the second case
+        self.cancelled_by_client = False
 
     def progress(self, **fields: Any) -> None:
         """Merge progress fields (e.g. ``percent``, ``bytes``) into the metadata."""
@@ -152,6 +155,7 @@ class OperationRegistry:
         op = self.get(op_id)
         if op.status != RUNNING or op.task is None:
             raise Conflict(f"operation {op_id} is not running")
+        op.cancelled_by_client = True
         op.task.cancel()
         return op
 

@@ -19,6 +19,7 @@ from hostagent.api import (
     server,
     sinks,
     snapshots,
+    suspended,
 )
 from hostagent.api import (
     exec as exec_api,
@@ -35,6 +36,7 @@ MODULES = (
     images,
     migration,
     sinks,
+    suspended,
     operations,
     openapi,
 )

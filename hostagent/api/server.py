@@ -7,6 +7,7 @@ from aiohttp import web
 from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import json_body, sync
 from hostagent.migration.policy import ALLOW_KEY
+from hostagent.runtimes.resume import TTL_KEY, parse_ttl
 from hostagent.transfer.ratelimit import BWLIMIT_KEY, configured_rate
 from orchapi.errors import BadRequest
 from orchapi.modes import MODES_KEY, parse_modes
@@ -28,6 +29,8 @@ SERVER_KEYS: dict[str, tuple[str, ...] | None] = {
     BWLIMIT_KEY: None,
     # the transfer modes this agent takes part in, e.g. "push,relay" ("" for all; orchapi/modes.py)
     MODES_KEY: None,
+    # how long an interrupted transfer's staging is kept to be resumed: "24h" (the default), "30m", "90s"
+    TTL_KEY: None,
 }
 
 
@@ -57,9 +60,11 @@ async def patch_server(request: web.Request) -> web.Response:
         parse_rate(config[BWLIMIT_KEY])  # refused here, before anything is stored
     if MODES_KEY in config:
         parse_modes(config[MODES_KEY])
+    if TTL_KEY in config:
+        parse_ttl(config[TTL_KEY])
     if "core.trust_password" in config:
         await agent.blocking(agent.trust.set_password, config["core.trust_password"])
-    for key in ("orch.status", ALLOW_KEY, BWLIMIT_KEY, MODES_KEY):
+    for key in ("orch.status", ALLOW_KEY, BWLIMIT_KEY, MODES_KEY, TTL_KEY):
         if key in config:
             await agent.blocking(agent.trust.set_server_key, key, config[key])
     if BWLIMIT_KEY in config:  # the transfers running now too

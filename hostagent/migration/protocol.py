@@ -96,6 +96,9 @@ class Channel:
         #: over the websocket here and over the data links (hostagent/transfer/link.py hands them on)
         self.send_throttle: Throttle | None = None
         self.recv_throttle: Throttle | None = None
+        #: whether the connection went away under the conversation (closed, reset, an error), as
+        #: opposed to the peer breaking the protocol or this side closing it
+        self.connection_lost = False
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     # -- counting -------------------------------------------------------------------------------------
@@ -258,18 +261,20 @@ class Channel:
                         self._control.put_nowait(
                             {"type": "error", "status": 502, "message": "sent a malformed control message"}
                         )
-                        break
+                        return
                     if data["type"] == "eof":
                         if self._sink is not None:
                             await self._sink.close()
                         continue
                     self._control.put_nowait(data)
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    self.connection_lost = True
                     break
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken connection ends the conversation
             log.debug("migration websocket reader stopped: %s", exc)
+            self.connection_lost = True
         finally:
             sink, self._sink = self._sink, None
             if sink is not None:

@@ -149,6 +149,11 @@ class SourceSession:
         volumes = [v for v in plan.volumes if v.snapshot is None or v.snapshot not in skip]
         prepared = self._prepared = await method.prepare_send(agent, m.container)
         previous: Path | None = None
+        first = plan.volumes.index(volumes[0]) if volumes else 0
+        if first > 0:
+            # the target has the volume before the first one sent (a resumed transfer kept it, or a
+            # refresh's container has it): an incremental method sends the next one against it
+            previous = await prepared.path(-1, plan.volumes[first - 1])
         for index, volume in enumerate(volumes):
             path = await prepared.path(index, volume)
             await ch.send("volume", index=index, snapshot=volume.snapshot)

@@ -240,6 +240,35 @@ class MigrationHooks:
         """Remove everything the import made; the container a refresh targeted is left as it was."""
         raise self._unsupported()
 
+    # resuming an interrupted import (hostagent/runtimes/resume.py); a runtime that cannot keep a staging
+    # dir aside answers as if nothing was ever suspended, so its imports start over
+
+    #: whether this runtime keeps interrupted imports aside to resume them (the hooks below)
+    resumable_imports: bool = False
+
+    def import_suspend(self, staging: ImportStaging) -> bool:
+        """Keep ``staging`` (and its resume journal) aside for a later attempt, replacing any older
+        suspended import of the same name; False if this runtime does not resume (abort it then)."""
+        return False
+
+    def import_resume(self, name: str, refresh: bool) -> ImportStaging | None:
+        """The suspended import of ``name``, back in use as a staging dir (as :meth:`import_begin`
+        makes one: :class:`Conflict` where that would refuse); None if there is none."""
+        return None
+
+    def import_keep_only(self, staging: ImportStaging, keep: set[str | None]) -> None:
+        """Remove every volume of ``staging`` but those of ``keep`` (snapshot names, None: the rootfs),
+        and every half-received one."""
+        raise self._unsupported()
+
+    def suspended_imports(self) -> dict[str, Path]:
+        """The suspended imports: container name -> staging dir."""
+        return {}
+
+    def discard_suspended(self, name: str) -> bool:
+        """Remove the suspended import of ``name``; whether there was one."""
+        return False
+
     def rename(self, name: str, new_name: str) -> ContainerRecord:
         """Rename a stopped container (same-host moves). :class:`Conflict` if ``new_name`` exists."""
         raise self._unsupported()

@@ -24,6 +24,7 @@ from hostagent.datalink import ktls
 from hostagent.migration import policy
 from hostagent.migration.messages import Accept, Header
 from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, Channel
+from hostagent.migration.target import resume
 from hostagent.migration.target.connect import (
     CONNECT_TIMEOUT,
     check_peer,
@@ -34,7 +35,6 @@ from hostagent.migration.target.connect import (
 from hostagent.migration.target.request import PullSpec
 from hostagent.migration.target.volumes import VolumeReceiver
 from hostagent.operations import Operation
-from hostagent.runtimes.base import ImportStaging
 from hostagent.transfer import compression
 from hostagent.transfer.base import TransferMethod
 from hostagent.transfer.features import probe_features
@@ -109,6 +109,8 @@ class TargetSession:
         self.declared_size = 0
         self.privileged = False
         self._existing: dict[str, Any] | None = None
+        #: set once the received container is committed (its staging dir is gone then)
+        self._committed = self._committing = False
 
     def _bytes(self) -> None:
         self.op.progress(
@@ -180,70 +182,100 @@ class TargetSession:
 
     async def receive_volumes(self, method: TransferMethod) -> dict[str, Any]:
         """Receive every volume through ``method`` into a staging dir, then commit (the streaming methods'
-        way; see :meth:`~hostagent.transfer.base.TransferMethod.receive_container`)."""
-        agent, ch, header, existing = self.agent, self.ch, self.header, self._existing
+        way; see :meth:`~hostagent.transfer.base.TransferMethod.receive_container`). A staging dir an
+        earlier attempt left suspended is resumed (hostagent/migration/target/resume.py)."""
+        agent, header, existing = self.agent, self.header, self._existing
         assert header is not None
-        method_name, data, privileged = method.name, self.data, self.privileged
+        method_name = method.name
         have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
         todo = [v for v in header.volumes if v[0] is None or v[0] not in skip]
-        needed = sum(v[1] for v in todo)
-        free = agent.storage.free_bytes()
-        self.op.progress(
-            method=method_name,
-            total_bytes=needed,
-            total_exact=method.sends_whole_volumes and not skip,
-            volume=0,
-            volumes=len(todo),
+        plan = await agent.blocking(
+            resume.open_staging, agent, self.name, self.spec, header, method, [v[0] for v in todo]
         )
-        if needed > free:
-            raise InsufficientStorage(
-                f"no space left on the target for container {self.name}: "
-                f"it needs {needed} bytes, {free} are free"
+        resumed = set(plan.resumed)
+        try:
+            todo = [v for v in todo if v[0] is None or v[0] not in resumed]
+            needed = sum(v[1] for v in todo)
+            free = agent.storage.free_bytes()
+            self.op.progress(
+                method=method_name,
+                total_bytes=needed,
+                total_exact=method.sends_whole_volumes and not skip and not resumed,
+                volume=0,
+                volumes=len(todo),
+                resumed_volumes=plan.resumed,
+                skipped_bytes=plan.skipped_bytes,
             )
+            if needed > free:
+                raise InsufficientStorage(
+                    f"no space left on the target for container {self.name}: "
+                    f"it needs {needed} bytes, {free} are free"
+                )
+            return await self._receive_into(method, plan, skip, todo, needed)
+        except InsufficientStorage as exc:
+            await self._settle(plan, exc)
+            if str(exc).startswith("no space left on the target"):
+                raise
+            raise InsufficientStorage(f"no space left on the target: {exc}") from None
+        except BaseException as exc:
+            await self._settle(plan, exc)
+            raise
+
+    async def _settle(self, plan: resume.Resumption, exc: BaseException) -> None:
+        """A failed pull's staging dir: suspended for a later attempt, or removed (unless committed)."""
+        if self._committed:
+            return
+        # a commit that failed may have moved volumes already: its staging dir is nothing to resume
+        keep = not self._committing and resume.resumable(exc, self.ch, self.op)
+        with contextlib.suppress(Exception):
+            settling = self.agent.blocking(resume.settle, self.agent.runtime, plan, keep)
+            self.op.progress(suspended=await asyncio.shield(settling))
+
+    async def _receive_into(
+        self,
+        method: TransferMethod,
+        plan: resume.Resumption,
+        skip: list[str],
+        todo: list[Any],
+        needed: int,
+    ) -> dict[str, Any]:
+        agent, ch, header, data = self.agent, self.ch, self.header, self.data
+        assert header is not None
+        method_name, privileged, staging = method.name, self.privileged, plan.staging
         features = probe_features(agent.data_dir) & header.features
         limited = header.limited or (ch.recv_throttle is not None and ch.recv_throttle.limited())
         compress = compression.choose(self.spec.compression, features, limited) if method.streams else ""
         self.op.progress(compression=compress or "none")
-        staging: ImportStaging = await agent.blocking(
-            agent.runtime.import_begin, self.name, self.spec.refresh
-        )
         dial = self._dialer(header)
         receiver = VolumeReceiver(self, header, staging, method, features, privileged, dial, compress)
-        committed = False
+        receiver.resume(plan)
+        # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
+        accept = Accept(method_name, skip + plan.resumed, features, privileged, dial is not None, compress)
+        await ch.send_message(accept)
+        files = await receiver.receive_all(skip + plan.resumed, len(todo))
+        self.stage("commit")
+        self._committing = True
+        committing = agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
+        commit = asyncio.ensure_future(committing)
         try:
-            # devices: whether the source may send device nodes at all (rsync -D): only privileged ones
-            await ch.send_message(Accept(method_name, skip, features, privileged, dial is not None, compress))
-            files = await receiver.receive_all(skip, len(todo))
-            self.stage("commit")
-            commit = asyncio.ensure_future(
-                agent.blocking(agent.runtime.import_commit, staging, data, header.idmap)
-            )
-            try:
-                record = await asyncio.shield(commit)
-            except asyncio.CancelledError:
-                # past the point of no return: the commit (a thread) runs to its end and its outcome is
-                # reported, so a cancelled job's rollback sees the container it must delete; removing
-                # the staging dir under a running commit could leave half a container
-                record = await commit
-            committed = True
-            with contextlib.suppress(Exception):
-                await ch.send("done")
-        except InsufficientStorage as exc:
-            if str(exc).startswith("no space left on the target"):
-                raise
-            raise InsufficientStorage(f"no space left on the target: {exc}") from None
-        finally:
-            if not committed:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(agent.blocking(agent.runtime.import_abort, staging))
+            record = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # past the point of no return: the commit (a thread) runs to its end and its outcome is
+            # reported, so a cancelled job's rollback sees the container it must delete; removing
+            # the staging dir under a running commit could leave half a container
+            record = await commit
+        self._committed = True
+        with contextlib.suppress(Exception):
+            await ch.send("done")
         log.info(
-            "received container %s from %s by %s: %d bytes in, %d out",
+            "received container %s from %s by %s: %d bytes in, %d out%s",
             self.name,
             self.spec.source.where,
             method_name,
             ch.bytes_received,
             ch.bytes_sent,
+            f" (resumed: {len(plan.resumed)} volume(s) kept)" if plan.resumed else "",
         )
         result = {
             "stage": "done",
@@ -258,6 +290,10 @@ class TargetSession:
             "total_bytes": needed,
             "volume": len(todo),
             "volumes": len(todo),
+            # what each volume received cost on the wire, and what an earlier attempt spared this one
+            "received_volumes": receiver.received_volumes,
+            "resumed_volumes": plan.resumed,
+            "skipped_bytes": plan.skipped_bytes,
         }
         # what a limit and compression did: wire bytes are bytes_received; payload_bytes what they
         # were once decompressed (not measured when rsync decompresses inside itself)

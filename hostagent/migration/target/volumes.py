@@ -17,6 +17,7 @@ from hostagent.migration import manifest, policy
 from hostagent.migration.messages import Header, VolumeEnd
 from hostagent.migration.protocol import Channel, ProtocolError, require
 from hostagent.runtimes.base import ImportStaging
+from hostagent.runtimes.resume import Journal
 from hostagent.transfer.base import ReceiveContext, TransferMethod
 from orchapi.errors import InternalError
 
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 
 class VerificationFailed(InternalError):
     """The received volume is not what the source sent."""
+
+
+def created_at(header: Header, snapshot: str | None) -> str:
+    """The creation date that identifies a volume of the source (the container's, for the rootfs)."""
+    if snapshot is None:
+        return str(header.container.get("created_at", ""))
+    return next((s["created_at"] for s in header.snapshots if s["name"] == snapshot), "")
 
 
 class VolumeReceiver:
@@ -58,6 +66,18 @@ class VolumeReceiver:
         self.payload_bytes = 0
         #: the seconds the source's limits held it back (as it reports them)
         self.source_throttled = 0.0
+        #: each received volume and what it cost on the wire: [{"volume": "snapshot s1", "bytes": n}]
+        self.received_volumes: list[dict[str, Any]] = []
+        # what an earlier attempt left (hostagent/migration/target/resume.py): the journal to keep up to
+        # date, the snapshots it received, the volume whose partial files to continue over ("": none)
+        self.journal: Journal | None = None
+        self.resumed: set[str] = set()
+        self.partial: str | None = ""
+
+    def resume(self, plan: Any) -> None:
+        """Receive into what an earlier attempt left (a
+        :class:`~hostagent.migration.target.resume.Resumption`)."""
+        self.journal, self.resumed, self.partial = plan.journal, set(plan.resumed), plan.partial
 
     async def receive_all(self, skip: list[str], todo: int) -> int:
         """Receive every volume not skipped; returns the number of entries of the rootfs."""
@@ -66,6 +86,9 @@ class VolumeReceiver:
         base: tuple[Path, dict[str, int] | None] | None = None  # the closest volume the target has
         files = index = 0
         for snapshot, size, entries in header.volumes:
+            if snapshot is not None and snapshot in self.resumed:
+                base = (staging.volume(snapshot), header.idmap)  # received by an earlier attempt
+                continue
             if snapshot is not None and snapshot in skip:
                 base = (staging.existing_volume(snapshot), existing_map)
                 continue
@@ -79,12 +102,23 @@ class VolumeReceiver:
             self.session.stage(
                 "prefill" if self.method.prefill else label, volume=index + 1, volume_name=what
             )
-            dest = await self._dest(snapshot, base, existing_map)
+            created = created_at(header, snapshot)
+            if self.journal is not None:
+                await self.agent.blocking(self.journal.begin, snapshot, created)
+            if snapshot == self.partial and staging.volume(snapshot).is_dir():
+                dest = staging.volume(snapshot)  # rsync continues over what the last attempt received
+            else:
+                dest = await self._dest(snapshot, base, existing_map)
             self.session.stage(label)
             rules = policy.VolumeRules(self.idmap, size, entries)
+            wire_before = self.ch.bytes_received
             ours = await self._receive_verified(index, what, label, dest, rules)
             received = ours[0]
             await self.agent.blocking(self.agent.runtime.import_place, staging, snapshot, received)
+            wire = self.ch.bytes_received - wire_before
+            self.received_volumes.append({"volume": what, "bytes": wire})
+            if self.journal is not None and snapshot is not None:  # the rootfs is committed next
+                await self.agent.blocking(self.journal.placed, snapshot, created, wire)
             await self.ch.send("verified", index=index)
             if snapshot is None:
                 files = ours[1].count

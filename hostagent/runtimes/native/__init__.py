@@ -15,7 +15,8 @@ dot-named or suffixed leftovers that :meth:`NativeRuntime.recover` removes: cont
 and rootfs replacements are prepared beside the old volume and swapped by rename. Containers received by
 a migration are staged in ``containers/.creating-*`` too (a refresh moves its new volumes into the
 existing container only after every volume was verified); a source keeps its temporary read-only
-snapshots in ``containers/.exporting-*``.
+snapshots in ``containers/.exporting-*``. An interrupted import that can be resumed waits in
+``containers/.suspended-<name>`` until its journal expires (native/suspend.py).
 """
 
 from hostagent.runtimes.native.base import NativeBase
@@ -30,9 +31,10 @@ from hostagent.runtimes.native.host import (
 from hostagent.runtimes.native.lifecycle import Lifecycle
 from hostagent.runtimes.native.migration import Migration
 from hostagent.runtimes.native.snapshots import SnapshotsAndRecovery
+from hostagent.runtimes.native.suspend import SuspendedImports
 
 
-class NativeRuntime(Lifecycle, SnapshotsAndRecovery, Migration, NativeBase):
+class NativeRuntime(Lifecycle, SnapshotsAndRecovery, SuspendedImports, Migration, NativeBase):
     """Containers as runc bundles on the agent's data dir."""
 
 

@@ -48,6 +48,8 @@ RUNC_LOG = "runc.log"
 PIDFILE = "init.pid"
 SNAPSHOTS = "snapshots"
 CREATING = ".creating-"
+#: an interrupted import kept for a later attempt (hostagent/runtimes/resume.py), one per container name
+SUSPENDED = ".suspended-"
 DELETING = ".deleting-"
 #: temporary read-only snapshots of a container being sent (btrfs send needs them)
 EXPORTING = ".exporting-"

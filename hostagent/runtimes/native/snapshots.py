@@ -88,6 +88,8 @@ class SnapshotsAndRecovery(NativeBase):
         known: set[str] = set()
         for entry in sorted(os.listdir(self.containers_dir)):
             path = self.containers_dir / entry
+            if entry.startswith(CREATING) and self._recover_staging(entry):  # type: ignore[attr-defined]
+                continue  # an interrupted import with its resume journal: suspended, for a later attempt
             if entry.startswith((CREATING, DELETING, EXPORTING)):
                 log.info("removing leftover %s", path)
                 self._delete_tree(path)

@@ -1,0 +1,196 @@
+"""Resume after an interrupted transfer, through the agents' API: a fault proxy on 127.0.0.1 between the
+agents cuts the migration's connection mid-snapshot; the next pull sends only what was not verified yet.
+
+Real agents, real TLS (end to end through the proxy), real rsync, tar and btrfs (loop-mounted)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from orchapi.errors import BadRequest, NotFound
+from tests.faultproxy import FaultProxy
+from tests.test_migration_api import (
+    MiB,
+    api,
+    container_names,
+    create,
+    import_image,
+    issue,
+    leftovers,
+    pull_image,
+    rootfs,
+    snapshot,
+    start_pull,
+    wait,
+    write,
+)
+
+#: bytes of fresh random data each snapshot (and the current state) adds
+STEP = 8 * MiB
+
+
+def three_snapshots(a) -> None:
+    """c1 with s1, s2, s3, each adding STEP fresh bytes, and more since s3."""
+    for n, snap in enumerate(("s1", "s2", "s3", None), 1):
+        write(a, "c1", f"root/f{n}", os.urandom(STEP))
+        if snap:
+            snapshot(a, "c1", snap)
+
+
+def upstream(agent) -> tuple[str, int]:
+    host, port = agent.addr.rsplit(":", 1)
+    return host, int(port)
+
+
+def via(proxy: FaultProxy, migration: dict[str, Any]) -> str:
+    return f"{proxy.url}/1.0/migrations/{migration['id']}"
+
+
+def pull_through(a, b, proxy: FaultProxy, method: str) -> dict[str, Any]:
+    """Issue a migration and pull it through the proxy; the operation as it ended."""
+    migration = issue(a, b, "c1")
+    op = start_pull(a, b, migration, "c1", operation=via(proxy, migration), method=method)
+    return api(b).get(f"{op}/wait", params={"timeout": 120})
+
+
+def suspended(b) -> list[dict[str, Any]]:
+    return api(b).get("/1.0/suspended-imports", params={"recursion": 1})
+
+
+@pytest.fixture
+def setup(agents, busybox_image):
+    def make(fs: str):
+        a = agents("a", fs=fs)
+        b = agents("b", fs=fs, env={"ORCH_AGENT_DATA_LINK": "off"})  # every byte through the proxy
+        create(a, "c1", import_image(a, busybox_image))
+        three_snapshots(a)
+        return a, b
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "fs, method", [("dir", "rsync"), ("dir", "tar"), ("btrfs", "btrfs")], ids=["rsync", "tar", "btrfs"]
+)
+def test_a_cut_in_snapshot_2_resumes_without_resending_snapshot_1(setup, method, fs):
+    a, b = setup(fs)
+    if method == "rsync":
+        pull_image(a, b, issue(a, b, "c1"))  # the pre-fill rsync starts from
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        first = pull_through(a, b, proxy, method)
+        assert first["status"] == "Failure" and proxy.cut == 1, first
+        assert first["metadata"].get("suspended") is True, (first["err"], first["metadata"])
+        held = suspended(b)
+        assert [(s["name"], s["method"], s["volumes_done"]) for s in held] == [("c1", method, ["s1"])]
+        assert container_names(b) == []
+        # nobody but root can reach what was received
+        aside = b.data_dir / "containers" / ".suspended-c1"
+        assert (aside.stat().st_mode & 0o077) == 0
+
+        second = pull_through(a, b, proxy, method)
+        assert second["status"] == "Success", second
+        result = second["metadata"]
+    finally:
+        proxy.stop()
+    assert result["verified"] is True and result["method"] == method
+    assert result["resumed_volumes"] == ["s1"], result
+    assert result["skipped_bytes"] >= STEP, result
+    # snapshot 1 sent 0 bytes: it is not among the volumes received this time
+    received = {v["volume"]: v["bytes"] for v in result["received_volumes"]}
+    assert list(received) == ["snapshot s2", "snapshot s3", "rootfs"], received
+    assert all(received[v] >= STEP for v in received), received  # each has its fresh STEP bytes
+    assert proxy.carried[0] >= STEP + 4 * MiB - 64 * 1024  # the cut attempt had moved that much
+    # less than a whole resend: a full copy of the same container, now, moves snapshot 1 too
+    full = wait(b, start_pull(a, b, issue(a, b, "c1"), "c2", method=method))
+    assert full["resumed_volumes"] == [] and len(full["received_volumes"]) == 4
+    assert result["bytes_received"] < full["bytes_received"] - STEP, (result, full)
+    if method != "tar":  # the resumed s2 went as a delta against the kept s1, as in a whole transfer
+        whole = {v["volume"]: v["bytes"] for v in full["received_volumes"]}
+        assert received["snapshot s2"] < whole["snapshot s2"] + 256 * 1024, (received, whole)
+    api(b).run("DELETE", "/1.0/containers/c2")
+    for snap in ("s1", "s2", "s3", None):
+        for n in range(1, 5):
+            theirs, ours = rootfs(a, "c1", snap) / f"root/f{n}", rootfs(b, "c1", snap) / f"root/f{n}"
+            assert theirs.exists() == ours.exists(), (snap, n)
+            if theirs.exists():
+                assert ours.read_bytes() == theirs.read_bytes(), (snap, n)
+    assert suspended(b) == [] and leftovers(b) == []
+
+
+def test_a_snapshot_changed_between_attempts_is_resent(setup):
+    a, b = setup("dir")
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        assert pull_through(a, b, proxy, "tar")["status"] == "Failure"
+        assert [s["volumes_done"] for s in suspended(b)] == [["s1"]]
+        # s1 is replaced by another snapshot of the same name (a new creation date, other content)
+        api(a).run("DELETE", "/1.0/containers/c1/snapshots/s1")
+        write(a, "c1", "root/f1", os.urandom(STEP))
+        snapshot(a, "c1", "s1")
+        second = pull_through(a, b, proxy, "tar")
+    finally:
+        proxy.stop()
+    assert second["status"] == "Success", second
+    result = second["metadata"]
+    assert result["resumed_volumes"] == [] and result["skipped_bytes"] == 0
+    assert [v["volume"] for v in result["received_volumes"]] == [
+        "snapshot s2",
+        "snapshot s3",
+        "snapshot s1",
+        "rootfs",
+    ]
+    new_s1 = rootfs(a, "c1", "s1") / "root/f1"
+    assert (rootfs(b, "c1", "s1") / "root/f1").read_bytes() == new_s1.read_bytes()
+    assert suspended(b) == [] and leftovers(b) == []
+
+
+def test_a_suspended_import_expires_and_leaves_nothing(setup):
+    a, b = setup("dir")
+    api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": "2s"}})
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        assert pull_through(a, b, proxy, "tar")["status"] == "Failure"
+    finally:
+        proxy.stop()
+    assert len(suspended(b)) == 1
+    time.sleep(2.5)
+    addr = b.addr
+    b.kill()  # the next start collects it (and so does the periodic sweep)
+    b.start(listen_addr=addr)
+    assert suspended(b) == [] and leftovers(b) == [] and container_names(b) == []
+    with pytest.raises(NotFound, match="no suspended import of c1"):
+        api(b).call("DELETE", "/1.0/suspended-imports/c1")
+
+
+def test_a_cancelled_transfer_is_not_kept_and_a_suspended_one_can_be_discarded(setup):
+    a, b = setup("dir")
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        assert pull_through(a, b, proxy, "tar")["status"] == "Failure"
+    finally:
+        proxy.stop()
+    assert len(suspended(b)) == 1
+    api(b).call("DELETE", "/1.0/suspended-imports/c1")
+    assert suspended(b) == [] and leftovers(b) == []
+    # a client's cancel is not an interruption: nothing is kept
+    write(a, "c1", "root/big", os.urandom(128 * MiB))
+    op = start_pull(a, b, issue(a, b, "c1"), "c1", method="tar")
+    deadline = time.monotonic() + 30
+    while api(b).get(op)["metadata"].get("bytes_received", 0) < STEP + MiB:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    api(b).call("DELETE", op)
+    assert api(b).get(f"{op}/wait", params={"timeout": 30})["status"] == "Cancelled"
+    assert suspended(b) == [] and leftovers(b) == []
+
+
+def test_bad_ttl_is_refused(setup):
+    _, b = setup("dir")
+    for bad in ("soon", "0", "-5m", "1w"):
+        with pytest.raises(BadRequest, match="not a duration"):
+            api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": bad}})
