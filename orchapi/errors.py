@@ -28,6 +28,12 @@ class BadRequest(OrchError):
     status = 400
 
 
+class TruncatedInput(BadRequest):
+    """An input (a stream, an upload) ended before it was complete: a cut connection looks like this too,
+    so a receiver that knows its connection dropped treats it as the drop (hostagent/migration/target/
+    resume.py), not as bad content."""
+
+
 class Forbidden(OrchError):
     """The caller is not trusted or gave a wrong password."""
 

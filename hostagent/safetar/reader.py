@@ -25,7 +25,7 @@ from hostagent.safetar.member import CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, M
 from hostagent.safetar.numbers import number
 from hostagent.safetar.policy import Policy
 from hostagent.safetar.stream import CHUNK, Input
-from orchapi.errors import BadRequest
+from orchapi.errors import BadRequest, TruncatedInput
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -76,7 +76,7 @@ class Reader:
         if got == 0:
             if self.input.context is None:
                 raise self.input.error("it is empty or holds no tar header")
-            raise BadRequest(
+            raise TruncatedInput(
                 f"{self.policy.archive} is truncated after member {self.input.context!r}: "
                 "it has no end-of-archive block"
             )

@@ -26,7 +26,7 @@ from typing import IO, BinaryIO
 
 from hostagent.safetar.cancel import checker
 from hostagent.safetar.policy import Policy
-from orchapi.errors import BadRequest
+from orchapi.errors import BadRequest, TruncatedInput
 
 #: deflate's maximum expansion (zlib's technical details: 1032:1), and room for gzip's own framing
 GZIP_MAX_RATIO = 1032
@@ -103,7 +103,7 @@ class Input:
             return BadRequest(
                 f"{self._policy.archive} is not a valid tar or gzip-compressed tar archive: {detail}"
             )
-        return BadRequest(
+        return TruncatedInput(
             f"{self._policy.archive} is truncated or corrupt at or after member {self.context!r}: {detail}"
         )
 

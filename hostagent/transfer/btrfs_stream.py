@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from hostagent import filecaps
 from hostagent.migration.protocol import Sink
-from orchapi.errors import BadRequest
+from orchapi.errors import BadRequest, TruncatedInput
 
 MAGIC = b"btrfs-stream\x00"
 HEADER = len(MAGIC) + 4
@@ -118,7 +118,8 @@ class SendStreamGuard:
     def finish(self) -> None:
         """After the stream: it must have ended cleanly (called when ``btrfs receive`` succeeded)."""
         if self._pending or not self._ended:
-            raise self._refuse("the stream ended in the middle of a command or without END")
+            why = "the stream ended in the middle of a command or without END"
+            raise TruncatedInput(f"refusing the btrfs stream of {self.what} from the source: {why}")
 
     # -- parsing ---------------------------------------------------------------------------------------
     def _unit_size(self, buf: bytearray) -> int:

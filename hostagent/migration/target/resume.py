@@ -29,7 +29,14 @@ from hostagent.migration.target.request import PullSpec
 from hostagent.migration.target.volumes import VerificationFailed, created_at
 from hostagent.runtimes.base import ImportStaging
 from hostagent.runtimes.resume import Journal, configured_ttl
-from orchapi.errors import BadRequest, Conflict, Forbidden, InsufficientStorage, NotFound
+from orchapi.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    TruncatedInput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +143,10 @@ def resumable(exc: BaseException, ch: Channel, op: Any) -> bool:
         return False  # the source's data broke this host's rules
     if isinstance(exc, asyncio.CancelledError):
         return not getattr(op, "cancelled_by_client", False)  # the agent stopping, not a cancel
-    if isinstance(exc, (VerificationFailed, InsufficientStorage)):
-        return False
-    # a stream cut short makes its receiving child fail ("truncated tar stream", "rsync: connection
-    # closed"): the connection's end, not the error it caused, says what happened
-    return ch.connection_lost or not isinstance(exc, FATAL)
+    if isinstance(exc, TruncatedInput):
+        # a stream cut short ("truncated tar stream") is the connection's drop if it did drop
+        return ch.connection_lost
+    return not isinstance(exc, FATAL)  # a child killed by the cut (rsync, btrfs receive): internal
 
 
 def settle(runtime: Any, resumption: Resumption, keep: bool) -> bool:
