@@ -151,11 +151,11 @@ class OperationRegistry:
             pass
         return op
 
-    def cancel(self, op_id: str) -> Operation:
+    def cancel(self, op_id: str, by_client: bool = True) -> Operation:
         op = self.get(op_id)
         if op.status != RUNNING or op.task is None:
             raise Conflict(f"operation {op_id} is not running")
-        op.cancelled_by_client = True
+        op.cancelled_by_client = by_client
         op.task.cancel()
         return op
 

@@ -105,6 +105,10 @@ class Job:
             "wire_bytes": self.state.get("bytes_received"),
             "payload_bytes": self.state.get("payload_bytes"),
             "throttled_seconds": self.state.get("throttled_seconds"),
+            # resume: the snapshots an interrupted attempt had verified, not sent again, and their bytes
+            "resumed_volumes": self.state.get("resumed_volumes"),
+            "skipped_bytes": self.state.get("skipped_bytes"),
+            "resumed_from": self.options.get("resumed_from"),  # `orch jobs resume` of that job
         }
 
 

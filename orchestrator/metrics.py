@@ -15,7 +15,9 @@ Metrics (all computed over the jobs read):
   (Prometheus' ``rate()`` treats a drop as a counter reset).
 - ``orch_wire_bytes_total``, ``orch_payload_bytes_total`` counters: what finished transfers received
   over the wire, and what that carried before compression (where the target measured it);
-  ``orch_throttled_seconds_total``: how long bandwidth limits held them back.
+  ``orch_throttled_seconds_total``: how long bandwidth limits held them back;
+  ``orch_resume_skipped_bytes_total``: what they did not send again because an interrupted attempt
+  had verified it (resume).
 - ``orch_job_queue_wait_seconds{kind}`` histogram: from a job's creation to the start of its first step.
 - ``orch_job_duration_seconds{kind,status}`` histogram: from a job's creation to its end.
 - ``orch_metrics_jobs_read`` gauge, ``orch_metrics_redis_up`` gauge (0 when Redis could not be read: then
@@ -149,6 +151,11 @@ def job_metrics(jobs: Sequence[Job]) -> Iterator[Metric]:
     )
     throttled.add_metric([], sum(float(j.state.get("throttled_seconds") or 0.0) for j in jobs))
     yield throttled
+    skipped = CounterMetricFamily(
+        "orch_resume_skipped_bytes", "Bytes finished transfers did not send again thanks to resume"
+    )
+    skipped.add_metric([], sum(int(j.state.get("skipped_bytes") or 0) for j in jobs))
+    yield skipped
 
     waits: dict[tuple[str, ...], _Histogram] = defaultdict(lambda: _Histogram(QUEUE_WAIT_BUCKETS))
     for kind in KINDS:

@@ -5,6 +5,8 @@ Real agents, real TLS (end to end through the proxy), real rsync, tar and btrfs 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from typing import Any
@@ -33,17 +35,32 @@ from tests.test_migration_api import (
 STEP = 8 * MiB
 
 
-def three_snapshots(a) -> None:
+def three_snapshots(agent) -> None:
     """c1 with s1, s2, s3, each adding STEP fresh bytes, and more since s3."""
     for n, snap in enumerate(("s1", "s2", "s3", None), 1):
-        write(a, "c1", f"root/f{n}", os.urandom(STEP))
+        write(agent, "c1", f"root/f{n}", os.urandom(STEP))
         if snap:
-            snapshot(a, "c1", snap)
+            snapshot(agent, "c1", snap)
 
 
 def upstream(agent) -> tuple[str, int]:
     host, port = agent.addr.rsplit(":", 1)
     return host, int(port)
+
+
+def contents(agent, name: str = "c1") -> dict[tuple[str | None, int], str]:
+    """The SHA-256 of every file three_snapshots wrote, in every snapshot and the rootfs."""
+    out = {}
+    for snap in ("s1", "s2", "s3", None):
+        for n in range(1, 5):
+            path = rootfs(agent, name, snap) / f"root/f{n}"
+            if path.exists():
+                out[(snap, n)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def assert_same_files(a, b, name: str = "c1") -> None:
+    assert contents(a) == contents(b, name) and len(contents(a)) == 10
 
 
 def via(proxy: FaultProxy, migration: dict[str, Any]) -> str:
@@ -113,12 +130,7 @@ def test_a_cut_in_snapshot_2_resumes_without_resending_snapshot_1(setup, method,
         whole = {v["volume"]: v["bytes"] for v in full["received_volumes"]}
         assert received["snapshot s2"] < whole["snapshot s2"] + 256 * 1024, (received, whole)
     api(b).run("DELETE", "/1.0/containers/c2")
-    for snap in ("s1", "s2", "s3", None):
-        for n in range(1, 5):
-            theirs, ours = rootfs(a, "c1", snap) / f"root/f{n}", rootfs(b, "c1", snap) / f"root/f{n}"
-            assert theirs.exists() == ours.exists(), (snap, n)
-            if theirs.exists():
-                assert ours.read_bytes() == theirs.read_bytes(), (snap, n)
+    assert_same_files(a, b)
     assert suspended(b) == [] and leftovers(b) == []
 
 
@@ -194,3 +206,93 @@ def test_bad_ttl_is_refused(setup):
     for bad in ("soon", "0", "-5m", "1w"):
         with pytest.raises(BadRequest, match="not a duration"):
             api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": bad}})
+
+
+# ---------------------------------------------------------------------------------- whole jobs
+
+
+def test_a_copy_cut_mid_snapshot_2_succeeds_by_resuming(make_agent, orch_env, busybox_image, start_worker):
+    """The worker's retry after the cut resumes: `orch jobs show` and the metrics tell what was
+    skipped; a cancel of a failed job removes what the target kept."""
+    from tests.conftest import PASSWORD
+
+    foo = make_agent("foo", args=("--data-listen", "off"))  # every byte through the proxy
+    bar = make_agent("bar")
+    proxy = FaultProxy(upstream(foo), cut_after=STEP + 4 * MiB)
+    try:
+        # the worker and the target reach foo through the proxy (a cut only hits the big stream)
+        orch_env.run(
+            "remote", "add", "foo", f"127.0.0.1:{proxy.port}", "--accept-certificate", "--password", PASSWORD
+        )
+        orch_env.add_remote("bar", bar)
+        orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+        orch_env.run("init", "foo:bb", "foo:c1")
+        three_snapshots(foo)
+        start_worker("w1")
+        out = orch_env.run("copy", "foo:c1", "bar:", "--method", "tar").stdout
+        assert proxy.cut == 1
+    finally:
+        proxy.stop()
+    record = json.loads(orch_env.run("jobs", "--format", "json").stdout)[0]
+    assert record["status"] == "succeeded" and record["attempts"] >= 2, record
+    assert record["resumed_volumes"] == ["s1"] and record["skipped_bytes"] >= STEP, record
+    assert "resumed from an earlier attempt" in out, out
+    shown = orch_env.run("jobs", "show", record["id"]).stdout
+    assert "Resumed volumes: s1" in shown and "Skipped bytes: " in shown, shown
+    assert_same_files(foo, bar)
+    assert suspended(bar) == [] and leftovers(bar) == []
+
+
+def test_a_failed_job_is_resumed_later_or_its_kept_transfer_cancelled(
+    make_agent, orch_env, busybox_image, start_worker
+):
+    """The retry budget spent (two cuts, one retry): `orch jobs resume` completes it as a new job that
+    skips the snapshot the failed one verified; `orch jobs cancel` of a failed job removes what its
+    target kept."""
+    from tests.conftest import PASSWORD
+
+    foo = make_agent("foo", args=("--data-listen", "off"))
+    bar = make_agent("bar")
+    proxy = FaultProxy(upstream(foo), cut_after=STEP + 4 * MiB, cuts=2)
+    try:
+        orch_env.run(
+            "remote", "add", "foo", f"127.0.0.1:{proxy.port}", "--accept-certificate", "--password", PASSWORD
+        )
+        orch_env.add_remote("bar", bar)
+        orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+        orch_env.run("init", "foo:bb", "foo:c1")
+        three_snapshots(foo)
+        orch_env.env["ORCH_MAX_RETRIES"] = "1"
+        start_worker("w1")
+        sent = contents(foo)
+        orch_env.fails("move", "foo:c1", "bar:", "--method", "tar")
+        failed = json.loads(orch_env.run("jobs", "--format", "json").stdout)[0]
+        assert failed["status"] == "failed" and proxy.cut == 2, failed
+        # (tar sends s2 whole: the retry's cut fell in s2 again)
+        assert [s["volumes_done"] for s in suspended(bar)] == [["s1"]]
+        listed = json.loads(orch_env.run("list", "foo:", "--format", "json").stdout)
+        assert "c1" in {c["name"] for c in listed}
+
+        out = orch_env.run("jobs", "resume", failed["id"]).stdout
+        resumed = json.loads(orch_env.run("jobs", "--format", "json").stdout)[0]
+        assert resumed["id"] != failed["id"] and resumed["resumed_from"] == failed["id"], resumed
+        assert resumed["status"] == "succeeded" and resumed["kind"] == "move", resumed
+        assert resumed["resumed_volumes"] == ["s1"], resumed
+        assert "resumed from an earlier attempt" in out
+        assert contents(bar) == sent and len(sent) == 10
+        assert suspended(bar) == [] and leftovers(bar) == []
+        line = orch_env.fails("jobs", "resume", resumed["id"])
+        assert "only a failed job is resumed" in line, line
+
+        # cancelling a failed job removes what its target kept
+        orch_env.run("copy", "bar:c1", "foo:c2", "--method", "tar")  # foo:c2 is sent from foo ...
+        proxy.cuts_left = 2
+        orch_env.fails("copy", "foo:c2", "bar:c3", "--method", "tar")
+        again = json.loads(orch_env.run("jobs", "--format", "json").stdout)[0]
+        assert again["status"] == "failed" and len(suspended(bar)) == 1, again
+        out = orch_env.run("jobs", "cancel", again["id"]).stdout
+        assert "kept to resume it was removed" in out, out
+        assert suspended(bar) == [] and leftovers(bar) == []
+        assert "keeps nothing of it to resume" in orch_env.fails("jobs", "cancel", again["id"])
+    finally:
+        proxy.stop()

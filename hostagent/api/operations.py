@@ -39,4 +39,9 @@ async def wait_operation(request: web.Request) -> web.Response:
 
 @routes.delete("/1.0/operations/{id}")
 async def cancel_operation(request: web.Request) -> web.Response:
-    return sync(request.app[AGENT_KEY].operations.cancel(request.match_info["id"]).to_api())
+    """Cancel an operation. ``?resumable=1`` says the cancel is an interruption, not a decision: a
+    transfer cancelled so (its other side failed) keeps what it received to be resumed
+    (hostagent/migration/target/resume.py), as it would had its connection dropped."""
+    resumable = request.query.get("resumable") in ("1", "true")
+    operations = request.app[AGENT_KEY].operations
+    return sync(operations.cancel(request.match_info["id"], by_client=not resumable).to_api())

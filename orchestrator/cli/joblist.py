@@ -1,4 +1,4 @@
-"""``orch jobs``: the job list (``--watch`` to follow it live), ``show``, ``cancel`` and ``prune``."""
+"""``orch jobs``: the job list (``--watch``: live), and ``show``, ``cancel``, ``resume``, ``prune``."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def _readable(key: str, value: Any) -> str:
     """One field of `orch jobs show` as an operator reads it: units, no Python notation."""
     if value is None or value == "" or value == [] or value == {}:
         return "-"
-    if key in ("bytes_done", "bytes_total", "wire_bytes", "payload_bytes"):
+    if key in ("bytes_done", "bytes_total", "wire_bytes", "payload_bytes", "skipped_bytes"):
         return f"{human_size(int(value))} ({int(value):,} bytes)"
     if key == "rate":
         return f"{human_size(int(value))}/s"
@@ -180,10 +180,13 @@ def jobs_cancel(job_id: str, wait: bool) -> None:
     A job no worker has started is cancelled at once; a running one rolls back first (waited for unless
     --no-wait). The exit status says whether the job ended cancelled."""
     from orchestrator import dispatch
-    from orchestrator.jobs import CANCELLED, QUEUED
+    from orchestrator.jobs import CANCELLED, FAILED, QUEUED
 
     store = job_store()
     job = store.request_cancel(job_id)
+    if job.status == FAILED and job.kind in ("copy", "move") and job.state.get("migration_id"):
+        _discard_kept(job)
+        return
     if job.finished:
         raise Conflict(f"job {job_id} already {job.status}")
     if job.status == QUEUED and dispatch.withdraw(store.r, job_id):
@@ -204,6 +207,31 @@ def jobs_cancel(job_id: str, wait: bool) -> None:
             f"job {job_id} has not stopped yet (its cancel is requested)",
             f"follow it: orch jobs show {job_id}",
         )
+
+
+def _discard_kept(job) -> None:  # type: ignore[no-untyped-def]
+    """A failed job is over, but its target may keep what the transfer received, to be resumed: the
+    cancel removes that."""
+    from orchestrator.clientconfig import ClientConfig
+    from orchestrator.connect import connect
+    from orchestrator.suspended import discard_suspended
+
+    remote, name = job.state["target_remote"], job.state["target_name"]
+    if discard_suspended(connect(ClientConfig(), remote), name):
+        click.echo(f"Job {job.id} had failed; the transfer {remote}: kept to resume it was removed")
+        return
+    raise Conflict(f"job {job.id} already failed", f"{remote}: keeps nothing of it to resume")
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@click.option("--no-wait", is_flag=True, help="Print the new job's id and return at once.")
+def jobs_resume(job_id: str, no_wait: bool) -> int:
+    """Run a failed copy or move again as a new job: the target resumes what the failed transfer had
+    received and verified (kept for the target's migration.resume_ttl, 24 h by default)."""
+    from orchestrator.cli.jobs import resume_job
+
+    return resume_job(job_id, not no_wait)
 
 
 COMMANDS = [jobs]

@@ -43,11 +43,16 @@ INTERRUPTED = 130
 def _submit_and_follow(
     ctx: Context, kind: str, source: str, target: str, options: dict[str, Any], wait: bool
 ) -> int:
+    src = parse_container(source, ctx.config, allow_snapshot=(kind == "copy"))
+    dst = _destination(ctx, src, target)
+    return submit_and_follow(kind, src, dst, options, wait)
+
+
+def submit_and_follow(kind: str, src: Ref, dst: Ref, options: dict[str, Any], wait: bool) -> int:
+    """Record the job, hand it to the workers, and (``wait``) follow it to its end."""
     from orchestrator.cli.follow import JobFailed, follow
     from orchestrator.submit import submit
 
-    src = parse_container(source, ctx.config, allow_snapshot=(kind == "copy"))
-    dst = _destination(ctx, src, target)
     # no request to any agent here (a running source, a missing target...): verify_target checks it all
     # within milliseconds of the hand-off, and the job's one-line error says what to do
     job = submit(kind, src, dst, options)
@@ -69,8 +74,28 @@ def _submit_and_follow(
         )
         return INTERRUPTED
     moved = human_size(done.bytes_done)
-    click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred)")
+    skipped = int(done.state.get("skipped_bytes") or 0)
+    resumed = f", {human_size(skipped)} resumed from an earlier attempt" if skipped else ""
+    click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred{resumed})")
     return 0
+
+
+def resume_job(job_id: str, wait: bool) -> int:
+    """``orch jobs resume``: the failed copy or move again, as a new job; the target resumes what the
+    failed one's transfer had kept (hostagent/migration/target/resume.py)."""
+    from orchestrator.jobs import FAILED
+
+    old = job_store().get(job_id)
+    if old.kind not in ("copy", "move"):
+        raise BadRequest(f"job {job_id} is a {old.kind}: only copies and moves are resumed")
+    if old.status != FAILED:
+        hint = f"follow it: orch jobs show {job_id}" if not old.finished else ""
+        raise Conflict(f"job {job_id} is {old.status}: only a failed job is resumed", hint)
+    s = old.state
+    src = Ref(s["source_remote"], s["source_name"], s.get("source_snapshot") or "")
+    dst = Ref(s["target_remote"], s["target_name"])
+    options = {**old.options, "resumed_from": job_id}
+    return submit_and_follow(old.kind, src, dst, options, wait)
 
 
 def _forget_if_refused(store, job_id: str) -> None:  # type: ignore[no-untyped-def]

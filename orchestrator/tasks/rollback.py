@@ -2,7 +2,8 @@
 
 In order: revoke the migration secrets, cancel the target's transfer operation (the target deletes its
 staging area), delete a target container this job created (never one that existed before, under
-``--refresh``), and start the source again if the job stopped it. Once the source is deleted, the
+``--refresh``), for a cancelled job discard what the target kept to resume the transfer, and start the
+source again if the job stopped it. Once the source is deleted, the
 target holds the only copy and nothing is undone.
 """
 
@@ -13,6 +14,7 @@ import logging
 from orchapi.errors import NotFound, OrchError
 from orchestrator.jobs import Job
 from orchestrator.stepcontext import StepContext
+from orchestrator.suspended import discard_suspended
 from orchestrator.tasks.common import source, target
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ def rollback(ctx: StepContext, job: Job) -> None:
         and not s.get("target_preexisted")
     ):
         _delete_target(tgt, s["target_name"])
+    if job.cancel_requested and s.get("migration_id"):
+        # called off: what the target kept of an interrupted attempt to resume it goes too (a failure
+        # keeps it, for the retry or `orch jobs resume`, until the target's migration.resume_ttl)
+        discard_suspended(tgt, s["target_name"])
     if s.get("source_was_running"):
         _quietly(
             "restarting the source",

@@ -59,6 +59,9 @@ def transfer(ctx: StepContext, job: Job) -> None:
         compression=result.get("compression", ""),
         payload_bytes=result.get("payload_bytes"),
         throttled_seconds=result.get("throttled_seconds", 0.0),
+        # what an interrupted earlier attempt spared this one (the target resumed what it had kept)
+        resumed_volumes=result.get("resumed_volumes", []),
+        skipped_bytes=result.get("skipped_bytes", 0),
     )
     if not result.get("verified"):
         raise OrchError("the target did not verify the copy; the source is kept")

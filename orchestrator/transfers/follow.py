@@ -68,8 +68,8 @@ def follow(
         try:
             op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
         except NotFound:
-            # the target agent restarted: its operation, and what it had staged, are gone (it cleans
-            # its staging at start); the step's retry transfers again, with fresh secrets
+            # the target agent restarted: its operation is gone (what it had received is suspended at
+            # its start); the step's retry transfers again, with fresh secrets, and resumes it
             ctx.jobs.update_state(job.id, target_op=None, source_op=None)
             raise Unavailable(
                 "the target agent lost the transfer (was it restarted?); transferring again"
@@ -135,8 +135,10 @@ def _ended(client: RemoteClient, operation: str) -> dict[str, Any] | None:
     return op if op["status"] != "Running" else None
 
 
-def _cancel(client: RemoteClient, operation: str) -> None:
+def _cancel(client: RemoteClient, operation: str, resumable: bool = False) -> None:
+    """Cancel the target's transfer; ``resumable``: it is interrupted (its other side failed), not
+    called off, so the target keeps what it received for the retry to resume."""
     try:
-        client.call("DELETE", operation)
+        client.call("DELETE", operation, params={"resumable": "1"} if resumable else None)
     except OrchError:
         pass

@@ -40,7 +40,7 @@ from hostagent.transfer.base import TransferMethod
 from hostagent.transfer.features import probe_features
 from hostagent.transfer.ratelimit import Throttle
 from hostagent.transfer.registry import get_method, negotiate, usable_between
-from orchapi.errors import BadRequest, Conflict, InsufficientStorage, PeerUnreachable
+from orchapi.errors import BadRequest, Conflict, InsufficientStorage, PeerUnreachable, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +218,31 @@ class TargetSession:
             if str(exc).startswith("no space left on the target"):
                 raise
             raise InsufficientStorage(f"no space left on the target: {exc}") from None
-        except BaseException as exc:
+        except Exception as exc:
+            if await self._settle(plan, exc):
+                # whatever the cut made a child say, the transfer is interrupted, not refused: the
+                # worker retries it (503), and the retry resumes
+                raise Unavailable(
+                    f"the transfer was interrupted ({exc}); what was verified is kept to resume it"
+                ) from exc
+            raise
+        except BaseException as exc:  # cancelled: by a client (removed), or the agent stopping (kept)
             await self._settle(plan, exc)
             raise
 
-    async def _settle(self, plan: resume.Resumption, exc: BaseException) -> None:
-        """A failed pull's staging dir: suspended for a later attempt, or removed (unless committed)."""
+    async def _settle(self, plan: resume.Resumption, exc: BaseException) -> bool:
+        """A failed pull's staging dir: suspended for a later attempt, or removed (unless committed);
+        whether it was suspended."""
         if self._committed:
-            return
+            return False
         # a commit that failed may have moved volumes already: its staging dir is nothing to resume
         keep = not self._committing and resume.resumable(exc, self.ch, self.op)
+        suspended = False
         with contextlib.suppress(Exception):
             settling = self.agent.blocking(resume.settle, self.agent.runtime, plan, keep)
-            self.op.progress(suspended=await asyncio.shield(settling))
+            suspended = await asyncio.shield(settling)
+        self.op.progress(suspended=suspended)
+        return suspended
 
     async def _receive_into(
         self,
