@@ -11,6 +11,9 @@ from __future__ import annotations
 from orchapi.errors import BadRequest
 
 MODES_KEY = "migration.modes"
+#: the largest migration websocket message either agent accepts, and so the largest frame a relaying
+#: worker carries between them (hostagent/migration/protocol.py, orchestrator/transfers/relay.py)
+MAX_MESSAGE = 8 * 1024 * 1024
 #: every mode, in the order ``auto`` tries them
 ALL = ("pull", "push", "relay")
 

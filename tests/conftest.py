@@ -65,11 +65,13 @@ def make_agent(tmpdir755: Path) -> Iterator:
 
 
 @pytest.fixture
-def orch(tmpdir755: Path) -> Orch:
+def orch(tmpdir755: Path) -> Iterator[Orch]:
     """The CLI with a fresh config dir (a new user on a new machine)."""
     home = tmpdir755 / "client"
     home.mkdir()
-    return Orch(home)
+    cli = Orch(home)
+    yield cli
+    cli.stop_embedded()  # tests stop every server they start, the CLI's embedded Redis included
 
 
 @pytest.fixture

@@ -28,11 +28,12 @@ from aiohttp import web
 
 from hostagent.datalink.listener import DataListener
 from hostagent.migration import manifest
-from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, PROTOCOL_VERSION, Channel, pump
+from hostagent.migration.protocol import HEARTBEAT, PROTOCOL_VERSION, Channel, pump
 from hostagent.storage.base import StorageDriver
 from hostagent.transfer.base import SendContext
 from hostagent.transfer.registry import get_method
 from orchapi import certs, tlsconfig
+from orchapi.modes import MAX_MESSAGE
 
 Script = Callable[[Channel], Awaitable[None]]
 #: the id map of an unprivileged native container (what the peer claims by default)

@@ -7,6 +7,7 @@ every container they run is killed through runc so that nothing outlives the tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,8 +96,11 @@ class AgentProcess:
     def set_trust_password(self, password: str, admin_home: Path) -> None:
         """Set the trust password as the host's admin would: through the agent's unix socket."""
         admin = Orch(admin_home)
-        admin.run("remote", "add", "admin", f"unix://{self.socket}")
-        admin.run("config", "set", "admin:", "core.trust_password", password)
+        try:
+            admin.run("remote", "add", "admin", f"unix://{self.socket}")
+            admin.run("config", "set", "admin:", "core.trust_password", password)
+        finally:
+            admin.stop_embedded()
 
     def kill(self) -> None:
         """SIGKILL the agent, as a crash would."""
@@ -126,8 +130,21 @@ class Orch:
 
     def __init__(self, config_home: Path) -> None:
         self.config_home = config_home
-        self.env = {**os.environ, "XDG_CONFIG_HOME": str(config_home)}
+        # an embedded Redis a command may start lives in the test's dir, not the user's (stop_embedded)
+        state = str(config_home / "state")
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(config_home), "ORCH_STATE_DIR": state}
         self.env.pop("ORCH_DEBUG", None)
+        self.env.pop("ORCH_REDIS_URL", None)
+
+    def stop_embedded(self) -> None:
+        """Stop the embedded redis-server a command of this CLI started, if any (by its pid file)."""
+        pidfile = Path(self.env["ORCH_STATE_DIR"]) / "redis.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
     def run(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120

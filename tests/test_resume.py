@@ -203,9 +203,24 @@ def test_a_cancelled_transfer_is_not_kept_and_a_suspended_one_can_be_discarded(s
 
 def test_bad_ttl_is_refused(setup):
     _, b = setup("dir")
-    for bad in ("soon", "0", "-5m", "1w"):
+    for bad in ("soon", "-5m", "1w", "2.5h"):
         with pytest.raises(BadRequest, match="not a duration"):
             api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": bad}})
+
+
+def test_resume_turned_off_keeps_nothing(setup):
+    a, b = setup("dir")
+    api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": "off"}})
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        first = pull_through(a, b, proxy, "tar")
+        assert first["status"] == "Failure" and first["metadata"].get("suspended") is False, first
+        assert suspended(b) == [] and leftovers(b) == []
+        second = pull_through(a, b, proxy, "tar")
+    finally:
+        proxy.stop()
+    assert second["status"] == "Success" and second["metadata"]["resumed_volumes"] == []
+    assert len(second["metadata"]["received_volumes"]) == 4
 
 
 # ---------------------------------------------------------------------------------- whole jobs

@@ -26,13 +26,13 @@ from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
 from hostagent.api.responses import async_op, error, json_body, sync
 from hostagent.images.store import has_image
 from hostagent.migration.modes import require_mode
-from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
+from hostagent.migration.protocol import HEARTBEAT
 from hostagent.migration.push import parse_push, start_push
 from hostagent.migration.source import SourceSession, volume_sizes
 from hostagent.migration.tokens import DEFAULT_TTL
 from orchapi import certs
 from orchapi.errors import BadRequest, Forbidden, OrchError
-from orchapi.modes import ALL
+from orchapi.modes import ALL, MAX_MESSAGE
 from orchapi.names import check_snapshot_name
 from orchapi.rates import MIN_RATE
 
@@ -129,16 +129,24 @@ def refusal(exc: OrchError) -> web.Response:
     return response
 
 
-def _redeem(request: web.Request, channel: str, consume: bool = True) -> Any:
-    agent = request.app[AGENT_KEY]
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(request: web.Request, no_certificate: str) -> tuple[str, str]:
+    """The one-time token a token endpoint was called with, and the fingerprint of the caller's TLS
+    certificate it must be bound to (``no_certificate``: the error without one)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Forbidden("missing migration token", "send it as 'Authorization: Bearer <token>'")
     fingerprint = peer_fingerprint(request)
     if fingerprint is None:
-        raise Forbidden("the migration endpoints need the target agent's TLS client certificate")
-    return agent.migrations.redeem(request.match_info["id"], channel, token.strip(), fingerprint, consume)
+        raise Forbidden(no_certificate)
+    return token.strip(), fingerprint
+
+
+def _redeem(request: web.Request, channel: str, consume: bool = True) -> Any:
+    token, fingerprint = bearer_token(
+        request, "the migration endpoints need the target agent's TLS client certificate"
+    )
+    agent = request.app[AGENT_KEY]
+    return agent.migrations.redeem(request.match_info["id"], channel, token, fingerprint, consume)
 
 
 @routes.get("/1.0/migrations/{id}/image")

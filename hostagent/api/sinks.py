@@ -10,23 +10,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hostagent.api.middleware import AGENT_KEY, peer_fingerprint
-from hostagent.api.migration import refusal
-from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
-from orchapi.errors import BadRequest, Forbidden, OrchError
+from hostagent.api.middleware import AGENT_KEY
+from hostagent.api.migration import bearer_token, refusal
+from hostagent.migration.protocol import HEARTBEAT
+from orchapi.errors import BadRequest, OrchError
+from orchapi.modes import MAX_MESSAGE
 
 routes = web.RouteTableDef()
 
 
 def _redeem(request: web.Request, consume: bool) -> object:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Forbidden("missing migration token", "send it as 'Authorization: Bearer <token>'")
-    fingerprint = peer_fingerprint(request)
-    if fingerprint is None:
-        raise Forbidden("the sink endpoint needs the pushing agent's TLS client certificate")
-    agent = request.app[AGENT_KEY]
-    return agent.sinks.redeem(request.match_info["id"], token.strip(), fingerprint, consume)
+    token, fingerprint = bearer_token(
+        request, "the sink endpoint needs the pushing agent's TLS client certificate"
+    )
+    return request.app[AGENT_KEY].sinks.redeem(request.match_info["id"], token, fingerprint, consume)
 
 
 @routes.get("/1.0/sinks/{id}/fs")

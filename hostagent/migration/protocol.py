@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 3
 #: payload bytes per binary frame (at most)
 CHUNK = 1024 * 1024
-#: the largest websocket message either side accepts (manifest chunks are far smaller)
-MAX_MESSAGE = 8 * 1024 * 1024
+# the largest websocket message either side accepts is orchapi/modes.py's MAX_MESSAGE (a relaying worker
+# carries frames up to it too); manifest chunks are far smaller
 #: websocket pings: a dead peer is noticed after about this long
 HEARTBEAT = 30.0
 #: manifest lines per ``manifest`` message

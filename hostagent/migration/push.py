@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE
+from hostagent.migration.protocol import HEARTBEAT
 from hostagent.migration.source import SourceSession
 from hostagent.migration.target.connect import CONNECT_TIMEOUT, check_peer, client, connect_error
 from hostagent.migration.target.request import SourceRef
@@ -27,6 +27,7 @@ from hostagent.migration.tokens import Migration
 from hostagent.operations import Operation
 from orchapi import certs
 from orchapi.errors import BadRequest, Forbidden, OrchError, PeerUnreachable
+from orchapi.modes import MAX_MESSAGE
 
 #: host:port, [v6]:port
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")

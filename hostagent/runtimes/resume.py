@@ -34,7 +34,7 @@ from orchapi.errors import BadRequest
 
 #: the journal's file name inside a staging dir
 RESUME = "resume.json"
-#: the server config key for how long a suspended import is kept (``24h``, ``30m``, ``90s``, ``3600``)
+#: how long a suspended import is kept, a server config key (``24h``, ``30m``, ``90s``, ``3600``, ``off``)
 TTL_KEY = "migration.resume_ttl"
 DEFAULT_TTL = 24 * 3600
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -42,12 +42,17 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_ttl(text: str) -> int:
-    """Seconds a suspended import is kept; :class:`BadRequest` for anything else ("" is the default)."""
+    """Seconds a suspended import is kept ("" is the default; ``off`` or 0: never kept, every
+    interrupted transfer starts over); :class:`BadRequest` for anything else."""
     if not text:
         return DEFAULT_TTL
+    if text.strip().lower() == "off":
+        return 0
     match = _TTL.match(text)
-    if match is None or int(match.group(1)) < 1:
-        raise BadRequest(f"{text!r} is not a duration", "write it like 24h, 30m, 90s or 3600 (seconds)")
+    if match is None:
+        raise BadRequest(
+            f"{text!r} is not a duration", "write it like 24h, 30m, 90s or 3600 (seconds), or off"
+        )
     return int(match.group(1)) * _UNIT[match.group(2)]
 
 

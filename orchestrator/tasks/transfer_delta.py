@@ -30,8 +30,10 @@ def run_modes(ctx: StepContext, job: Job) -> dict[str, Any]:
     mode = job.state.get("mode") if job.state.get("mode") in order else order[0]
     while True:
         job.state = ctx.jobs.update_state(job.id, mode=mode)
-        if job.state.get("migration_spent") and not job.state.get("target_op"):
-            job = reissue(ctx, job)  # a new transfer (a retry, another mode) needs unspent secrets
+        if mode != "relay" and job.state.get("migration_spent") and not job.state.get("target_op"):
+            # a new transfer (a retry, another mode) needs unspent secrets; relay has them issued to
+            # the worker's own certificate itself
+            job = reissue(ctx, job)
         try:
             return TRANSFER[mode](ctx, job)
         except PeerUnreachable as exc:

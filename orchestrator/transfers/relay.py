@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from orchapi.errors import OrchError, Unavailable, error_for_status
+from orchapi.modes import MAX_MESSAGE
 from orchapi.wsclient import session_for
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import RemoteClient
@@ -33,8 +34,6 @@ from orchestrator.transfers.follow import POLL, follow
 from orchestrator.transfers.pull import receive_body
 from orchestrator.transfers.push import sink_secret
 
-#: the largest frame carried: the agents' own limit (MAX_MESSAGE in hostagent/migration/protocol.py)
-MAX_MESSAGE = 8 << 20
 CONNECT_TIMEOUT = 60
 
 

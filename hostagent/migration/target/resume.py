@@ -78,10 +78,12 @@ def open_staging(
     """The staging dir for this pull (in a worker thread): a matching suspended import, trimmed to what
     can be reused, or a new one; ``todo`` are the volumes still to send, in order."""
     runtime = agent.runtime
-    if not runtime.resumable_imports:
+    ttl = configured_ttl(agent.trust.server_config())
+    if not runtime.resumable_imports or ttl == 0:  # 0: the operator turned resume off
+        if runtime.resumable_imports:
+            runtime.discard_suspended(name)
         return Resumption(runtime.import_begin(name, spec.refresh), None)
     key = journal_key(spec, header, method.name)
-    ttl = configured_ttl(agent.trust.server_config())
     staging = runtime.import_resume(name, spec.refresh)
     if staging is not None:
         journal = Journal.load(staging.path)

@@ -23,7 +23,7 @@ from hostagent.datalink import client as datalink_client
 from hostagent.datalink import ktls
 from hostagent.migration import policy
 from hostagent.migration.messages import Accept, Header
-from hostagent.migration.protocol import HEARTBEAT, MAX_MESSAGE, Channel
+from hostagent.migration.protocol import HEARTBEAT, Channel
 from hostagent.migration.target import resume
 from hostagent.migration.target.connect import (
     CONNECT_TIMEOUT,
@@ -41,6 +41,7 @@ from hostagent.transfer.features import probe_features
 from hostagent.transfer.ratelimit import Throttle
 from hostagent.transfer.registry import get_method, negotiate, usable_between
 from orchapi.errors import BadRequest, Conflict, InsufficientStorage, PeerUnreachable, Unavailable
+from orchapi.modes import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
