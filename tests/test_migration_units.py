@@ -89,10 +89,11 @@ def test_the_real_server_command_line_is_accepted_with_our_own_destination(tmp_p
     ]
     with_checksum = [*REAL[:5], "--checksum", *REAL[5:]]
     assert "--checksum" in validate_server_argv(with_checksum, tmp_path)
-    options = ["-aHS", "--numeric-ids", "--delete", "-X", "-A"]
+    options = ["-aHS", "--numeric-ids", "--delete", "--partial", "-X", "-A"]
     assert client_options(frozenset({"xattrs", "acls", "devices"})) == options
     # a volume without holes is sent without --sparse (the receiver would scan every block for zeros)
-    assert client_options(frozenset({"devices"}), sparse=False) == ["-aH", "--numeric-ids", "--delete"]
+    without_holes = ["-aH", "--numeric-ids", "--delete", "--partial"]
+    assert client_options(frozenset({"devices"}), sparse=False) == without_holes
     assert "-X" not in client_options(frozenset())
     # an unprivileged target takes no device nodes: the client leaves them out, the server refuses -D
     assert "--no-devices" in client_options(frozenset({"xattrs"}))

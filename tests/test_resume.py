@@ -311,3 +311,24 @@ def test_a_failed_job_is_resumed_later_or_its_kept_transfer_cancelled(
         assert "keeps nothing of it to resume" in orch_env.fails("jobs", "cancel", again["id"])
     finally:
         proxy.stop()
+
+
+def test_rsync_continues_a_file_the_cut_left_half_received(agents, busybox_image):
+    """A single 64 MiB file cut at ~40 MiB: rsync kept the part (--partial) in the suspended staging,
+    and the resumed transfer sends only the rest."""
+    a = agents("a")
+    b = agents("b", env={"ORCH_AGENT_DATA_LINK": "off"})
+    create(a, "c1", import_image(a, busybox_image))
+    pull_image(a, b, issue(a, b, "c1"))
+    write(a, "c1", "root/big", os.urandom(64 * MiB))
+    proxy = FaultProxy(upstream(a), cut_after=40 * MiB)
+    try:
+        first = pull_through(a, b, proxy, "rsync")
+        assert first["status"] == "Failure" and first["metadata"]["suspended"] is True, first
+        second = pull_through(a, b, proxy, "rsync")
+    finally:
+        proxy.stop()
+    assert second["status"] == "Success", second
+    assert second["metadata"]["bytes_received"] < 40 * MiB, second["metadata"]
+    assert (rootfs(b, "c1") / "root/big").read_bytes() == (rootfs(a, "c1") / "root/big").read_bytes()
+    assert suspended(b) == [] and leftovers(b) == []

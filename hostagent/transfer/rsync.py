@@ -90,8 +90,10 @@ def client_options(features: frozenset[str], checksum: bool = False, sparse: boo
     """The rsync client's options: archive, hard links, numeric ids, delete, holes kept where the volume
     has sparse files (``-S`` makes the receiver scan every block for zeros: ~0.3 CPU-s per GiB), xattrs/
     ACLs if both filesystems keep them, ``--checksum`` on a repair pass; device nodes only where the
-    target accepts them (``devices``: a privileged container)."""
-    options = ["-aHS" if sparse else "-aH", "--numeric-ids", "--delete"]
+    target accepts them (``devices``: a privileged container). ``--partial``: a file cut short by an
+    interruption stays in the (private, suspended) staging volume, and the resumed transfer sends only
+    its difference against it (hostagent/migration/target/resume.py)."""
+    options = ["-aHS" if sparse else "-aH", "--numeric-ids", "--delete", "--partial"]
     if "devices" not in features:
         options.append("--no-devices")
     if "xattrs" in features:
