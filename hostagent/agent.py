@@ -8,6 +8,7 @@ state changes per container so that, say, a stop and a delete of one container n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -118,6 +119,19 @@ class Agent:
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking driver call in the agent's thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
+
+    async def blocking_to_end(self, fn: Callable[..., T], *args: Any) -> T:
+        """As :meth:`blocking`, but a cancel is raised only once the thread has finished: for work on
+        files that the cleanup following a cancel removes (a thread cannot be stopped, and a removal
+        racing it would leave what it writes meanwhile)."""
+        future = asyncio.ensure_future(self.blocking(fn, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(future)
+            raise
 
     def in_background(self, what: str, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in the thread pool without anyone waiting for it (e.g. the removal of a deleted

@@ -201,8 +201,9 @@ def test_a_cancelled_transfer_is_not_kept_and_a_suspended_one_can_be_discarded(s
         assert time.monotonic() < deadline
         time.sleep(0.02)
     api(b).call("DELETE", op)
-    assert api(b).get(f"{op}/wait", params={"timeout": 30})["status"] == "Cancelled"
-    assert suspended(b) == [] and leftovers(b) == []
+    ended = api(b).get(f"{op}/wait", params={"timeout": 30})
+    assert ended["status"] == "Cancelled", (ended, b.log_tail(4000))
+    assert suspended(b) == [] and leftovers(b) == [], b.log_tail(6000)
 
 
 def test_bad_ttl_is_refused(setup):

@@ -141,7 +141,9 @@ class TarMethod(TransferMethod):
                     cancel.set()
                     raise relaying.exception()  # type: ignore[misc]
             try:
-                await work
+                # shielded: a cancel must not cancel the future while its thread still writes (the
+                # finally below stops the thread and waits for it)
+                await asyncio.shield(work)
                 if unzstd is not None:
                     # tar pads its end: zstd may find the reader gone after the archive's end, which is
                     # no failure; a stream it could not decode has failed the extraction already
@@ -171,5 +173,7 @@ class TarMethod(TransferMethod):
             if unzstd is not None:
                 await unzstd.kill()
             # the thread stops at the end of the pipe; wait for it so nothing writes after a cleanup
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(work)
+            # (even if cancelled again meanwhile)
+            while not work.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(work)

@@ -191,7 +191,7 @@ class TargetSession:
         have = {s["name"] for s in existing.get("snapshots", [])} if existing else set()
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
         todo = [v for v in header.volumes if v[0] is None or v[0] not in skip]
-        plan = await agent.blocking(
+        plan = await agent.blocking_to_end(
             resume.open_staging, agent, self.name, self.spec, header, method, [v[0] for v in todo]
         )
         resumed = set(plan.resumed)
@@ -238,12 +238,17 @@ class TargetSession:
             return False
         # a commit that failed may have moved volumes already: its staging dir is nothing to resume
         keep = not self._committing and resume.resumable(exc, self.ch, self.op)
-        suspended = False
-        with contextlib.suppress(Exception):
-            settling = self.agent.blocking(resume.settle, self.agent.runtime, plan, keep)
-            suspended = await asyncio.shield(settling)
-        self.op.progress(suspended=suspended)
-        return suspended
+        settling = asyncio.ensure_future(self.agent.blocking(resume.settle, self.agent.runtime, plan, keep))
+        while not settling.done():
+            # to its end, even if cancelled (again) meanwhile: the operation must not be seen to end
+            # while its staging dir is still being removed or moved aside
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(settling)
+        suspended = not settling.cancelled() and settling.exception() is None and settling.result()
+        if settling.done() and not settling.cancelled() and settling.exception() is not None:
+            log.warning("could not settle the staging of %s: %s", self.name, settling.exception())
+        self.op.progress(suspended=bool(suspended))
+        return bool(suspended)
 
     async def _receive_into(
         self,

@@ -104,7 +104,7 @@ class VolumeReceiver:
             )
             created = created_at(header, snapshot)
             if self.journal is not None:
-                await self.agent.blocking(self.journal.begin, snapshot, created)
+                await self.agent.blocking_to_end(self.journal.begin, snapshot, created)
             if snapshot == self.partial and staging.volume(snapshot).is_dir():
                 dest = staging.volume(snapshot)  # rsync continues over what the last attempt received
             else:
@@ -114,11 +114,11 @@ class VolumeReceiver:
             wire_before = self.ch.bytes_received
             ours = await self._receive_verified(index, what, label, dest, rules)
             received = ours[0]
-            await self.agent.blocking(self.agent.runtime.import_place, staging, snapshot, received)
+            await self.agent.blocking_to_end(self.agent.runtime.import_place, staging, snapshot, received)
             wire = self.ch.bytes_received - wire_before
             self.received_volumes.append({"volume": what, "bytes": wire})
             if self.journal is not None and snapshot is not None:  # the rootfs is committed next
-                await self.agent.blocking(self.journal.placed, snapshot, created, wire)
+                await self.agent.blocking_to_end(self.journal.placed, snapshot, created, wire)
             await self.ch.send("verified", index=index)
             if snapshot is None:
                 files = ours[1].count
@@ -144,7 +144,7 @@ class VolumeReceiver:
                 start = base
             if start is None:
                 image = self.session.spec.base_image or header.base_image or None
-        return await agent.blocking(
+        return await agent.blocking_to_end(
             self.method.destination, agent.runtime, staging, snapshot, start, image, header.idmap
         )
 
