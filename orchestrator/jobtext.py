@@ -23,7 +23,15 @@ STEP_WORDS = {
 
 
 def stage_words(meta: dict[str, Any]) -> str:
-    """The target's progress metadata as words."""
+    """The target's progress metadata as words (saying so when it resumes an interrupted transfer)."""
+    words = _stage(meta)
+    resumed = meta.get("resumed_volumes") or []
+    if resumed and isinstance(resumed, list) and meta.get("stage") not in ("done", "commit"):
+        words += f"; resumed: {', '.join(str(s) for s in resumed)} kept from an earlier attempt"
+    return words
+
+
+def _stage(meta: dict[str, Any]) -> str:
     stage = str(meta.get("stage") or "")
     volume, volumes = int(meta.get("volume") or 0), int(meta.get("volumes") or 0)
     name = str(meta.get("volume_name") or "")

@@ -41,6 +41,8 @@ def test_lifecycle_launch_exec_snapshot_stop_start_info_restore_delete(two_agent
     assert "Disk usage: " in info
     host = orch.run("info", "foo:").stdout  # the host: where migrations' bytes go, and kernel TLS
     assert re.search(r"Data link: port \d+; kernel TLS: (yes|no)", host), host
+    line = orch.fails("restore", "foo:c1", "snap0", "--mode", "push")
+    assert "are for a host restore" in line, line
     orch.run("restore", "foo:c1", "snap0")
     assert orch.run("exec", "foo:c1", "--", "cat", "/root/x").stdout == "hi\n"
     assert "Status: RUNNING" in orch.run("info", "foo:c1").stdout  # restore keeps it running

@@ -118,9 +118,11 @@ def test_evacuate_plan_then_drain_then_restore(fleet, orch_env):
     )
     assert "evacuated" in err
 
-    o.run("restore", "foo:", timeout=600)
+    o.run("restore", "foo:", "--mode", "push", timeout=600)  # the moves back: the sources dial foo
     restored = _containers(o, "foo")
     assert set(restored) == set(before)
+    back = [j for j in json.loads(o.run("jobs", "--format", "json").stdout) if j["target"].startswith("foo:")]
+    assert back and all(j["mode"] == "push" and j["options"]["mode"] == "push" for j in back), back
     for name, c in before.items():
         assert restored[name]["status"] == c["status"], name
     assert restored["run0"]["snapshots"] == ["s1"]

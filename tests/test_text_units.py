@@ -20,6 +20,9 @@ def test_stages_in_words() -> None:
         == "sending rootfs"
     )
     assert stage_words({"stage": "commit"}) == "committing the verified copy"
+    resumed = {**meta, "stage": "snapshot s2 (1/2)", "volume_name": "snapshot s2", "resumed_volumes": ["s1"]}
+    assert stage_words(resumed) == "sending snapshot s2 (2/3); resumed: s1 kept from an earlier attempt"
+    assert stage_words({**resumed, "stage": "commit"}) == "committing the verified copy"
     assert step_words("verify_target") == "checking source and target"
     assert step_words("transfer_delta", "sending rootfs") == "sending rootfs"
 

@@ -281,10 +281,23 @@ def _follow_and_summarize(store, jobs, record, placements) -> int:  # type: igno
     "--parallel", default=4, show_default=True, help="Host restore: at most this many moves at once."
 )
 @click.option("--per-host", default=2, show_default=True, help="Host restore: at most this many per host.")
+@click.option("--bwlimit", metavar="RATE", callback=parse_rate_option,
+              help="Host restore: at most this bandwidth per move, e.g. 50MiB (per second).")  # fmt: skip
+@compress_option
+@mode_option
 @pass_ctx
-def restore(ctx: Context, target: str, snapshot: str | None, parallel: int, per_host: int) -> int:
+def restore(
+    ctx: Context, target: str, snapshot: str | None, parallel: int, per_host: int, bwlimit: int | None,
+    compression: str, mode: str,
+) -> int:  # fmt: skip
     """Restore a container to a snapshot (orch restore [REMOTE:]NAME SNAPSHOT), or a host after
     maintenance (orch restore REMOTE:): move back what was evacuated, restart what ran, uncordon."""
+    moving = bwlimit is not None or compression != "auto" or mode != "auto"
+    if moving and (snapshot is not None or not target.endswith(":")):
+        raise BadRequest(
+            "--bwlimit, --compress and --mode are for a host restore (orch restore REMOTE:)",
+            "a snapshot restore moves no data",
+        )
     if snapshot is not None or not target.endswith(":"):
         from orchestrator.cli.containers import restore_snapshot
 
@@ -294,10 +307,12 @@ def restore(ctx: Context, target: str, snapshot: str | None, parallel: int, per_
             )
         restore_snapshot(ctx, target, snapshot)
         return 0
-    return restore_host(ctx, target, parallel, per_host)
+    return restore_host(ctx, target, parallel, per_host, transfer_options(bwlimit, compression, mode))
 
 
-def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> int:
+def restore_host(
+    ctx: Context, target: str, parallel: int, per_host: int, transfer: dict[str, object] | None = None
+) -> int:
     from orchestrator.cli.follow import follow_many
     from orchestrator.evacuation.hosts import host_slot, mirror_quietly, restore_slot
     from orchestrator.evacuation.runner import EvacuationRecord
@@ -316,7 +331,7 @@ def restore_host(ctx: Context, target: str, parallel: int, per_host: int) -> int
                 (host_slot(restored.id), per_host),
                 (host_slot(identify(ctx.config, entry["target"])), per_host),
             ]
-            options = {"stateless": True, "restore": True}
+            options: dict[str, object] = {"stateless": True, "restore": True, **(transfer or {})}
             if entry.get("allow_privileged"):  # it came here with the operator's opt-in; it goes back so
                 options["allow_privileged"] = True
             job = submit("move", Ref(entry["target"], name), Ref(host, name), options, slots)

@@ -87,6 +87,11 @@ def follow(
         ctx.jobs.update(job.id, **fields)
         if meta.get("method") and not job.state.get("method"):  # negotiated: shown while it runs
             job.state = ctx.jobs.update_state(job.id, method=str(meta["method"]))
+        if meta.get("resumed_volumes") and job.state.get("resumed_volumes") != meta["resumed_volumes"]:
+            # what the target kept of an interrupted attempt: shown while it runs, not only at the end
+            job.state = ctx.jobs.update_state(
+                job.id, resumed_volumes=meta["resumed_volumes"], skipped_bytes=meta.get("skipped_bytes", 0)
+            )
         send_progress(ctx, job, fields)
         current = ctx.jobs.get(job.id)
         ctx.renew_locks(current)
