@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from bench.lxd import BTRFS_POOL, LxdLab
 from tests.lxdlab import lxd_agent
-from tests.procs import AgentProcess, Orch
+from tests.procs import ORCH, AgentProcess, Orch, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret"
@@ -213,3 +214,37 @@ def start_worker(orch_env: Orch, tmpdir755: Path) -> Iterator:
     yield factory
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def metrics_url(orch_env) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A real `orch metrics` process on a free port, stopped by its pid."""
+    import requests
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [ORCH, "metrics", "--port", str(port), "--address", "127.0.0.1"],
+        env=orch_env.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, f"orch metrics exited: {proc.stdout.read().decode()}"  # type: ignore[union-attr]
+            try:
+                requests.get(url, timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "orch metrics did not start listening in 20 s"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

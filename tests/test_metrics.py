@@ -3,17 +3,12 @@ prometheus_client's own parser; every value is checked against job records writt
 
 from __future__ import annotations
 
-import subprocess
-import time
-from collections.abc import Iterator
-
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.jobs import JobStore
 from orchestrator.redisserver import connect
-from tests.procs import ORCH, free_port
 
 T0 = 1_700_000_000.0  # creation time of every job below
 
@@ -43,38 +38,6 @@ def jobs(redis_server) -> JobStore:  # type: ignore[no-untyped-def]
     make_job(store, "move", "failed", started_ts=T0 + 7, finished_ts=T0 + 400, bytes_done=123)
     make_job(store, "copy", "cancelled", finished_ts=T0 + 3)  # cancelled while queued: never started
     return store
-
-
-@pytest.fixture
-def metrics_url(orch_env) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A real `orch metrics` process on a free port, stopped by its pid."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [ORCH, "metrics", "--port", str(port), "--address", "127.0.0.1"],
-        env=orch_env.env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, f"orch metrics exited: {proc.stdout.read().decode()}"  # type: ignore[union-attr]
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "orch metrics did not start listening in 20 s"
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:

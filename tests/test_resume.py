@@ -15,6 +15,7 @@ import pytest
 
 from orchapi.errors import BadRequest, NotFound
 from tests.faultproxy import FaultProxy
+from tests.test_metrics import scrape, value
 from tests.test_migration_api import (
     MiB,
     api,
@@ -231,23 +232,32 @@ def test_resume_turned_off_keeps_nothing(setup):
 # ---------------------------------------------------------------------------------- whole jobs
 
 
-def test_a_copy_cut_mid_snapshot_2_succeeds_by_resuming(make_agent, orch_env, busybox_image, start_worker):
-    """The worker's retry after the cut resumes: `orch jobs show` and the metrics tell what was
-    skipped; a cancel of a failed job removes what the target kept."""
+def proxied(make_agent, orch_env, busybox_image, cuts: int = 1):  # type: ignore[no-untyped-def]
+    """foo (with c1 of three_snapshots) and bar as remotes; the worker and bar reach foo through a
+    fault proxy that cuts the first ``cuts`` big streams in snapshot 2 (foo's data port is off, so every
+    byte of a transfer takes the proxy). The caller stops the proxy."""
     from tests.conftest import PASSWORD
 
-    foo = make_agent("foo", args=("--data-listen", "off"))  # every byte through the proxy
+    foo = make_agent("foo", args=("--data-listen", "off"))
     bar = make_agent("bar")
-    proxy = FaultProxy(upstream(foo), cut_after=STEP + 4 * MiB)
+    proxy = FaultProxy(upstream(foo), cut_after=STEP + 4 * MiB, cuts=cuts)
+    orch_env.run(
+        "remote", "add", "foo", f"127.0.0.1:{proxy.port}", "--accept-certificate", "--password", PASSWORD
+    )
+    orch_env.add_remote("bar", bar)
+    orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+    orch_env.run("init", "foo:bb", "foo:c1")
+    three_snapshots(foo)
+    return foo, bar, proxy
+
+
+def test_a_copy_cut_mid_snapshot_2_succeeds_by_resuming(
+    make_agent, orch_env, busybox_image, start_worker, metrics_url
+):
+    """The worker's retry after the cut resumes: the CLI, `orch jobs show` and the metrics tell what
+    was skipped."""
+    foo, bar, proxy = proxied(make_agent, orch_env, busybox_image)
     try:
-        # the worker and the target reach foo through the proxy (a cut only hits the big stream)
-        orch_env.run(
-            "remote", "add", "foo", f"127.0.0.1:{proxy.port}", "--accept-certificate", "--password", PASSWORD
-        )
-        orch_env.add_remote("bar", bar)
-        orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
-        orch_env.run("init", "foo:bb", "foo:c1")
-        three_snapshots(foo)
         start_worker("w1")
         out = orch_env.run("copy", "foo:c1", "bar:", "--method", "tar").stdout
         assert proxy.cut == 1
@@ -259,6 +269,7 @@ def test_a_copy_cut_mid_snapshot_2_succeeds_by_resuming(make_agent, orch_env, bu
     assert "resumed from an earlier attempt" in out, out
     shown = orch_env.run("jobs", "show", record["id"]).stdout
     assert "Resumed volumes: s1" in shown and "Skipped bytes: " in shown, shown
+    assert value(scrape(metrics_url), "orch_resume_skipped_bytes_total") == record["skipped_bytes"]
     assert_same_files(foo, bar)
     assert suspended(bar) == [] and leftovers(bar) == []
 
@@ -269,19 +280,8 @@ def test_a_failed_job_is_resumed_later_or_its_kept_transfer_cancelled(
     """The retry budget spent (two cuts, one retry): `orch jobs resume` completes it as a new job that
     skips the snapshot the failed one verified; `orch jobs cancel` of a failed job removes what its
     target kept."""
-    from tests.conftest import PASSWORD
-
-    foo = make_agent("foo", args=("--data-listen", "off"))
-    bar = make_agent("bar")
-    proxy = FaultProxy(upstream(foo), cut_after=STEP + 4 * MiB, cuts=2)
+    foo, bar, proxy = proxied(make_agent, orch_env, busybox_image, cuts=2)
     try:
-        orch_env.run(
-            "remote", "add", "foo", f"127.0.0.1:{proxy.port}", "--accept-certificate", "--password", PASSWORD
-        )
-        orch_env.add_remote("bar", bar)
-        orch_env.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
-        orch_env.run("init", "foo:bb", "foo:c1")
-        three_snapshots(foo)
         orch_env.env["ORCH_MAX_RETRIES"] = "1"
         start_worker("w1")
         sent = contents(foo)
