@@ -15,13 +15,16 @@ from orchapi.errors import NotFound, OrchError
 log = logging.getLogger(__name__)
 
 
-def discard_suspended(target: Any, name: str) -> bool:
-    """Remove the target's suspended import of container ``name``; whether there was one."""
+def discard_suspended(target: Any, name: str, strict: bool = False) -> bool:
+    """Remove the target's suspended import of container ``name``; whether there was one. Any other
+    failure (the target unreachable) is logged, or raised if ``strict`` (the CLI says it then)."""
     try:
         target.call("DELETE", f"/1.0/suspended-imports/{name}")
     except NotFound:
         return False
     except OrchError as exc:
+        if strict:
+            raise
         log.warning("discarding the suspended transfer of %s failed: %s", name, exc)
         return False
     return True

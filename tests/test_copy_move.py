@@ -328,10 +328,12 @@ def test_an_agent_killed_mid_transfer_and_restarted_still_completes_the_job(clus
     and resume what the target had received (the restarted target suspended its staging at start; the
     other kept it when the connection dropped): the job succeeds with fewer bytes than a whole resend."""
     foo, bar = cluster
-    # the default retry budget (6 retries, backoff from 0.5 s with full jitter: ~16 s expected), not the
-    # suite's quick 0.2 s, whose ~6 s an agent's 3 s down and start-up can exhaust
+    # the default backoff (from 0.5 s, with full jitter), not the suite's quick 0.2 s, and 10 retries
+    # rather than 6: full jitter can make six retries last only a few seconds, which an agent 3 s down,
+    # then starting on a loaded machine, and the lost operation's own retry can exhaust (seen in CI)
     _kill_all_workers(orch_env)
     orch_env.env["ORCH_RETRY_BASE"] = "0.5"
+    orch_env.env["ORCH_MAX_RETRIES"] = "10"
     start_worker("w2")
     orch_env.run("init", "foo:bb", "foo:c1")
     for n in range(20):  # rsync keeps the files it completed before the kill

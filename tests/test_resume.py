@@ -285,8 +285,9 @@ def test_a_failed_job_is_resumed_later_or_its_kept_transfer_cancelled(
         orch_env.env["ORCH_MAX_RETRIES"] = "1"
         start_worker("w1")
         sent = contents(foo)
-        orch_env.fails("move", "foo:c1", "bar:", "--method", "tar")
+        line = orch_env.fails("move", "foo:c1", "bar:", "--method", "tar")
         failed = json.loads(orch_env.run("jobs", "--format", "json").stdout)[0]
+        assert "kept to resume it" in line and f"orch jobs resume {failed['id']}" in line, line
         assert failed["status"] == "failed" and proxy.cut == 2, failed
         # (tar sends s2 whole: the retry's cut fell in s2 again)
         assert [s["volumes_done"] for s in suspended(bar)] == [["s1"]]
@@ -336,4 +337,45 @@ def test_rsync_continues_a_file_the_cut_left_half_received(agents, busybox_image
     assert second["status"] == "Success", second
     assert second["metadata"]["bytes_received"] < 40 * MiB, second["metadata"]
     assert (rootfs(b, "c1") / "root/big").read_bytes() == (rootfs(a, "c1") / "root/big").read_bytes()
+    assert suspended(b) == [] and leftovers(b) == []
+
+
+def test_an_interrupted_refresh_keeps_the_target_whole_and_resumes(agents, busybox_image):
+    """--refresh of an existing copy, cut mid-transfer: the target container is untouched (its old
+    content, nothing new), the refresh is suspended beside it, and the retry resumes."""
+    a = agents("a")
+    b = agents("b", env={"ORCH_AGENT_DATA_LINK": "off"})
+    create(a, "c1", import_image(a, busybox_image))
+    write(a, "c1", "root/old", b"before\n")
+    snapshot(a, "c1", "s0")
+    first_copy = start_pull(a, b, issue(a, b, "c1"), "c1", method="rsync")
+    assert wait(b, first_copy)["verified"] is True
+    before = (rootfs(b, "c1") / "root/old").read_bytes()
+    for n, snap in enumerate(("s1", "s2", None), 1):  # what the refresh brings: two snapshots and more
+        write(a, "c1", f"root/new{n}", os.urandom(STEP))
+        if snap:
+            snapshot(a, "c1", snap)
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        migration = issue(a, b, "c1")
+        op = start_pull(a, b, migration, "c1", operation=via(proxy, migration), method="rsync", refresh=True)
+        first = api(b).get(f"{op}/wait", params={"timeout": 120})
+        assert first["status"] == "Failure" and first["metadata"]["suspended"] is True, first
+        # the existing copy is whole and unchanged: its old snapshot, its old content, nothing new
+        assert container_names(b) == ["c1"]
+        assert (rootfs(b, "c1") / "root/old").read_bytes() == before
+        assert not (rootfs(b, "c1") / "root/new1").exists()
+        assert [s["volumes_done"] for s in suspended(b)] == [["s1"]]
+        migration = issue(a, b, "c1")
+        op = start_pull(a, b, migration, "c1", operation=via(proxy, migration), method="rsync", refresh=True)
+        second = api(b).get(f"{op}/wait", params={"timeout": 120})
+    finally:
+        proxy.stop()
+    assert second["status"] == "Success", second
+    assert second["metadata"]["resumed_volumes"] == ["s1"], second["metadata"]
+    for snap in ("s1", "s2", None):
+        for n in (1, 2, 3):
+            theirs, ours = rootfs(a, "c1", snap) / f"root/new{n}", rootfs(b, "c1", snap) / f"root/new{n}"
+            assert theirs.exists() == ours.exists(), (snap, n)
+            assert not ours.exists() or ours.read_bytes() == theirs.read_bytes(), (snap, n)
     assert suspended(b) == [] and leftovers(b) == []

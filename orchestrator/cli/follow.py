@@ -9,7 +9,7 @@ import click
 
 from orchapi.errors import OrchError
 from orchestrator.cli.progress import job_progress, transfer_progress
-from orchestrator.jobs import SUCCEEDED, Job, JobStore
+from orchestrator.jobs import FAILED, SUCCEEDED, Job, JobStore
 from orchestrator.jobtext import progress_text, step_words
 from orchestrator.units import human_rate
 
@@ -62,7 +62,10 @@ def follow(store: JobStore, job_id: str) -> Job:
                 last_line, last_time = line, time.monotonic()
             store.wait_end(job_id, WAIT)
     if job.status != SUCCEEDED:
-        raise JobFailed(f"job {job.id} {job.status}: {job.error}")
+        # the target kept what an interrupted transfer had verified: say how to go on from there
+        kept = job.status == FAILED and "kept to resume it" in job.error
+        hint = f"continue it with `orch jobs resume {job.id}`, or drop it with `orch jobs cancel {job.id}`"
+        raise JobFailed(f"job {job.id} {job.status}: {job.error}", hint if kept else "")
     return job
 
 

@@ -217,7 +217,7 @@ def _discard_kept(job) -> None:  # type: ignore[no-untyped-def]
     from orchestrator.suspended import discard_suspended
 
     remote, name = job.state["target_remote"], job.state["target_name"]
-    if discard_suspended(connect(ClientConfig(), remote), name):
+    if discard_suspended(connect(ClientConfig(), remote), name, strict=True):
         click.echo(f"Job {job.id} had failed; the transfer {remote}: kept to resume it was removed")
         return
     raise Conflict(f"job {job.id} already failed", f"{remote}: keeps nothing of it to resume")

@@ -59,9 +59,12 @@ class Resumption:
     partial: str | None = ""
 
 
-def journal_key(spec: PullSpec, header: Header, method: str) -> dict[str, Any]:
-    """What a suspended import must have been for its volumes to be reused by this transfer."""
+def journal_key(spec: PullSpec, header: Header, method: str, privileged: bool) -> dict[str, Any]:
+    """What a suspended import must have been for its volumes to be reused by this transfer; the
+    policy the volumes were checked against is part of it (a volume a privileged import accepted is
+    never reused by an unprivileged one)."""
     return {
+        "privileged": privileged,
         "source": spec.source.fingerprint,
         "source_name": header.name,
         "created_at": header.container.get("created_at", ""),
@@ -73,17 +76,24 @@ def journal_key(spec: PullSpec, header: Header, method: str) -> dict[str, Any]:
 
 
 def open_staging(
-    agent: Any, name: str, spec: PullSpec, header: Header, method: Any, todo: list[str | None]
+    agent: Any,
+    name: str,
+    spec: PullSpec,
+    header: Header,
+    method: Any,
+    todo: list[str | None],
+    privileged: bool,
 ) -> Resumption:
     """The staging dir for this pull (in a worker thread): a matching suspended import, trimmed to what
-    can be reused, or a new one; ``todo`` are the volumes still to send, in order."""
+    can be reused, or a new one; ``todo`` are the volumes still to send, in order; ``privileged``: the
+    policy this pull checks volumes against."""
     runtime = agent.runtime
     ttl = configured_ttl(agent.trust.server_config())
     if not runtime.resumable_imports or ttl == 0:  # 0: the operator turned resume off
         if runtime.resumable_imports:
             runtime.discard_suspended(name)
         return Resumption(runtime.import_begin(name, spec.refresh), None)
-    key = journal_key(spec, header, method.name)
+    key = journal_key(spec, header, method.name, privileged)
     staging = runtime.import_resume(name, spec.refresh)
     if staging is not None:
         journal = Journal.load(staging.path)

@@ -192,7 +192,14 @@ class TargetSession:
         skip = [s["name"] for s in header.snapshots if s["name"] in have]
         todo = [v for v in header.volumes if v[0] is None or v[0] not in skip]
         plan = await agent.blocking_to_end(
-            resume.open_staging, agent, self.name, self.spec, header, method, [v[0] for v in todo]
+            resume.open_staging,
+            agent,
+            self.name,
+            self.spec,
+            header,
+            method,
+            [v[0] for v in todo],
+            self.privileged,
         )
         resumed = set(plan.resumed)
         try:
@@ -244,11 +251,13 @@ class TargetSession:
             # while its staging dir is still being removed or moved aside
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(settling)
-        suspended = not settling.cancelled() and settling.exception() is None and settling.result()
-        if settling.done() and not settling.cancelled() and settling.exception() is not None:
-            log.warning("could not settle the staging of %s: %s", self.name, settling.exception())
-        self.op.progress(suspended=bool(suspended))
-        return bool(suspended)
+        try:
+            suspended = bool(settling.result())
+        except Exception as failed:  # noqa: BLE001 - the pull's own error is the one to report
+            log.warning("could not settle the staging of %s: %s", self.name, failed)
+            suspended = False
+        self.op.progress(suspended=suspended)
+        return suspended
 
     async def _receive_into(
         self,
