@@ -75,15 +75,30 @@ def pull_through(a, b, proxy: FaultProxy, method: str) -> dict[str, Any]:
     return api(b).get(f"{op}/wait", params={"timeout": 120})
 
 
+def cut_once(a, b, method: str = "tar") -> dict[str, Any]:
+    """A pull through a proxy that cuts it in snapshot 2; the operation as it ended (a failure)."""
+    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
+    try:
+        first = pull_through(a, b, proxy, method)
+    finally:
+        proxy.stop()
+    assert first["status"] == "Failure" and proxy.cut == 1, first
+    return first
+
+
+def wait_op(b, op: str) -> dict[str, Any]:
+    return api(b).get(f"{op}/wait", params={"timeout": 120})
+
+
 def suspended(b) -> list[dict[str, Any]]:
     return api(b).get("/1.0/suspended-imports", params={"recursion": 1})
 
 
 @pytest.fixture
 def setup(agents, busybox_image):
-    def make(fs: str):
+    def make(fs: str, **env: str):
         a = agents("a", fs=fs)
-        b = agents("b", fs=fs, env={"ORCH_AGENT_DATA_LINK": "off"})  # every byte through the proxy
+        b = agents("b", fs=fs, env={"ORCH_AGENT_DATA_LINK": "off", **env})  # every byte through the proxy
         create(a, "c1", import_image(a, busybox_image))
         three_snapshots(a)
         return a, b
@@ -141,17 +156,13 @@ def test_a_cut_in_snapshot_2_resumes_without_resending_snapshot_1(setup, method,
 
 def test_a_snapshot_changed_between_attempts_is_resent(setup):
     a, b = setup("dir")
-    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
-    try:
-        assert pull_through(a, b, proxy, "tar")["status"] == "Failure"
-        assert [s["volumes_done"] for s in suspended(b)] == [["s1"]]
-        # s1 is replaced by another snapshot of the same name (a new creation date, other content)
-        api(a).run("DELETE", "/1.0/containers/c1/snapshots/s1")
-        write(a, "c1", "root/f1", os.urandom(STEP))
-        snapshot(a, "c1", "s1")
-        second = pull_through(a, b, proxy, "tar")
-    finally:
-        proxy.stop()
+    cut_once(a, b)
+    assert [s["volumes_done"] for s in suspended(b)] == [["s1"]]
+    # s1 is replaced by another snapshot of the same name (a new creation date, other content)
+    api(a).run("DELETE", "/1.0/containers/c1/snapshots/s1")
+    write(a, "c1", "root/f1", os.urandom(STEP))
+    snapshot(a, "c1", "s1")
+    second = wait_op(b, start_pull(a, b, issue(a, b, "c1"), "c1", method="tar"))
     assert second["status"] == "Success", second
     result = second["metadata"]
     assert result["resumed_volumes"] == [] and result["skipped_bytes"] == 0
@@ -166,31 +177,36 @@ def test_a_snapshot_changed_between_attempts_is_resent(setup):
     assert suspended(b) == [] and leftovers(b) == []
 
 
-def test_a_suspended_import_expires_and_leaves_nothing(setup):
-    a, b = setup("dir")
+def test_a_suspended_import_expires_at_the_next_start_and_leaves_nothing(setup):
+    a, b = setup("dir")  # the periodic sweep every 600 s: only the start can collect it here
     api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": "2s"}})
-    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
-    try:
-        assert pull_through(a, b, proxy, "tar")["status"] == "Failure"
-    finally:
-        proxy.stop()
+    cut_once(a, b)
     assert len(suspended(b)) == 1
     time.sleep(2.5)
+    assert len(suspended(b)) == 1  # expired, not yet collected
     addr = b.addr
-    b.kill()  # the next start collects it (and so does the periodic sweep)
+    b.kill()
     b.start(listen_addr=addr)
     assert suspended(b) == [] and leftovers(b) == [] and container_names(b) == []
     with pytest.raises(NotFound, match="no suspended import of c1"):
         api(b).call("DELETE", "/1.0/suspended-imports/c1")
 
 
+def test_a_suspended_import_expires_by_the_periodic_sweep(setup):
+    a, b = setup("dir", ORCH_AGENT_GC_INTERVAL="1")
+    api(b).call("PATCH", "/1.0", json={"config": {"migration.resume_ttl": "2s"}})
+    cut_once(a, b)
+    assert len(suspended(b)) == 1
+    deadline = time.monotonic() + 10
+    while suspended(b):
+        assert time.monotonic() < deadline, "the sweep did not remove the expired import"
+        time.sleep(0.2)
+    assert leftovers(b) == [] and container_names(b) == []
+
+
 def test_a_cancelled_transfer_is_not_kept_and_a_suspended_one_can_be_discarded(setup):
     a, b = setup("dir")
-    proxy = FaultProxy(upstream(a), cut_after=STEP + 4 * MiB)
-    try:
-        assert pull_through(a, b, proxy, "tar")["status"] == "Failure"
-    finally:
-        proxy.stop()
+    cut_once(a, b)
     assert len(suspended(b)) == 1
     api(b).call("DELETE", "/1.0/suspended-imports/c1")
     assert suspended(b) == [] and leftovers(b) == []
