@@ -15,6 +15,7 @@ import pytest
 
 from orchapi.errors import BadRequest, NotFound
 from tests.faultproxy import FaultProxy
+from tests.procs import as_nobody
 from tests.test_metrics import scrape, value
 from tests.test_migration_api import (
     MiB,
@@ -124,6 +125,9 @@ def test_a_cut_in_snapshot_2_resumes_without_resending_snapshot_1(setup, method,
         # nobody but root can reach what was received
         aside = b.data_dir / "containers" / ".suspended-c1"
         assert (aside.stat().st_mode & 0o077) == 0
+        for path in (aside, aside / "resume.json", aside / "snapshots" / "s1" / "rootfs" / "root" / "f1"):
+            seen = as_nobody(f"ls {path} || cat {path}")
+            assert seen.returncode != 0 and "Permission denied" in seen.stderr, (path, seen)
 
         second = pull_through(a, b, proxy, method)
         assert second["status"] == "Success", second
