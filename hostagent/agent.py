@@ -8,7 +8,6 @@ state changes per container so that, say, a stop and a delete of one container n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import platform
@@ -26,7 +25,7 @@ from hostagent.enrolment import Enrolment
 from hostagent.execsession.session import ExecSession
 from hostagent.migration.sinks import SinkRegistry
 from hostagent.migration.tokens import MigrationRegistry
-from hostagent.operations import OperationRegistry
+from hostagent.operations import OperationRegistry, outlast_cancels
 from hostagent.runtimes import RuntimeOptions, make_runtime
 from hostagent.runtimes.base import Runtime
 from hostagent.transfer.ratelimit import BWLIMIT_KEY, TokenBucket, configured_rate
@@ -125,13 +124,9 @@ class Agent:
         files that the cleanup following a cancel removes (a thread cannot be stopped, and a removal
         racing it would leave what it writes meanwhile)."""
         future = asyncio.ensure_future(self.blocking(fn, *args))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(future)
-            raise
+        if await outlast_cancels(future):
+            raise asyncio.CancelledError
+        return future.result()
 
     def in_background(self, what: str, fn: Callable[[], Any]) -> None:
         """Run ``fn`` in the thread pool without anyone waiting for it (e.g. the removal of a deleted

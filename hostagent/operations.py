@@ -169,6 +169,21 @@ class OperationRegistry:
             del self._keyed[key]
 
 
+async def outlast_cancels(future: asyncio.Future[Any]) -> bool:
+    """Wait until ``future`` (a thread's work) has finished, however often the waiting task is cancelled
+    meanwhile; whether it was. A thread cannot be stopped: whoever cleans up after a cancel must not
+    start while it still writes. ``future``'s own outcome is left for the caller to read."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = not future.done() or cancelled  # the waiter was cancelled, not the future
+        except Exception:  # noqa: BLE001 - the caller reads it
+            break
+    return cancelled
+
+
 async def run_cancellable(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args, cancel=event)`` in a thread of ``executor``, stoppable by cancelling the caller.
 
@@ -184,13 +199,7 @@ async def run_cancellable(executor: Executor, fn: Callable[..., T], *args: Any) 
         return await asyncio.shield(future)
     except asyncio.CancelledError as cancelled:
         event.set()
-        while not future.done():
-            try:
-                await asyncio.shield(future)
-            except asyncio.CancelledError:
-                continue  # cancelled again: still wait for the thread to finish
-            except Exception:  # noqa: BLE001 - its outcome is read below
-                break
+        await outlast_cancels(future)  # cancelled again: still wait for the thread to finish
         if future.exception() is None:
             return future.result()
         if isinstance(future.exception(), Cancelled):

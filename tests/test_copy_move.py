@@ -320,9 +320,13 @@ def test_tar_sends_whole_volumes_so_the_job_has_a_true_total(cluster, orch_env):
     assert 0.9 <= record["bytes_done"] / record["bytes_total"] <= 1.1, record
 
 
-@pytest.mark.parametrize("side", ["source", "target"])
+@pytest.mark.parametrize(
+    "side, mode",
+    [("source", "pull"), ("target", "pull"), ("source", "push")],
+    ids=["source", "target", "push"],
+)
 def test_an_agent_killed_mid_transfer_and_restarted_still_completes_the_job(cluster, orch_env, start_worker,
-                                                                          side):  # fmt: skip
+                                                                          side, mode):  # fmt: skip
     """SIGKILL of the source or the target agent mid-transfer, restarted 3 s later on its port: the
     step's retries transfer again with fresh secrets (the restarted source has forgotten its migration)
     and resume what the target had received (the restarted target suspended its staging at start; the
@@ -339,7 +343,8 @@ def test_an_agent_killed_mid_transfer_and_restarted_still_completes_the_job(clus
     for n in range(20):  # rsync keeps the files it completed before the kill
         dd(rootfs(foo, "c1") / "root" / f"part{n}", 10)
     orch_env.run("config", "set", "foo:", "migration.bwlimit", "40MiB")  # a few seconds in flight
-    job_id = orch_env.run("move", "foo:c1", "bar:", "--no-wait").stdout.strip()
+    # push: the worker sees the source's push fail and cancels the target's side as an interruption
+    job_id = orch_env.run("move", "foo:c1", "bar:", "--mode", mode, "--no-wait").stdout.strip()
     deadline = time.time() + 60
     while (record := job(orch_env, job_id))["bytes_done"] < 80 * 1024 * 1024:
         assert time.time() < deadline, record
@@ -353,7 +358,7 @@ def test_an_agent_killed_mid_transfer_and_restarted_still_completes_the_job(clus
     while not (record := job(orch_env, job_id))["finished_at"]:
         assert time.time() < deadline, record
         time.sleep(0.5)
-    assert record["status"] == "succeeded", record["error"]
+    assert record["status"] == "succeeded" and record["mode"] == mode, record["error"]
     assert "c1" in containers(orch_env, "bar") and "c1" not in containers(orch_env, "foo")
     assert all(
         os.path.getsize(rootfs(bar, "c1") / "root" / f"part{n}") == 10 * 1024 * 1024 for n in range(20)

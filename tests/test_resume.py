@@ -208,7 +208,7 @@ def test_a_suspended_import_expires_by_the_periodic_sweep(setup):
     assert leftovers(b) == [] and container_names(b) == []
 
 
-def test_a_cancelled_transfer_is_not_kept_and_a_suspended_one_can_be_discarded(setup):
+def test_a_cancel_keeps_only_if_it_says_it_is_an_interruption_and_a_kept_one_can_be_discarded(setup):
     a, b = setup("dir")
     cut_once(a, b)
     assert len(suspended(b)) == 1
@@ -225,6 +225,16 @@ def test_a_cancelled_transfer_is_not_kept_and_a_suspended_one_can_be_discarded(s
     ended = api(b).get(f"{op}/wait", params={"timeout": 30})
     assert ended["status"] == "Cancelled", (ended, b.log_tail(4000))
     assert suspended(b) == [] and leftovers(b) == [], b.log_tail(6000)
+    # a cancel that says it is an interruption (the worker's, when the other side failed) keeps it
+    op = start_pull(a, b, issue(a, b, "c1"), "c1", method="tar")
+    deadline = time.monotonic() + 30
+    while api(b).get(op)["metadata"].get("volume", 0) < 2:  # snapshot 1 is verified and placed
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    api(b).call("DELETE", op, params={"resumable": "1"})
+    ended = api(b).get(f"{op}/wait", params={"timeout": 30})
+    assert ended["status"] == "Cancelled" and ended["metadata"]["suspended"] is True, ended
+    assert [s["volumes_done"][:1] for s in suspended(b)] == [["s1"]]
 
 
 def test_bad_ttl_is_refused(setup):

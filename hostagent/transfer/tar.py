@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from hostagent import safetar
 from hostagent.migration.protocol import CHUNK
+from hostagent.operations import outlast_cancels
 from hostagent.runtimes.idmap import IdMap
 from hostagent.transfer import compression, link
 from hostagent.transfer.base import (
@@ -174,6 +175,4 @@ class TarMethod(TransferMethod):
                 await unzstd.kill()
             # the thread stops at the end of the pipe; wait for it so nothing writes after a cleanup
             # (even if cancelled again meanwhile)
-            while not work.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(work)
+            await outlast_cancels(work)

@@ -96,25 +96,37 @@ def follow(
         current = ctx.jobs.get(job.id)
         ctx.renew_locks(current)
         if op["status"] == "Success":
-            return meta
+            return _succeeded(ctx, job, meta)
         if op["status"] != "Running":
-            # it is over and cleaned up after itself: a retry must start a new one, not re-read this end
-            ctx.jobs.update_state(job.id, target_op=None, source_op=None)
+            # it is over and cleaned up after itself: a retry must start a new one, not re-read this end;
+            # ``transfer_kept``: the target kept what it had verified, to be resumed (by the retry, or by
+            # `orch jobs resume` should this be the last attempt)
+            kept = bool(meta.get("suspended"))
+            ctx.jobs.update_state(job.id, target_op=None, source_op=None, transfer_kept=kept)
             raise operation_error(op)
         if check is not None:
             try:
                 check()
             except OrchError:
-                _cancel(client, operation)
+                _cancel(client, operation, resumable=True)  # what it received is kept for the retry
                 ended = _ended(client, operation)
                 if ended is not None and ended["status"] == "Success":
-                    return ended.get("metadata") or {}  # it had verified and committed: the copy is good
+                    # it had verified and committed: the copy is good
+                    return _succeeded(ctx, job, ended.get("metadata") or {})
                 if ended is not None:  # over: a retry starts anew (with the other side's error)
-                    ctx.jobs.update_state(job.id, target_op=None, source_op=None)
+                    kept = bool((ended.get("metadata") or {}).get("suspended"))
+                    ctx.jobs.update_state(job.id, target_op=None, source_op=None, transfer_kept=kept)
                 raise
         if current.cancel_requested:
             _cancel(client, operation)
             raise Cancelled()
+
+
+def _succeeded(ctx: StepContext, job: Job, meta: dict[str, Any]) -> dict[str, Any]:
+    """The target verified and committed: what an earlier attempt kept is the copy now."""
+    if job.state.get("transfer_kept"):
+        job.state = ctx.jobs.update_state(job.id, transfer_kept=False)
+    return meta
 
 
 def operation_check(client: RemoteClient, operation: str) -> Callable[[], None]:

@@ -34,7 +34,7 @@ from hostagent.migration.target.connect import (
 )
 from hostagent.migration.target.request import PullSpec
 from hostagent.migration.target.volumes import VolumeReceiver
-from hostagent.operations import Operation
+from hostagent.operations import Operation, outlast_cancels
 from hostagent.transfer import compression
 from hostagent.transfer.base import TransferMethod
 from hostagent.transfer.features import probe_features
@@ -246,11 +246,9 @@ class TargetSession:
         # a commit that failed may have moved volumes already: its staging dir is nothing to resume
         keep = not self._committing and resume.resumable(exc, self.ch, self.op)
         settling = asyncio.ensure_future(self.agent.blocking(resume.settle, self.agent.runtime, plan, keep))
-        while not settling.done():
-            # to its end, even if cancelled (again) meanwhile: the operation must not be seen to end
-            # while its staging dir is still being removed or moved aside
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(settling)
+        # to its end, even if cancelled (again) meanwhile: the operation must not be seen to end while
+        # its staging dir is still being removed or moved aside
+        await outlast_cancels(settling)
         try:
             suspended = bool(settling.result())
         except Exception as failed:  # noqa: BLE001 - the pull's own error is the one to report
