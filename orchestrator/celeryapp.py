@@ -1,9 +1,9 @@
 """The Celery application: Redis broker and result backend, tasks that survive a worker's death.
 
 Tasks are acknowledged late and rejected back to the queue when their worker is lost, so a step whose
-worker was killed runs again on another worker (every step is idempotent). Redis redelivers such a task
-after the broker's ``visibility_timeout``; no task stays unacknowledged for long because the long part of
-a transfer runs inside the agents and the worker only follows it.
+worker was killed runs again on another worker (every step is idempotent, and the job's run lease lets
+one delivery run it at a time: orchestrator/runs.py). Redis hands such a task out again
+``visibility_timeout`` seconds after its worker's last heartbeat (orchestrator/workers/leases.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,16 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     url = redis_url(settings)
     app = Celery("orch", broker=url, backend=url, include=TASK_MODULES)
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps for messages whose lease ran out every interval × throttle seconds (10 × 10 by
+        # default: the 84–97 s recoveries seen before); every second instead, the lease being renewed
+        # by the heartbeat of the worker holding it (orchestrator/workers/leases.py)
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        # the sweep's mutex, should a worker die holding it (default 300 s without any sweep)
+        "unacked_mutex_expire": max(settings.visibility_timeout, 5),
+    }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -35,6 +44,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a Redis outage is waited out, however long
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

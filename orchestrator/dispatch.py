@@ -18,15 +18,16 @@ import time
 
 import redis
 
+from orchestrator import keys
 from orchestrator.jobs import CANCELLED, JobStore
 from orchestrator.locks import ContainerLocks, lock_targets
 
 #: job ids waiting for a worker to start their chain (pushed left, taken right: first come, first served)
-SUBMITTED = "orch:submitted"
+SUBMITTED = keys.SUBMITTED
 #: job ids a worker took and is starting the chain of
-DISPATCHING = "orch:dispatching"
+DISPATCHING = keys.DISPATCHING
 #: when each id on DISPATCHING was taken (the sweep's clock)
-TAKEN_AT = "orch:dispatching:since"
+TAKEN_AT = keys.DISPATCHING_SINCE
 #: seconds after which an id still on DISPATCHING counts as dropped by a dead worker
 STALE_AFTER = 30.0
 #: the chain claim of a job cancelled before any chain started: no chain may run it

@@ -20,19 +20,15 @@ from typing import Any
 import redis
 
 from orchapi.errors import NotFound
+from orchestrator import keys
 
-INDEX = "orch:jobs"
+INDEX = keys.JOBS
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 SECRETS_TTL = 3600
 
 
-def _key(job_id: str) -> str:
-    return f"orch:job:{job_id}"
-
-
-def _ended_key(job_id: str) -> str:
-    return f"orch:job:{job_id}:ended"
+_key, _ended_key = keys.job, keys.job_ended
 
 
 def now_iso() -> str:
@@ -53,6 +49,7 @@ class Job:
     stage: str = ""
     steps_done: list[str] = field(default_factory=list)
     attempts: int = 0
+    worker: str = ""  # the worker that runs (or last ran) its current step
     bytes_done: int = 0
     bytes_total: int = 0
     rate: float = 0.0
@@ -88,6 +85,7 @@ class Job:
             "stage": self.stage,
             "steps_done": self.steps_done,
             "attempts": self.attempts,
+            "worker": self.worker,
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
             "rate": round(self.rate, 1),
@@ -147,11 +145,9 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Forget a job entirely: its record, its index entry and every key beside it."""
-        keys = [_key(job_id), _ended_key(job_id)]
-        keys += [f"{_key(job_id)}:{suffix}" for suffix in ("chain", "secrets")]
-        keys += list(self.r.scan_iter(match=f"{_key(job_id)}:done:*", count=100))
+        doomed = [_key(job_id), *self.r.scan_iter(match=keys.job_keys_pattern(job_id), count=100)]
         with self.r.pipeline() as pipe:
-            pipe.delete(*keys)
+            pipe.delete(*doomed)
             pipe.zrem(INDEX, job_id)
             pipe.execute()
 
@@ -188,33 +184,36 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def mark_step_done(self, job_id: str, step: str) -> bool:
-        """Record that ``step`` completed; False if it was already recorded (a duplicate delivery)."""
-        if not self.r.set(f"{_key(job_id)}:done:{step}", "1", nx=True, ex=30 * 86400):
+    def mark_step_done(self, job_id: str, step: str, run: str = "1") -> bool:
+        """Record that ``step`` completed in ``run``; False if another run recorded it (a duplicate
+        delivery). The marker holds the run, so a command retried after Redis came back (its first
+        try took effect, its answer was lost) still counts as this run's."""
+        key = keys.step_done(job_id, step)
+        if not self.r.set(key, run, nx=True, ex=30 * 86400) and self.r.get(key) != run:
             return False
         job = self.get(job_id)
         self.update(job_id, steps_done=[*job.steps_done, step])
         return True
 
     def step_done(self, job_id: str, step: str) -> bool:
-        return bool(self.r.exists(f"{_key(job_id)}:done:{step}"))
+        return bool(self.r.exists(keys.step_done(job_id, step)))
 
     def claim_chain(self, job_id: str, chain_id: str) -> bool:
         """Whether the Celery chain ``chain_id`` (its root task id) runs this job: the first chain to ask
         does, for good; any other is a duplicate hand-off (orchestrator/dispatch.py) and must stop."""
-        key = f"{_key(job_id)}:chain"
+        key = keys.job_chain(job_id)
         if self.r.set(key, chain_id, nx=True, ex=30 * 86400):
             return True
         owner = self.r.get(key)
         return (owner.decode() if isinstance(owner, bytes) else owner) == chain_id
 
     def chain_started(self, job_id: str) -> bool:
-        return bool(self.r.exists(f"{_key(job_id)}:chain"))
+        return bool(self.r.exists(keys.job_chain(job_id)))
 
     def finish(self, job_id: str, status: str, error: str = "") -> None:
         ended = {"finished_at": now_iso(), "finished_ts": time.time()}
         self.update(job_id, status=status, error=error, stage="", **ended)
-        self.r.delete(f"{_key(job_id)}:secrets")
+        self.r.delete(keys.job_secrets(job_id))
         with self.r.pipeline() as pipe:  # wake whoever follows the job (see wait_end)
             pipe.delete(_ended_key(job_id))
             pipe.lpush(_ended_key(job_id), status)
@@ -238,10 +237,10 @@ class JobStore:
 
     # -- secrets (migration tokens) ------------------------------------------------------------------
     def set_secrets(self, job_id: str, secrets: dict[str, str]) -> None:
-        self.r.set(f"{_key(job_id)}:secrets", json.dumps(secrets), ex=SECRETS_TTL)
+        self.r.set(keys.job_secrets(job_id), json.dumps(secrets), ex=SECRETS_TTL)
 
     def secrets(self, job_id: str) -> dict[str, str]:
-        return json.loads(self.r.get(f"{_key(job_id)}:secrets") or "{}")
+        return json.loads(self.r.get(keys.job_secrets(job_id)) or "{}")
 
     # -- encoding -----------------------------------------------------------------------------------
     @staticmethod

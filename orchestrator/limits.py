@@ -11,6 +11,8 @@ import time
 
 import redis
 
+from orchestrator import keys
+
 _ACQUIRE = """
 local now = tonumber(ARGV[2])
 redis.call('zremrangebyscore', KEYS[1], '-inf', now)
@@ -45,7 +47,7 @@ class Semaphores:
 
     @staticmethod
     def key(name: str) -> str:
-        return f"orch:sem:{name}"
+        return keys.semaphore(name)
 
     def acquire(self, name: str, holder: str, limit: int, lease: float) -> bool:
         return bool(self._acquire(keys=[self.key(name)], args=[holder, time.time(), limit, lease]))

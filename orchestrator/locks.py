@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING
 import redis
 
 from orchapi.errors import Conflict
+from orchestrator import keys
 
 if TYPE_CHECKING:
     from orchestrator.jobs import Job
 
-_RENEW = """
+RENEW_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
 """
-_RELEASE = """
+RELEASE_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
@@ -31,9 +32,8 @@ return 0
 """
 
 
-def lock_key(host: str, container: str) -> str:
-    """A container's lock, keyed by its host's identity (hostid.py), so two names of one host share it."""
-    return f"orch:lock:{host}:{container}"
+#: a container's lock, keyed by its host's identity (hostid.py), so two names of one host share it
+lock_key = keys.container_lock
 
 
 class ContainerLocks:
@@ -41,8 +41,8 @@ class ContainerLocks:
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(RENEW_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
 
     def holder(self, remote: str, container: str) -> str | None:
         return self.r.get(lock_key(remote, container))

@@ -75,8 +75,29 @@ def ensure_embedded(state: Path, timeout: float = 10.0) -> str:
     return url
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` or ``redis+socket://``), decoding to str."""
+#: how long a worker's Redis calls keep trying through an outage (a restart, a failover) before they
+#: raise: the step then pauses instead of failing, and goes on when Redis is back
+PATIENT_SECONDS = 120.0
+
+
+def connect(url: str, patient: bool = False) -> redis.Redis:
+    """A client for ``url`` (``redis://``, ``rediss://`` or ``redis+socket://``), decoding to str.
+
+    ``patient`` (workers): a lost connection is retried with backoff for :data:`PATIENT_SECONDS`, so a
+    Redis restart or failover is a pause, not a failure of the steps running meanwhile. Otherwise (the
+    CLI) it fails within a few seconds, with a clear error.
+    """
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retries = int(PATIENT_SECONDS / 2) + 5 if patient else 2
+    options = {
+        "decode_responses": True,
+        "socket_connect_timeout": 3,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+    }
     if url.startswith("redis+socket://"):
-        return redis.Redis(unix_socket_path=url[len("redis+socket://") :], decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True)
+        return redis.Redis(unix_socket_path=url[len("redis+socket://") :], **options)
+    return redis.Redis.from_url(url, **options)

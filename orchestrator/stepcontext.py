@@ -11,6 +11,7 @@ import threading
 
 from celery import Task
 
+from orchestrator import keys
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import RemoteClient, connect
 from orchestrator.jobs import Job, JobStore
@@ -18,11 +19,17 @@ from orchestrator.limits import Semaphores
 from orchestrator.locks import ContainerLocks, lock_targets
 from orchestrator.redisserver import connect as redis_connect
 from orchestrator.redisserver import redis_url
+from orchestrator.runs import RunLeases
 from orchestrator.settings import Settings
 
 
 class Cancelled(Exception):
     """The user asked to cancel the job."""
+
+
+class Superseded(Exception):
+    """Another run of the same step took the job's run lease (this one's worker lost Redis for longer
+    than the lease): this run stops without touching the job."""
 
 
 class StepContext:
@@ -32,10 +39,11 @@ class StepContext:
 
     def __init__(self) -> None:
         self.settings = Settings.from_env()
-        self.redis = redis_connect(redis_url(self.settings))
+        self.redis = redis_connect(redis_url(self.settings), patient=True)
         self.jobs = JobStore(self.redis)
         self.locks = ContainerLocks(self.redis)
         self.semaphores = Semaphores(self.redis)
+        self.runs = RunLeases(self.redis, self.settings.visibility_timeout)
         self._local = threading.local()
 
     @property
@@ -46,6 +54,15 @@ class StepContext:
     @task.setter
     def task(self, value: Task | None) -> None:
         self._local.task = value
+
+    @property
+    def run(self) -> str | None:
+        """The run (orchestrator/runs.py) of the step this thread is running."""
+        return getattr(self._local, "run", None)
+
+    @run.setter
+    def run(self, value: str | None) -> None:
+        self._local.run = value
 
     @classmethod
     def get(cls) -> StepContext:
@@ -73,7 +90,10 @@ class StepContext:
         return cache[key]
 
     def renew_locks(self, job: Job) -> None:
-        """Extend the job's container locks and concurrency slots (called while it works)."""
+        """Extend the job's container locks and concurrency slots (called while it works), and check
+        that this run still runs the job's step (:class:`Superseded` if another took over)."""
+        if self.run and not self.runs.still_ours(job.id, self.run):
+            raise Superseded()
         for host, name, _label in lock_targets(job):
             self.locks.renew(job.id, host, name, self.settings.lock_lease)
         for name, _limit in job.state.get("slots", []):
@@ -93,7 +113,7 @@ class StepContext:
     def transient_failures(self, job_id: str, step: str) -> int:
         """Count one more transient failure of ``step`` (kept apart from Celery's retry counter, which
         also counts the waits for a concurrency slot)."""
-        key = f"orch:job:{job_id}:transient:{step}"
+        key = keys.step_failures(job_id, step)
         count = self.redis.incr(key)
         self.redis.expire(key, 86400)
         return int(count)

@@ -10,6 +10,7 @@ the first delivery that completes a step lets the chain go on, so a step never r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -17,12 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore
 
 from orchapi.errors import OrchError, Unavailable
 from orchestrator.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, now_iso
-from orchestrator.stepcontext import Cancelled, StepContext, lock_targets
+from orchestrator.stepcontext import Cancelled, StepContext, Superseded, lock_targets
 from orchestrator.tasks.rollback import rollback
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,17 @@ class StepTask(Task):
     max_retries = None
 
 
-__all__ = ["Cancelled", "StepContext", "backoff", "complete", "finish_with_rollback", "lock_targets", "step"]
+__all__ = [
+    "Cancelled",
+    "StepContext",
+    "StepRun",
+    "Superseded",
+    "backoff",
+    "complete",
+    "finish_with_rollback",
+    "lock_targets",
+    "step",
+]
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -59,67 +71,131 @@ def step(name: str) -> Callable[[Callable[[StepContext, Job], Any]], Callable[..
 
     def decorate(fn: Callable[[StepContext, Job], Any]) -> Callable[..., str]:
         @functools.wraps(fn)
-        def run(task: Task, job_id: str, label: str = "") -> str:
-            ctx = StepContext.get()
-            job = ctx.jobs.get(job_id)
-            if job.finished:
-                raise Ignore()
-            if not ctx.jobs.claim_chain(job_id, task.request.root_id or task.request.id):
-                raise Ignore()  # a second chain for this job (a hand-off delivered twice): only one runs
-            if ctx.jobs.step_done(job_id, name):
-                raise Ignore()  # a duplicate of a completed step: its successor is already on its way
-            if job.cancel_requested:
-                finish_with_rollback(ctx, job, CANCELLED, "cancelled by the user")
-                raise Ignore()
-            if not ctx.take_slots(job):
-                # all slots busy: wait without counting it as a failure
-                ctx.jobs.update(job_id, stage="waiting for a slot")
-                raise task.retry(countdown=random.uniform(0.2, 1.0), max_retries=None)
-            fields: dict[str, Any] = {"status": RUNNING, "step": name, "attempts": job.attempts + 1}
-            fields["stage"] = ""
-            if not job.started_at:
-                fields["started_at"] = now_iso()
-                fields["started_ts"] = time.time()
-            ctx.jobs.update(job_id, **fields)
-            ctx.renew_locks(job)
-            ctx.task = task  # the running task, for steps that send events (task-progress)
-            try:
-                fn(ctx, ctx.jobs.get(job_id))
-            except Cancelled:
-                finish_with_rollback(ctx, ctx.jobs.get(job_id), CANCELLED, "cancelled by the user")
-                _show_end(task, job_id, "cancelled by the user; rolled back, the source is kept")
-                # the task fails (an expected error, one log line) rather than being ignored: monitors
-                # then show it ended; an ignored task stays PROGRESS in Flower forever, and Celery
-                # ranks REVOKED below the custom PROGRESS state, so only FAILURE can end it
-                raise JobCancelled(f"job {job_id} cancelled by the user") from None
-            except Unavailable as exc:
-                failures = ctx.transient_failures(job_id, name)
-                if failures <= ctx.settings.max_retries:
-                    delay = backoff(failures - 1, ctx.settings.retry_base, ctx.settings.retry_cap)
-                    log.warning("job %s step %s: %s; retrying in %.1fs", job_id, name, exc, delay)
-                    ctx.jobs.update(job_id, error=f"retrying: {exc}")
-                    raise task.retry(exc=exc, countdown=delay, max_retries=None) from None
-                finish_with_rollback(
-                    ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc} (gave up after retries)"
-                )
-                _show_end(task, job_id, f"failed: {exc} (gave up after retries)")
-                raise
-            except OrchError as exc:
-                finish_with_rollback(ctx, ctx.jobs.get(job_id), FAILED, f"{name}: {exc}")
-                _show_end(task, job_id, f"failed: {exc}")
-                raise
-            except Exception as exc:
-                log.exception("job %s step %s failed", job_id, name)
-                finish_with_rollback(ctx, ctx.jobs.get(job_id), FAILED, f"{name}: internal error: {exc}")
-                raise
-            if not ctx.jobs.mark_step_done(job_id, name):
-                raise Ignore()
-            ctx.jobs.update(job_id, error="")
-            return job_id
+        def body(task: Task, job_id: str, label: str = "") -> str:
+            return StepRun(task, StepContext.get(), name, job_id).execute(fn)
 
-        return run
+        return body
 
     return decorate
+
+
+class StepRun:
+    """One delivery of one step of one job: the checks before it may work, its work, and its end."""
+
+    def __init__(self, task: Task, ctx: StepContext, name: str, job_id: str) -> None:
+        self.task, self.ctx, self.name, self.job_id = task, ctx, name, job_id
+        self.run_id = ctx.runs.new_run()
+
+    def execute(self, fn: Callable[[StepContext, Job], Any]) -> str:
+        ctx, job_id = self.ctx, self.job_id
+        if not self.admitted(ctx.jobs.get(job_id)):
+            raise Ignore()
+        if not ctx.runs.take(job_id, self.run_id):
+            # another delivery of this step runs it now (its worker lost Redis a while, or this is a
+            # retry's copy): wait; it will have done the step, or its lease runs out if its worker died
+            raise self.task.retry(countdown=ctx.settings.visibility_timeout / 2, max_retries=None)
+        try:
+            return self.run_leased(fn)
+        except redis.RedisError as exc:
+            # Redis was away longer than the client's patience: nothing can be recorded, so nothing is;
+            # the step runs again once Redis is back (its message is still the broker's)
+            log.warning("job %s step %s: Redis unreachable (%s); it runs again when Redis is back",
+                        job_id, self.name, exc)  # fmt: skip
+            raise self.task.retry(
+                exc=exc, countdown=ctx.settings.visibility_timeout, max_retries=None
+            ) from None
+        finally:
+            ctx.run = ctx.task = None
+            with contextlib.suppress(redis.RedisError):
+                ctx.runs.release(job_id, self.run_id)
+
+    def admitted(self, job: Job) -> bool:
+        """Whether this delivery may run: the job is not over, this chain runs it (a hand-off delivered
+        twice starts two chains: only one runs), and the step is not done (a duplicate of a completed
+        step: its successor is on its way already)."""
+        request = self.task.request
+        return (
+            not job.finished
+            and self.ctx.jobs.claim_chain(job.id, request.root_id or request.id)
+            and not self.ctx.jobs.step_done(job.id, self.name)
+        )
+
+    def run_leased(self, fn: Callable[[StepContext, Job], Any]) -> str:
+        """The step's work, once it holds the job's run lease."""
+        ctx, job_id = self.ctx, self.job_id
+        job = ctx.jobs.get(job_id)
+        if job.finished or ctx.jobs.step_done(job_id, self.name):
+            raise Ignore()  # another run ended the job or completed the step while this one waited
+        if job.cancel_requested:
+            finish_with_rollback(ctx, job, CANCELLED, "cancelled by the user")
+            raise Ignore()
+        self.hold_slots(job)
+        self.begin(job)
+        try:
+            fn(ctx, ctx.jobs.get(job_id))
+        except Superseded:
+            log.warning(
+                "job %s step %s: another run of this step took over; this one stops", job_id, self.name
+            )
+            raise Ignore() from None
+        except redis.RedisError:
+            raise
+        except Cancelled:
+            finish_with_rollback(ctx, ctx.jobs.get(job_id), CANCELLED, "cancelled by the user")
+            _show_end(self.task, job_id, "cancelled by the user; rolled back, the source is kept")
+            # the task fails (an expected error, one log line) rather than being ignored: monitors then
+            # show it ended; an ignored task stays PROGRESS in Flower forever, and Celery ranks REVOKED
+            # below the custom PROGRESS state, so only FAILURE can end it
+            raise JobCancelled(f"job {job_id} cancelled by the user") from None
+        except Unavailable as exc:
+            raise self.transient(exc) from None
+        except OrchError as exc:
+            self.fail(f"{self.name}: {exc}", f"failed: {exc}")
+            raise
+        except Exception as exc:
+            log.exception("job %s step %s failed", job_id, self.name)
+            self.fail(f"{self.name}: internal error: {exc}")
+            raise
+        if not ctx.jobs.mark_step_done(job_id, self.name, self.run_id):
+            raise Ignore()
+        ctx.jobs.update(job_id, error="")
+        return job_id
+
+    def hold_slots(self, job: Job) -> None:
+        """The job's concurrency slots, or a wait for them (not counted as a failure)."""
+        if not self.ctx.take_slots(job):
+            self.ctx.jobs.update(job.id, stage="waiting for a slot")
+            self.ctx.renew_locks(job)  # a wait may be long (an evacuation's queue): keep its containers
+            raise self.task.retry(countdown=random.uniform(0.2, 1.0), max_retries=None)
+
+    def begin(self, job: Job) -> None:
+        """Record the step as running here, and renew the job's locks."""
+        fields: dict[str, Any] = {"status": RUNNING, "step": self.name, "attempts": job.attempts + 1}
+        fields.update(stage="", worker=self.task.request.hostname or "")
+        if not job.started_at:
+            fields["started_at"] = now_iso()
+            fields["started_ts"] = time.time()
+        self.ctx.jobs.update(job.id, **fields)
+        self.ctx.task = self.task  # the running task, for steps that send events (task-progress)
+        self.ctx.run = self.run_id  # checked with every renewal of the locks (StepContext.renew_locks)
+        self.ctx.renew_locks(job)
+
+    def transient(self, exc: Unavailable) -> BaseException:
+        """A retry with backoff while the step's budget of transient failures lasts; then the end."""
+        ctx = self.ctx
+        failures = ctx.transient_failures(self.job_id, self.name)
+        if failures <= ctx.settings.max_retries:
+            delay = backoff(failures - 1, ctx.settings.retry_base, ctx.settings.retry_cap)
+            log.warning("job %s step %s: %s; retrying in %.1fs", self.job_id, self.name, exc, delay)
+            ctx.jobs.update(self.job_id, error=f"retrying: {exc}")
+            return self.task.retry(exc=exc, countdown=delay, max_retries=None)
+        self.fail(f"{self.name}: {exc} (gave up after retries)", f"failed: {exc} (gave up after retries)")
+        return exc
+
+    def fail(self, reason: str, shown: str | None = None) -> None:
+        finish_with_rollback(self.ctx, self.ctx.jobs.get(self.job_id), FAILED, reason)
+        if shown:
+            _show_end(self.task, self.job_id, shown)
 
 
 def _show_end(task: Task, job_id: str, text: str) -> None:

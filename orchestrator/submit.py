@@ -56,8 +56,7 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
             locks.release(job.id, src_host, src.name)
             raise
     except OrchError:
-        client.delete(f"orch:job:{job.id}")
-        client.zrem("orch:jobs", job.id)
+        store.delete(job.id)
         raise
     dispatch.enqueue(client, job.id)  # a worker starts its chain (orchestrator/workers/dispatcher.py)
     return job

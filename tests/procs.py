@@ -187,33 +187,48 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real ``redis-server`` on 127.0.0.1 and a free port, without persistence."""
+    """A real ``redis-server`` on 127.0.0.1 and a free port; ``persistent``: with an append-only file
+    (fsync'd on every write), so that :meth:`kill` then :meth:`start` is a crash and restart that keeps
+    what was written, on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(self, workdir: Path, persistent: bool = False, port: int = 0) -> None:
+        self.workdir, self.persistent = workdir, persistent
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = port
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def args(self) -> list[str]:
+        """The server's command line (replicas and sentinel tests add to it)."""
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else []
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", *persistence, "--dir", str(self.workdir)]  # fmt: skip
+
+    def start(self, extra: list[str] = ()) -> RedisServer:
         import redis
 
-        for _ in range(5):
-            self.port = free_port()
-            args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fixed = bool(self.port)
+        for _ in range(1 if fixed else 5):
+            self.port = self.port if fixed else free_port()
+            self.proc = subprocess.Popen([*self.args(), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
                     if redis.Redis(port=self.port, socket_timeout=1).ping():
                         return self
+                except redis.BusyLoadingError:
+                    time.sleep(0.02)
                 except redis.RedisError:
                     time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no chance to write anything more)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

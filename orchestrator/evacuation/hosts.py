@@ -19,6 +19,7 @@ import json
 import redis
 
 from orchapi.errors import Conflict, OrchError
+from orchestrator import keys
 from orchestrator.jobs import now_iso
 
 ONLINE, CORDONED, EVACUATING = "online", "cordoned", "evacuating"
@@ -29,16 +30,7 @@ UNSCHEDULABLE = (CORDONED, EVACUATING, EVACUATED, RESTORING)
 AGENT_REFUSES = (CORDONED, EVACUATING, EVACUATED)
 
 
-def state_key(host_id: str) -> str:
-    return f"orch:host:fp:{host_id}"
-
-
-def origins_key(host_id: str) -> str:
-    return f"orch:origin:fp:{host_id}"
-
-
-def evacuation_key(host_id: str) -> str:
-    return f"orch:evac:fp:{host_id}"
+state_key, origins_key, evacuation_key = keys.host_state, keys.host_origins, keys.host_evacuation
 
 
 def evacuation_slot(host_id: str) -> str:
@@ -58,11 +50,8 @@ def host_slot(host_id: str) -> str:
 
 def _legacy_keys(name: str, host_id: str) -> list[tuple[str, str]]:
     """(old key, new key) pairs: before hosts had identities, these records were keyed by remote name."""
-    return [
-        (f"orch:host:{name}", state_key(host_id)),
-        (f"orch:origin:{name}", origins_key(host_id)),
-        (f"orch:evac:{name}", evacuation_key(host_id)),
-    ]
+    new = (state_key(host_id), origins_key(host_id), evacuation_key(host_id))
+    return list(zip(keys.legacy_host_keys(name), new, strict=True))
 
 
 class HostStates:

@@ -72,16 +72,16 @@ def sweep(client: redis.Redis, jobs: JobStore) -> None:
 class Dispatcher(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="orch-dispatcher", daemon=True)
-        self.client = connect(redis_url(Settings.from_env()))
+        self.client = connect(redis_url(Settings.from_env()), patient=True)
         self.jobs = JobStore(self.client)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
         next_sweep = 0.0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 if time.monotonic() >= next_sweep:
                     sweep(self.client, self.jobs)
@@ -91,7 +91,7 @@ class Dispatcher(threading.Thread):
                     start_job(self.client, self.jobs, job_id)
             except Exception:  # Redis away, a broken record: keep serving; the sweep retries the job
                 log.exception("dispatching submitted jobs")
-                self._stop.wait(WAIT)
+                self._stopping.wait(WAIT)
 
 
 class DispatcherStep(bootsteps.StartStopStep):
