@@ -212,7 +212,8 @@ class RedisServer:
         fixed = bool(self.port)
         for _ in range(1 if fixed else 5):
             self.port = self.port if fixed else free_port()
-            self.proc = subprocess.Popen([*self.args(), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            self.proc = subprocess.Popen([*self.args(), *extra], **quiet)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:

@@ -112,9 +112,7 @@ def test_worker_killed_mid_transfer_step_runs_again_on_the_other_worker_within_1
     record = wait_for(orch, job_id, lambda r: r["worker"].startswith(survivor.name + "@"), timeout=120,
                       logs=[survivor.log_path])  # fmt: skip
     recovery = time.monotonic() - killed
-    print(
-        f"\nrecovery: the step ran again on {survivor.name} {recovery:.1f} s after {first} was killed"
-    )
+    print(f"\nrecovery: the step ran again on {survivor.name} {recovery:.1f} s after {first} was killed")
     assert recovery <= 15.0, f"recovery took {recovery:.1f} s"
     record = wait_for(orch, job_id, ended, timeout=120, logs=[survivor.log_path])
     assert record["status"] == "succeeded", record
