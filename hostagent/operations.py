@@ -119,6 +119,11 @@ class OperationRegistry:
         except OrchError as exc:
             op.status, op.err, op.err_code = FAILURE, str(exc), exc.status
             op.err_class = type(exc).__name__ if isinstance(exc, PeerUnreachable) else ""
+        except ConnectionError as exc:
+            # a connection reset or closed under it (aiohttp's "Cannot write to closing transport"):
+            # the network's fault, not a bug; 503 tells the worker a new attempt may succeed
+            log.info("operation %s (%s): connection lost: %s", op.id, op.description, exc)
+            op.status, op.err, op.err_code = FAILURE, f"connection lost: {exc}", 503
         except Exception as exc:  # a bug or host failure: keep the agent alive, report it
             log.exception("operation %s (%s) failed", op.id, op.description)
             op.status, op.err, op.err_code = FAILURE, f"internal error: {exc}", 500

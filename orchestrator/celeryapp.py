@@ -11,6 +11,7 @@ from __future__ import annotations
 from celery import Celery
 
 from orchestrator.redisserver import redis_url
+from orchestrator.redisurl import is_sentinel, parse_sentinel
 from orchestrator.settings import Settings
 
 TASK_MODULES = [
@@ -26,6 +27,11 @@ TASK_MODULES = [
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     url = redis_url(settings)
+    if is_sentinel(url):  # kombu's and Celery's own Sentinel support, told the primary's name
+        address = parse_sentinel(url)
+        url, where = address.celery_url(), address.transport_options()
+    else:
+        where = {}
     app = Celery("orch", broker=url, backend=url, include=TASK_MODULES)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
@@ -36,13 +42,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         "unacked_restore_throttle": 1,
         # the sweep's mutex, should a worker die holding it (default 300 s without any sweep)
         "unacked_mutex_expire": max(settings.visibility_timeout, 5),
+        **where,
     }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
-        result_backend_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout, **where},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a Redis outage is waited out, however long
         task_serializer="json",

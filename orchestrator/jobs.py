@@ -184,7 +184,7 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def mark_step_done(self, job_id: str, step: str, run: str = "1") -> bool:
+    def mark_step_done(self, job_id: str, step: str, run: str) -> bool:
         """Record that ``step`` completed in ``run``; False if another run recorded it (a duplicate
         delivery). The marker holds the run, so a command retried after Redis came back (its first
         try took effect, its answer was lost) still counts as this run's."""
@@ -192,7 +192,8 @@ class JobStore:
         if not self.r.set(key, run, nx=True, ex=30 * 86400) and self.r.get(key) != run:
             return False
         job = self.get(job_id)
-        self.update(job_id, steps_done=[*job.steps_done, step])
+        if step not in job.steps_done:
+            self.update(job_id, steps_done=[*job.steps_done, step])
         return True
 
     def step_done(self, job_id: str, step: str) -> bool:

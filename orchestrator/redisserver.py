@@ -75,22 +75,33 @@ def ensure_embedded(state: Path, timeout: float = 10.0) -> str:
     return url
 
 
-#: how long a worker's Redis calls keep trying through an outage (a restart, a failover) before they
-#: raise: the step then pauses instead of failing, and goes on when Redis is back
-PATIENT_SECONDS = 120.0
+#: how long Redis calls keep trying through an outage (a restart, a Sentinel failover) before they raise:
+#: a worker's steps pause instead of failing and go on when Redis is back; the CLI waits less (a
+#: command against a Redis that is really gone says so within this long)
+WORKER_PATIENCE = 120.0
+CLI_PATIENCE = 15.0
+
+
+def _retries(patience: float) -> int:
+    """Retries of a backoff from 0.1 s doubling to 2 s (3.1 s for the first five) that last ``patience``."""
+    return 5 + max(0, int((patience - 3.1) / 2.0 + 0.999))
 
 
 def connect(url: str, patient: bool = False) -> redis.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` or ``redis+socket://``), decoding to str.
+    """A client for ``url`` (``redis://``, ``rediss://``, ``redis+socket://`` or ``sentinel://``: the
+    current primary, found again after a failover; orchestrator/redisurl.py), decoding to str.
 
-    ``patient`` (workers): a lost connection is retried with backoff for :data:`PATIENT_SECONDS`, so a
-    Redis restart or failover is a pause, not a failure of the steps running meanwhile. Otherwise (the
-    CLI) it fails within a few seconds, with a clear error.
+    A lost connection is retried with backoff for :data:`WORKER_PATIENCE` if ``patient`` (workers,
+    followers of long jobs), else for :data:`CLI_PATIENCE`, so a Redis restart or failover is a pause,
+    not a failure.
     """
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
+    from redis.sentinel import Sentinel
 
-    retries = int(PATIENT_SECONDS / 2) + 5 if patient else 2
+    from orchestrator.redisurl import is_sentinel, parse_sentinel
+
+    retries = _retries(WORKER_PATIENCE if patient else CLI_PATIENCE)
     options = {
         "decode_responses": True,
         "socket_connect_timeout": 3,
@@ -98,6 +109,10 @@ def connect(url: str, patient: bool = False) -> redis.Redis:
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
     }
+    if is_sentinel(url):
+        address = parse_sentinel(url)
+        sentinel = Sentinel(address.sentinels, socket_connect_timeout=3, socket_timeout=3)
+        return sentinel.master_for(address.master, db=address.db, password=address.password, **options)
     if url.startswith("redis+socket://"):
         return redis.Redis(unix_socket_path=url[len("redis+socket://") :], **options)
     return redis.Redis.from_url(url, **options)

@@ -217,6 +217,24 @@ def start_worker(orch_env: Orch, tmpdir755: Path) -> Iterator:
 
 
 @pytest.fixture
+def workers(orch: Orch, tmpdir755: Path) -> Iterator:
+    """Factory for real ``orch worker`` processes with the CLI's environment as the test set it (tests
+    that bring their own Redis); all stopped at the end."""
+    from tests.procs import WorkerProcess
+
+    started: list[WorkerProcess] = []
+
+    def factory(name: str, concurrency: int = 4) -> WorkerProcess:
+        worker = WorkerProcess(dict(orch.env), tmpdir755 / f"worker-{name}.log", name, concurrency).start()
+        started.append(worker)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
 def metrics_url(orch_env) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A real `orch metrics` process on a free port, stopped by its pid."""
     import requests

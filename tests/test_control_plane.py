@@ -36,22 +36,6 @@ def lab(make_agent, orch, durable_redis, busybox_image, tmpdir755):  # type: ign
     return foo, bar
 
 
-@pytest.fixture
-def workers(orch, tmpdir755):  # type: ignore[no-untyped-def]
-    from tests.procs import WorkerProcess
-
-    started: list[WorkerProcess] = []
-
-    def factory(name: str, concurrency: int = 4) -> WorkerProcess:
-        worker = WorkerProcess(dict(orch.env), tmpdir755 / f"worker-{name}.log", name, concurrency).start()
-        started.append(worker)
-        return worker
-
-    yield factory
-    for worker in started:
-        worker.stop()
-
-
 def wait_for(orch, job_id: str, what, timeout: float = 120.0, logs=()) -> dict:  # type: ignore[no-untyped-def]
     """The job's record once ``what(record)`` holds; on a timeout the failure shows ``logs``' tails."""
     deadline = time.monotonic() + timeout
@@ -147,3 +131,36 @@ def test_redis_killed_and_restarted_mid_transfer_one_worker_finishes_the_job(
     orch.run("init", "foo:bb", "foo:c2")
     orch.run("move", "foo:c2", "bar:")
     assert "c2" in containers(orch, "bar")
+
+
+def test_a_failed_transfer_operation_is_never_polled_again(make_agent, orch, durable_redis, busybox_image,
+                                                            tmpdir755, workers):  # fmt: skip
+    """The target's pull is cut mid-stream (a TCP reset between the agents): its operation fails as a
+    connection error (503, not a 500), and the step's retry starts a new transfer at once, which resumes
+    what the first one verified; the dead operation is not read again."""
+    from tests.faultproxy import FaultProxy
+
+    orch.env.update({"ORCH_REDIS_URL": durable_redis.url, "ORCH_STATE_DIR": str(tmpdir755 / "state")})
+    # every byte over the HTTPS port (no data link), so through the proxy
+    foo, bar = make_agent("foo", args=["--data-listen", "off"]), make_agent("bar")
+    host, port = foo.addr.rsplit(":", 1)
+    proxy = FaultProxy((host, int(port)), cut_after=40 * 1024 * 1024)
+    try:
+        address = f"127.0.0.1:{proxy.port}"  # the worker and the target both reach foo through the proxy
+        orch.run("remote", "add", "foo", address, "--accept-certificate", "--password", PASSWORD)
+        orch.add_remote("bar", bar, PASSWORD)
+        orch.run("image", "import", str(busybox_image), "foo:", "--alias", "bb")
+        worker = workers("w1")
+        orch.run("init", "foo:bb", "foo:c1")
+        dd(rootfs(foo, "c1") / "root" / "big", 120)
+        job_id = orch.run("move", "foo:c1", "bar:", "--no-wait", "--method", "rsync").stdout.strip()
+        record = wait_for(orch, job_id, ended, timeout=180, logs=[worker.log_path])
+    finally:
+        proxy.stop()
+    log = "".join(_lines(worker.log_path))
+    assert record["status"] == "succeeded", (record, log[-3000:])
+    assert proxy.cut == 1
+    retries = [line for line in log.splitlines() if "step transfer_delta" in line and "retrying" in line]
+    assert len(retries) == 1, retries  # one failure, one new attempt: no re-reads of the dead operation
+    assert "connection" in retries[0] and "internal error" not in log, retries
+    assert os.path.getsize(rootfs(bar, "c1") / "root" / "big") == 120 * 1024 * 1024

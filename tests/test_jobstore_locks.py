@@ -50,8 +50,10 @@ def test_job_record_roundtrip_and_index(client):
 def test_step_completion_is_recorded_once(client):
     store = JobStore(client)
     job = store.create("copy", "a:x", "b:x", {}, {})
-    assert store.mark_step_done(job.id, "issue_token") is True
-    assert store.mark_step_done(job.id, "issue_token") is False  # the duplicate delivery must stop
+    assert store.mark_step_done(job.id, "issue_token", "run-1") is True
+    assert store.mark_step_done(job.id, "issue_token", "run-2") is False  # the duplicate delivery must stop
+    # the same run again (its command retried after Redis came back, the first try had taken effect)
+    assert store.mark_step_done(job.id, "issue_token", "run-1") is True
     assert store.get(job.id).steps_done == ["issue_token"]
 
 

@@ -146,6 +146,8 @@ class Channel:
                 "migration cancelled on the " + ("target" if self.peer == "source" else "source"),
                 499,
             )
+        elif isinstance(exc, ConnectionError):
+            message, status = f"connection lost: {exc}", 503
         else:
             message, status = f"internal error: {exc}", 500
         try:

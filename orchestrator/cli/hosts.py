@@ -24,7 +24,8 @@ def _handles():  # type: ignore[no-untyped-def]
     from orchestrator.redisserver import connect, redis_url
     from orchestrator.settings import Settings
 
-    client = connect(redis_url(Settings.from_env()))
+    # patient: an evacuation is followed for as long as it runs, through a Redis restart or failover
+    client = connect(redis_url(Settings.from_env()), patient=True)
     return client, HostStates(client), JobStore(client)
 
 
