@@ -26,7 +26,7 @@ TASK_MODULES = [
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
-    url = redis_url(settings)
+    url = redis_url(settings, start=False)  # nothing starts at import: `orch worker` starts it
     if is_sentinel(url):  # kombu's and Celery's own Sentinel support, told the primary's name
         address = parse_sentinel(url)
         url, where = address.celery_url(), address.transport_options()

@@ -199,6 +199,13 @@ class JobStore:
     def step_done(self, job_id: str, step: str) -> bool:
         return bool(self.r.exists(keys.step_done(job_id, step)))
 
+    def count_failure(self, job_id: str, step: str) -> int:
+        """One more transient failure of ``step``; how many so far (the step's retry budget)."""
+        key = keys.step_failures(job_id, step)
+        with self.r.pipeline() as pipe:
+            pipe.incr(key).expire(key, 86400)
+            return int(pipe.execute()[0])
+
     def claim_chain(self, job_id: str, chain_id: str) -> bool:
         """Whether the Celery chain ``chain_id`` (its root task id) runs this job: the first chain to ask
         does, for good; any other is a duplicate hand-off (orchestrator/dispatch.py) and must stop."""

@@ -21,10 +21,13 @@ from orchestrator.settings import Settings
 SOCKET_NAME = "redis.sock"
 
 
-def redis_url(settings: Settings) -> str:
-    """The Redis URL to use: ``ORCH_REDIS_URL`` or the embedded server's socket (started if needed)."""
+def redis_url(settings: Settings, start: bool = True) -> str:
+    """The Redis URL to use: ``ORCH_REDIS_URL`` or the embedded server's socket (started if needed,
+    unless not ``start``: configuring Celery at import starts nothing)."""
     if settings.redis_url:
         return settings.redis_url
+    if not start:
+        return f"redis+socket://{settings.state_dir / SOCKET_NAME}"
     return ensure_embedded(settings.state_dir)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 
+import redis
 from celery import Task
 
-from orchestrator import keys
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.connect import RemoteClient, connect
 from orchestrator.jobs import Job, JobStore
@@ -37,14 +37,27 @@ class StepContext:
 
     _instance: StepContext | None = None
 
-    def __init__(self) -> None:
-        self.settings = Settings.from_env()
-        self.redis = redis_connect(redis_url(self.settings), patient=True)
-        self.jobs = JobStore(self.redis)
-        self.locks = ContainerLocks(self.redis)
-        self.semaphores = Semaphores(self.redis)
-        self.runs = RunLeases(self.redis, self.settings.visibility_timeout)
+    def __init__(
+        self,
+        settings: Settings,
+        redis: redis.Redis | None,
+        jobs: JobStore,
+        locks: ContainerLocks,
+        semaphores: Semaphores,
+        runs: RunLeases,
+    ) -> None:
+        """The stores are given (the unit tests give in-memory ones: orchestrator/memstore.py);
+        :meth:`get` builds the process's own, on Redis."""
+        self.settings, self.redis = settings, redis
+        self.jobs, self.locks, self.semaphores, self.runs = jobs, locks, semaphores, runs
         self._local = threading.local()
+
+    @classmethod
+    def on_redis(cls, settings: Settings | None = None) -> StepContext:
+        settings = settings or Settings.from_env()
+        client = redis_connect(redis_url(settings), patient=True)
+        return cls(settings, client, JobStore(client), ContainerLocks(client), Semaphores(client),
+                   RunLeases(client, settings.visibility_timeout))  # fmt: skip
 
     @property
     def task(self) -> Task | None:
@@ -67,7 +80,7 @@ class StepContext:
     @classmethod
     def get(cls) -> StepContext:
         if cls._instance is None:
-            cls._instance = StepContext()
+            cls._instance = StepContext.on_redis()
         return cls._instance
 
     def client(self, remote: str, timeout: float = 30.0) -> RemoteClient:
@@ -113,7 +126,4 @@ class StepContext:
     def transient_failures(self, job_id: str, step: str) -> int:
         """Count one more transient failure of ``step`` (kept apart from Celery's retry counter, which
         also counts the waits for a concurrency slot)."""
-        key = keys.step_failures(job_id, step)
-        count = self.redis.incr(key)
-        self.redis.expire(key, 86400)
-        return int(count)
+        return self.jobs.count_failure(job_id, step)

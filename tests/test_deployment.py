@@ -228,9 +228,9 @@ def own_commands(argv: list[str]) -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_embedded_redis():
-    """Importing orchestrator.celeryapp starts an embedded redis-server unless ORCH_REDIS_URL is set;
-    Celery doesn't connect at import, so an unreachable URL is fine. Modules first imported here (with
-    that URL) are dropped afterwards, so a later in-process import gets a properly configured app."""
+    """The Celery app is configured at import from ORCH_REDIS_URL (it connects, and starts nothing, at
+    import: test_stepping_units checks that), so an unreachable URL is fine. Modules first imported here
+    (with that URL) are dropped afterwards, so a later in-process import gets a properly configured app."""
     before = set(sys.modules)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORCH_REDIS_URL", "redis://127.0.0.1:1/0")

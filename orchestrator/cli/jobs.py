@@ -265,8 +265,8 @@ def flower(port: int, address: str, flower_args: tuple[str, ...]) -> None:
     from orchestrator.settings import Settings
 
     _check_free(address, port)
-    url = redis_url(Settings.from_env())
-    argv = ["celery", "--app", "orchestrator.celeryapp:app", "--broker", url, "flower",
+    redis_url(Settings.from_env())  # the embedded Redis, started if it is the one (the app knows its URL)
+    argv = ["celery", "--app", "orchestrator.celeryapp:app", "flower",
             f"--port={port}", f"--address={address}", *flower_args]  # fmt: skip
     if not any(a == "--conf" or a.startswith("--conf=") for a in flower_args):
         from orchestrator import flowerconfig

@@ -33,6 +33,8 @@ def rollback(ctx: StepContext, job: Job) -> None:
     s = job.state
     if s.get("source_deleted"):
         return
+    if not (s.get("migration_id") or s.get("target_op") or s.get("source_was_running")):
+        return  # nothing was done on any agent yet (it failed in verify_target): nothing to undo
     src, tgt = source(ctx, job), target(ctx, job)
     if s.get("migration_id"):
         _quietly("revoking the migration", src.call, "DELETE", f"/1.0/migrations/{s['migration_id']}")

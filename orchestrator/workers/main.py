@@ -91,6 +91,10 @@ def celery_argv(concurrency: int, loglevel: str, name: str | None, extra: list[s
 
 def celery_process(argv: list[str]) -> None:
     """The supervised process: the Celery worker with orch's bootsteps and the kombu work-around."""
+    from orchestrator.redisserver import redis_url
+    from orchestrator.settings import Settings
+
+    redis_url(Settings.from_env())  # the embedded Redis, if it is the one, runs before Celery connects
     from orchestrator.celeryapp import app
     from orchestrator.workers import kombu_fixes
     from orchestrator.workers.dispatcher import DispatcherStep
