@@ -408,16 +408,12 @@ def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_worker_healthcheck_pings_the_worker_by_its_real_name(services: dict[str, dict[str, Any]]) -> None:
-    from orchestrator.celeryapp import app
-    from orchestrator.workers.main import run_worker
+    from orchestrator.workers.main import celery_argv  # what `orch worker` runs `celery worker` with
 
-    seen: list[list[str]] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(app, "worker_main", seen.append)
         mp.setattr("socket.gethostname", lambda: "HOST")
         ctx = parse_orch(services["worker"]["command"][1:])
-        run_worker(ctx.params["concurrency"], ctx.params["loglevel"], ctx.params["name"], [])
-    argv = seen[0]
+        argv = celery_argv(ctx.params["concurrency"], ctx.params["loglevel"], ctx.params["name"], [])
     node = argv[argv.index("--hostname") + 1].replace("HOST", "$HOSTNAME")
     (ping,) = shell_commands(services["worker"]["healthcheck"]["test"][1].replace("$$", "$"))
     assert ping[ping.index("--destination") + 1] == node
