@@ -14,14 +14,8 @@ from orchestrator.redisserver import redis_url
 from orchestrator.redisurl import is_sentinel, parse_sentinel
 from orchestrator.settings import Settings
 
-TASK_MODULES = [
-    "orchestrator.tasks.verify_target",
-    "orchestrator.tasks.issue_token",
-    "orchestrator.tasks.pull_image",
-    "orchestrator.tasks.transfer_delta",
-    "orchestrator.tasks.delete_source",
-    "orchestrator.tasks.rename",
-]
+#: the steps' tasks, all made from orchestrator/chain.py by one module
+TASK_MODULES = ["orchestrator.tasks.registry"]
 
 
 def make_app(settings: Settings | None = None) -> Celery:

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.chain import step_words
 from orchestrator.units import human_rate, human_size
 
 #: what each step of a chain does, in words
-STEP_WORDS = {
-    "verify_target": "checking source and target",
-    "issue_token": "preparing the transfer",
-    "pull_image": "copying the base image",
-    "transfer_delta": "transferring",
-    "delete_source": "deleting the source",
-    "rename": "renaming",
-}
+STEP_WORDS = step_words()
 
 
 def stage_words(meta: dict[str, Any]) -> str:

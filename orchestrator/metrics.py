@@ -40,13 +40,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from orchestrator.chain import KINDS, TRANSFER
 from orchestrator.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
 
 log = logging.getLogger(__name__)
 
-KINDS = ("copy", "move", "rename")
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-TRANSFER_STEP = "transfer_delta"
+TRANSFER_STEP = TRANSFER
 DEFAULT_MAX_JOBS = 10_000
 
 # upper bounds (seconds); +Inf is added

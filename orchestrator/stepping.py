@@ -23,6 +23,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from orchapi.errors import OrchError, Unavailable
+from orchestrator.chain import is_last
 from orchestrator.jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, Job, now_iso
 from orchestrator.stepcontext import Cancelled, StepContext, Superseded, lock_targets
 from orchestrator.tasks.rollback import rollback
@@ -156,6 +157,10 @@ class StepRun:
             log.exception("job %s step %s failed", job_id, self.name)
             self.fail(f"{self.name}: internal error: {exc}")
             raise
+        if is_last(job.kind, self.name):
+            # the job's end before the step's mark: a redelivery after a death in between finds the
+            # job finished (the other way round it would find the step done and the job never ended)
+            complete(ctx, ctx.jobs.get(job_id))
         if not ctx.jobs.mark_step_done(job_id, self.name, self.run_id):
             raise Ignore()
         ctx.jobs.update(job_id, error="")

@@ -178,3 +178,31 @@ def test_importing_the_celery_app_and_its_tasks_starts_no_server(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"redis+socket://{tmp_path / 'state' / 'redis.sock'}"
     assert not (tmp_path / "state").exists() or not list((tmp_path / "state").iterdir())
+
+
+def test_the_last_step_of_its_kind_ends_the_job(ctx):
+    from orchestrator.jobs import SUCCEEDED
+
+    job_id = new_job(ctx)
+    run(ctx, job_id, lambda c, job: None, name="transfer_delta")
+    assert ctx.jobs.get(job_id).status == RUNNING  # a move goes on to delete_source
+    run(ctx, job_id, lambda c, job: None, name="delete_source")
+    job = ctx.jobs.get(job_id)
+    assert job.status == SUCCEEDED and job.steps_done == ["transfer_delta", "delete_source"]
+    assert ctx.locks.held == {}
+
+
+def test_one_chain_definition_gives_the_tasks_and_each_kinds_chain():
+    from orchestrator.chain import STEPS, steps_for
+    from orchestrator.jobs import Job
+    from orchestrator.tasks.registry import TASKS
+    from orchestrator.workers.dispatcher import chain_of
+
+    assert [s.name for s in steps_for("move")] == [
+        "verify_target", "issue_token", "pull_image", "transfer_delta", "delete_source"
+    ]  # fmt: skip
+    assert [s.name for s in steps_for("copy")] == [s.name for s in steps_for("move")][:-1]
+    assert {name: task.name for name, task in TASKS.items()} == {s.name: f"orch.{s.name}" for s in STEPS}
+    job = Job("j1", "copy", "foo:c1", "bar:c1", "queued")
+    assert [sig.task for sig in chain_of(job).tasks] == [f"orch.{s.name}" for s in steps_for("copy")]
+    assert all(sig.immutable and sig.args == ("j1", job.label) for sig in chain_of(job).tasks)

@@ -8,10 +8,9 @@ roll back: a failure to start the target is reported, the container stays on the
 from __future__ import annotations
 
 from orchapi.errors import NotFound, OrchError
-from orchestrator.celeryapp import app
 from orchestrator.evacuation.hosts import HostStates
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, StepTask, complete, step
+from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
 
 
@@ -39,7 +38,3 @@ def delete(ctx: StepContext, job: Job) -> None:
             job.id,
             bool(job.options.get("allow_privileged")),
         )
-    complete(ctx, ctx.jobs.get(job.id))
-
-
-delete_source = app.task(base=StepTask, bind=True, name="orch.delete_source")(step("delete_source")(delete))

@@ -8,9 +8,8 @@ certificate, valid for one connection within a short TTL. The worker keeps them 
 from __future__ import annotations
 
 from orchapi.errors import InsufficientStorage, OrchError
-from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, StepTask, step
+from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import reachable_url, source, target
 from orchestrator.transfers.choice import modes_for
 
@@ -78,6 +77,3 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
             f"snapshots, {s['target_remote']} has {free} bytes free",
             "free space on the target, or move without snapshots (--instance-only)",
         )
-
-
-issue_token = app.task(base=StepTask, bind=True, name="orch.issue_token")(step("issue_token")(issue))

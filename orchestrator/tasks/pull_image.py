@@ -14,9 +14,8 @@ import logging
 
 from orchapi.errors import NotFound, OrchError, PeerUnreachable
 from orchapi.imagecopy import carry_image, has_image
-from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, StepTask, step
+from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,3 @@ def carry(ctx: StepContext, job: Job) -> None:
         ctx.jobs.update_state(job.id, image_missing=True)
         return
     ctx.jobs.update_state(job.id, image_cached=False, image_bytes=moved, image_carried=True)
-
-
-pull_image = app.task(base=StepTask, bind=True, name="orch.pull_image")(step("pull_image")(pull))

@@ -14,9 +14,8 @@ import logging
 from typing import Any
 
 from orchapi.errors import OrchError, PeerUnreachable
-from orchestrator.celeryapp import app
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, StepTask, complete, step
+from orchestrator.stepping import StepContext
 from orchestrator.tasks.issue_token import reissue
 from orchestrator.transfers import pull, push, relay
 from orchestrator.transfers.choice import modes_for
@@ -67,11 +66,3 @@ def transfer(ctx: StepContext, job: Job) -> None:
     )
     if not result.get("verified"):
         raise OrchError("the target did not verify the copy; the source is kept")
-    job = ctx.jobs.get(job.id)
-    if job.kind == "copy":
-        complete(ctx, job)
-
-
-transfer_delta = app.task(base=StepTask, bind=True, name="orch.transfer_delta")(
-    step("transfer_delta")(transfer)
-)

@@ -15,12 +15,11 @@ refused. The target agent enforces its cordon too; this check only fails earlier
 from __future__ import annotations
 
 from orchapi.errors import Conflict, Forbidden, NotFound
-from orchestrator.celeryapp import app
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.evacuation.hosts import HostStates
 from orchestrator.hostid import identify
 from orchestrator.jobs import Job
-from orchestrator.stepping import StepContext, StepTask, lock_targets, step
+from orchestrator.stepping import StepContext, lock_targets
 from orchestrator.tasks.common import source, target
 
 
@@ -103,6 +102,3 @@ def verify(ctx: StepContext, job: Job) -> None:
             # whose worker died while the agent was stopping the container. Stopped is what is wanted.
             if src.get(f"/1.0/containers/{s['source_name']}")["status"] != "Stopped":
                 raise
-
-
-verify_target = app.task(base=StepTask, bind=True, name="orch.verify_target")(step("verify_target")(verify))

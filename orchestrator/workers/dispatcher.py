@@ -19,6 +19,7 @@ from celery.canvas import Signature
 
 from orchapi.errors import NotFound
 from orchestrator import dispatch
+from orchestrator.chain import steps_for
 from orchestrator.jobs import Job, JobStore
 from orchestrator.redisserver import connect, redis_url
 from orchestrator.settings import Settings
@@ -32,20 +33,15 @@ SWEEP_EVERY = 10.0
 
 
 def chain_of(job: Job) -> Signature:
-    """The Celery canvas that runs ``job``: its five steps (four for a copy), or a rename."""
-    from orchestrator.tasks.delete_source import delete_source
-    from orchestrator.tasks.issue_token import issue_token
-    from orchestrator.tasks.pull_image import pull_image
-    from orchestrator.tasks.rename import rename
-    from orchestrator.tasks.transfer_delta import transfer_delta
-    from orchestrator.tasks.verify_target import verify_target
+    """The Celery canvas that runs ``job``: its kind's steps (orchestrator/chain.py), by task name."""
+    from orchestrator.celeryapp import app
 
-    if job.kind == "rename":
-        return rename.si(job.id, job.label)
-    steps = [verify_target, issue_token, pull_image, transfer_delta]
-    if job.kind == "move":
-        steps.append(delete_source)
-    return chain(*(task.si(job.id, job.label) for task in steps))
+    return chain(
+        *(
+            app.signature(step.task_name, args=(job.id, job.label), immutable=True)
+            for step in steps_for(job.kind)
+        )
+    )
 
 
 def start_job(client: redis.Redis, jobs: JobStore, job_id: str) -> None:
