@@ -15,7 +15,7 @@ import pytest
 
 from bench.lxd import BTRFS_POOL, LxdLab
 from tests.lxdlab import lxd_agent
-from tests.procs import ORCH, AgentProcess, Orch, free_port
+from tests.procs import ORCH, AgentProcess, Orch, free_port, kill_runc_containers
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret"
@@ -27,6 +27,11 @@ def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="orch-test-", dir="/tmp"))
     path.chmod(0o755)
     yield path
+    # a safety net under the fixtures' own cleanup: no container a test started outlives the suite
+    # (stopping an agent leaves its containers running by design; a test that failed half-way, or an
+    # agent started by hand in a test, could leave some)
+    for runc_root in [*path.glob("*/*/runc"), *path.glob("*/*/*/runc")]:
+        kill_runc_containers(runc_root)
     shutil.rmtree(path, ignore_errors=True)
 
 
