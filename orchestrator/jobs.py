@@ -21,6 +21,7 @@ import redis
 
 from orchapi.errors import NotFound
 from orchestrator import keys
+from orchestrator.jobstate import JobState
 
 INDEX = keys.JOBS
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -62,7 +63,7 @@ class Job:
     finished_ts: float = 0.0
     error: str = ""
     cancel_requested: bool = False
-    state: dict[str, Any] = field(default_factory=dict)
+    state: JobState = field(default_factory=JobState)
 
     @property
     def finished(self) -> bool:
@@ -96,16 +97,16 @@ class Job:
             "finished_ts": self.finished_ts,
             "duration": round(self.finished_ts - self.created_ts, 3) if self.finished_ts else None,
             "error": self.error,
-            "method": self.state.get("method", ""),
-            "mode": self.state.get("mode", ""),  # who dialed whom (orchestrator/transfers/)
+            "method": self.state.method,
+            "mode": self.state.mode,  # who dialed whom (orchestrator/transfers/)
             # what went over the wire, what it carried (before compression), and the limits' toll
-            "compression": self.state.get("compression", ""),
-            "wire_bytes": self.state.get("bytes_received"),
-            "payload_bytes": self.state.get("payload_bytes"),
-            "throttled_seconds": self.state.get("throttled_seconds"),
+            "compression": self.state.compression,
+            "wire_bytes": self.state.bytes_received,
+            "payload_bytes": self.state.payload_bytes,
+            "throttled_seconds": self.state.throttled_seconds,
             # resume: the snapshots an interrupted attempt had verified, not sent again, and their bytes
-            "resumed_volumes": self.state.get("resumed_volumes"),
-            "skipped_bytes": self.state.get("skipped_bytes"),
+            "resumed_volumes": self.state.resumed_volumes,
+            "skipped_bytes": self.state.skipped_bytes,
             "resumed_from": self.options.get("resumed_from"),  # `orch jobs resume` of that job
         }
 
@@ -121,9 +122,7 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
-    def create(
-        self, kind: str, source: str, target: str, options: dict[str, Any], state: dict[str, Any]
-    ) -> Job:
+    def create(self, kind: str, source: str, target: str, options: dict[str, Any], state: JobState) -> Job:
         job = Job(
             id=uuid.uuid4().hex[:12],
             kind=kind,
@@ -168,8 +167,10 @@ class JobStore:
         fields["updated_at"] = time.time()
         self.r.hset(_key(job_id), mapping=self._encode(fields))
 
-    def update_state(self, job_id: str, **values: Any) -> dict[str, Any]:
-        """Merge ``values`` into the job's ``state`` (read-modify-write under WATCH)."""
+    def update_state(self, job_id: str, **values: Any) -> JobState:
+        """Merge ``values`` (fields of :class:`JobState`, checked) into the job's ``state``
+        (read-modify-write under WATCH); the state as it is now."""
+        JobState.check_names(values)
         key = _key(job_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -180,7 +181,7 @@ class JobStore:
                     pipe.multi()
                     pipe.hset(key, mapping={"state": json.dumps(state), "updated_at": time.time()})
                     pipe.execute()
-                    return state
+                    return JobState.from_dict(state)
                 except redis.WatchError:
                     continue
 
@@ -255,7 +256,9 @@ class JobStore:
     def _encode(fields: dict[str, Any]) -> dict[str, str]:
         out = {}
         for k, v in fields.items():
-            if k in _JSON:
+            if isinstance(v, JobState):
+                out[k] = json.dumps(v.to_dict())
+            elif k in _JSON:
                 out[k] = json.dumps(v)
             elif isinstance(v, bool):
                 out[k] = "1" if v else ""
@@ -273,6 +276,8 @@ class JobStore:
                 values[k] = int(float(v or 0))
             elif k in _FLOAT:
                 values[k] = float(v or 0)
+            elif k == "state":
+                values[k] = JobState.from_dict(json.loads(v or "null"))
             elif k in _JSON:
                 values[k] = json.loads(v or "null") or ({} if k != "steps_done" else [])
             elif k == "cancel_requested":

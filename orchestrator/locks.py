@@ -89,9 +89,9 @@ def lock_targets(job: Job) -> list[tuple[str, str, str]]:
     s = job.state
     return [
         (
-            s.get(f"{side}_host") or s[f"{side}_remote"],
-            s[f"{side}_name"],
-            f"{s[f'{side}_remote']}:{s[f'{side}_name']}",
+            getattr(s, f"{side}_host") or getattr(s, f"{side}_remote"),
+            getattr(s, f"{side}_name"),
+            f"{getattr(s, f'{side}_remote')}:{getattr(s, f'{side}_name')}",
         )
         for side in ("source", "target")
     ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchapi.errors import Conflict, NotFound
 from orchestrator.jobs import QUEUED, Job, now_iso
+from orchestrator.jobstate import JobState
 
 
 class MemoryJobStore:
@@ -26,9 +27,7 @@ class MemoryJobStore:
         self.failures: dict[tuple[str, str], int] = {}
         self._secrets: dict[str, dict[str, str]] = {}
 
-    def create(
-        self, kind: str, source: str, target: str, options: dict[str, Any], state: dict[str, Any]
-    ) -> Job:
+    def create(self, kind: str, source: str, target: str, options: dict[str, Any], state: JobState) -> Job:
         job = Job(uuid.uuid4().hex[:12], kind, source, target, QUEUED, options=options,
                   created_at=now_iso(), created_ts=time.time(), state=copy.deepcopy(state))  # fmt: skip
         self.jobs[job.id] = job
@@ -46,8 +45,10 @@ class MemoryJobStore:
                 setattr(self.jobs[job_id], name, copy.deepcopy(value))
         self.jobs[job_id].updated_at = time.time()
 
-    def update_state(self, job_id: str, **values: Any) -> dict[str, Any]:
-        self.jobs[job_id].state.update(copy.deepcopy(values))
+    def update_state(self, job_id: str, **values: Any) -> JobState:
+        JobState.check_names(values)
+        for name, value in values.items():
+            setattr(self.jobs[job_id].state, name, copy.deepcopy(value))
         return copy.deepcopy(self.jobs[job_id].state)
 
     def mark_step_done(self, job_id: str, step: str, run: str) -> bool:

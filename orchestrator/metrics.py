@@ -139,22 +139,22 @@ def job_metrics(jobs: Sequence[Job]) -> Iterator[Metric]:
     # what finished transfers sent over the wire, what that carried before compression (where the
     # target measured it), and how long bandwidth limits held them back
     wire = CounterMetricFamily("orch_wire_bytes", "Bytes finished transfers received over the wire")
-    wire.add_metric([], sum(int(j.state.get("bytes_received") or 0) for j in jobs))
+    wire.add_metric([], sum(int(j.state.bytes_received or 0) for j in jobs))
     yield wire
     payload = CounterMetricFamily(
         "orch_payload_bytes", "Bytes finished transfers carried before compression (where measured)"
     )
-    payload.add_metric([], sum(int(j.state.get("payload_bytes") or 0) for j in jobs))
+    payload.add_metric([], sum(int(j.state.payload_bytes or 0) for j in jobs))
     yield payload
     throttled = CounterMetricFamily(
         "orch_throttled_seconds", "Seconds bandwidth limits held finished transfers back"
     )
-    throttled.add_metric([], sum(float(j.state.get("throttled_seconds") or 0.0) for j in jobs))
+    throttled.add_metric([], sum(float(j.state.throttled_seconds or 0.0) for j in jobs))
     yield throttled
     skipped = CounterMetricFamily(
         "orch_resume_skipped_bytes", "Bytes finished transfers did not send again thanks to resume"
     )
-    skipped.add_metric([], sum(int(j.state.get("skipped_bytes") or 0) for j in jobs))
+    skipped.add_metric([], sum(int(j.state.skipped_bytes or 0) for j in jobs))
     yield skipped
 
     waits: dict[tuple[str, ...], _Histogram] = defaultdict(lambda: _Histogram(QUEUE_WAIT_BUCKETS))

@@ -109,18 +109,18 @@ class StepContext:
             raise Superseded()
         for host, name, _label in lock_targets(job):
             self.locks.renew(job.id, host, name, self.settings.lock_lease)
-        for name, _limit in job.state.get("slots", []):
+        for name, _limit in job.state.slots:
             self.semaphores.renew(name, job.id, self.settings.lock_lease)
 
     def release_locks(self, job: Job) -> None:
         for host, name, _label in lock_targets(job):
             self.locks.release(job.id, host, name)
-        for name, _limit in job.state.get("slots", []):
+        for name, _limit in job.state.slots:
             self.semaphores.release(name, job.id)
 
     def take_slots(self, job: Job) -> bool:
         """The job's concurrency slots (evacuations: global and per host), all or none."""
-        slots = [(name, int(limit)) for name, limit in job.state.get("slots", [])]
+        slots = [(name, int(limit)) for name, limit in job.state.slots]
         return not slots or self.semaphores.acquire_all(slots, job.id, self.settings.lock_lease)
 
     def transient_failures(self, job_id: str, step: str) -> int:

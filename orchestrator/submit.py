@@ -14,6 +14,7 @@ from typing import Any
 from orchapi.errors import BadRequest, Conflict, OrchError
 from orchestrator import dispatch
 from orchestrator.jobs import Job, JobStore
+from orchestrator.jobstate import JobState
 from orchestrator.locks import ContainerLocks
 from orchestrator.redisserver import connect, redis_url
 from orchestrator.refs import Ref
@@ -36,16 +37,16 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
     settings = Settings.from_env()
     client = connect(redis_url(settings))
     store, locks = JobStore(client), ContainerLocks(client)
-    state = {
-        "source_remote": src.remote,
-        "source_name": src.name,
-        "source_snapshot": src.snapshot,
-        "target_remote": dst.remote,
-        "target_name": dst.name,
-        "source_host": src_host,
-        "target_host": dst_host,
-        "slots": [list(slot) for slot in slots],
-    }
+    state = JobState(
+        source_remote=src.remote,
+        source_name=src.name,
+        source_snapshot=src.snapshot,
+        target_remote=dst.remote,
+        target_name=dst.name,
+        source_host=src_host,
+        target_host=dst_host,
+        slots=[list(slot) for slot in slots],
+    )
     job = store.create(kind, str(src), f"{dst.remote}:{dst.name}", options, state)
     try:
         what = f" ({kind} {job.label})"

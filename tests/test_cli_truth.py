@@ -10,6 +10,7 @@ import time
 import pexpect
 import pytest
 
+from orchestrator.jobstate import JobState
 from tests.procs import ORCH
 
 
@@ -117,12 +118,12 @@ def test_jobs_prune_removes_only_old_finished_records_and_show_is_readable(orch_
     from orchestrator.jobs import FAILED, SUCCEEDED, JobStore
 
     store = JobStore(redis.Redis.from_url(redis_server.url))
-    done = store.create("move", "foo:a", "bar:a", {"stateless": True, "method": None}, {})
+    done = store.create("move", "foo:a", "bar:a", {"stateless": True, "method": None}, JobState())
     store.update(done.id, bytes_done=3 * 1024 * 1024, bytes_total=3 * 1024 * 1024, rate=1_500_000)
     store.finish(done.id, SUCCEEDED)
-    failed = store.create("copy", "foo:b", "bar:b", {}, {})
+    failed = store.create("copy", "foo:b", "bar:b", {}, JobState())
     store.finish(failed.id, FAILED, "verify_target: boom")
-    queued = store.create("copy", "foo:c", "bar:c", {}, {})
+    queued = store.create("copy", "foo:c", "bar:c", {}, JobState())
     shown = orch_env.run("jobs", "show", done.id).stdout
     assert "Bytes done: 3.00MiB (3,145,728 bytes)" in shown, shown
     assert "Rate: 1.43MiB/s" in shown and "Options: stateless" in shown, shown

@@ -8,6 +8,7 @@ import pytest
 
 from orchapi.errors import Conflict, NotFound
 from orchestrator.jobs import FAILED, QUEUED, JobStore
+from orchestrator.jobstate import JobState
 from orchestrator.locks import ContainerLocks
 from orchestrator.redisserver import connect, ensure_embedded
 from orchestrator.stepping import backoff
@@ -20,27 +21,29 @@ def client(redis_server):  # type: ignore[no-untyped-def]
 
 def test_job_record_roundtrip_and_index(client):
     store = JobStore(client)
-    a = store.create("copy", "foo:c1", "bar:c1", {"refresh": True}, {"source_remote": "foo"})
+    a = store.create("copy", "foo:c1", "bar:c1", {"refresh": True}, JobState(source_remote="foo"))
     time.sleep(0.01)
-    b = store.create("move", "foo:c2", "bar:c2", {}, {})
+    b = store.create("move", "foo:c2", "bar:c2", {}, JobState())
     assert [j.id for j in store.list()] == [b.id, a.id]
     got = store.get(a.id)
     assert (got.kind, got.status, got.options, got.state) == (
         "copy",
         QUEUED,
         {"refresh": True},
-        {"source_remote": "foo"},
+        JobState(source_remote="foo"),
     )
+    with pytest.raises(TypeError, match="target_opp"):  # a typo fails where it is written
+        store.update_state(a.id, target_opp="/1.0/operations/x")
     store.update(a.id, bytes_done=10, bytes_total=20, rate=1.5, step="transfer_delta")
     store.update_state(a.id, target_op="/1.0/operations/x")
     got = store.get(a.id)
-    assert (got.bytes_done, got.bytes_total, got.rate, got.state["target_op"]) == (
+    assert (got.bytes_done, got.bytes_total, got.rate, got.state.target_op) == (
         10,
         20,
         1.5,
         "/1.0/operations/x",
     )
-    assert got.state["source_remote"] == "foo"
+    assert got.state.source_remote == "foo"
     store.finish(a.id, FAILED, "boom")
     assert store.get(a.id).finished and store.get(a.id).error == "boom"
     with pytest.raises(NotFound):
@@ -49,7 +52,7 @@ def test_job_record_roundtrip_and_index(client):
 
 def test_step_completion_is_recorded_once(client):
     store = JobStore(client)
-    job = store.create("copy", "a:x", "b:x", {}, {})
+    job = store.create("copy", "a:x", "b:x", {}, JobState())
     assert store.mark_step_done(job.id, "issue_token", "run-1") is True
     assert store.mark_step_done(job.id, "issue_token", "run-2") is False  # the duplicate delivery must stop
     # the same run again (its command retried after Redis came back, the first try had taken effect)
@@ -59,7 +62,7 @@ def test_step_completion_is_recorded_once(client):
 
 def test_secrets_are_kept_apart_and_dropped_when_the_job_ends(client):
     store = JobStore(client)
-    job = store.create("copy", "a:x", "b:x", {}, {})
+    job = store.create("copy", "a:x", "b:x", {}, JobState())
     store.set_secrets(job.id, {"fs": "t0k3n"})
     assert "t0k3n" not in str(client.hgetall(f"orch:job:{job.id}"))
     assert store.secrets(job.id) == {"fs": "t0k3n"}

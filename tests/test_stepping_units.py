@@ -14,6 +14,7 @@ from celery.exceptions import Ignore, Retry
 
 from orchapi.errors import BadRequest, Unavailable
 from orchestrator.jobs import CANCELLED, FAILED, RUNNING
+from orchestrator.jobstate import JobState
 from orchestrator.memstore import MemoryJobStore, MemoryLocks, MemoryRunLeases, MemorySemaphores
 from orchestrator.settings import Settings
 from orchestrator.stepcontext import Cancelled, StepContext, Superseded
@@ -44,7 +45,7 @@ def ctx(tmp_path, monkeypatch) -> StepContext:  # type: ignore[no-untyped-def]
 
 def new_job(ctx: StepContext, **state: Any) -> str:
     base = {"source_remote": "foo", "source_name": "c1", "target_remote": "bar", "target_name": "c1"}
-    return ctx.jobs.create("move", "foo:c1", "bar:c1", {}, {**base, **state}).id
+    return ctx.jobs.create("move", "foo:c1", "bar:c1", {}, JobState(**base, **state)).id
 
 
 def run(ctx: StepContext, job_id: str, fn, task: RunningTask | None = None, name: str = "issue_token"):  # type: ignore[no-untyped-def]

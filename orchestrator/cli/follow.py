@@ -63,7 +63,7 @@ def follow(store: JobStore, job_id: str) -> Job:
             store.wait_end(job_id, WAIT)
     if job.status != SUCCEEDED:
         # the target kept what an interrupted transfer had verified: say how to go on from there
-        kept = job.status == FAILED and bool(job.state.get("transfer_kept"))
+        kept = job.status == FAILED and bool(job.state.transfer_kept)
         hint = f"continue it with `orch jobs resume {job.id}`, or drop it with `orch jobs cancel {job.id}`"
         raise JobFailed(f"job {job.id} {job.status}: {job.error}", hint if kept else "")
     return job

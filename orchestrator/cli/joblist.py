@@ -76,7 +76,7 @@ def _row(j) -> list[str]:  # type: ignore[no-untyped-def]
         _progress(j),
         human_rate(j.rate) if running and j.rate else "",
         eta,
-        j.state.get("method", ""),
+        j.state.method,
         _seconds(duration) if started else "",
         _age(j.created_at),
     ]
@@ -184,7 +184,7 @@ def jobs_cancel(job_id: str, wait: bool) -> None:
 
     store = job_store()
     job = store.request_cancel(job_id)
-    if job.status == FAILED and job.kind in ("copy", "move") and job.state.get("migration_id"):
+    if job.status == FAILED and job.kind in ("copy", "move") and job.state.migration_id:
         _discard_kept(job)
         return
     if job.finished:
@@ -216,7 +216,7 @@ def _discard_kept(job) -> None:  # type: ignore[no-untyped-def]
     from orchestrator.connect import connect
     from orchestrator.suspended import discard_suspended
 
-    remote, name = job.state["target_remote"], job.state["target_name"]
+    remote, name = job.state.target_remote, job.state.target_name
     if discard_suspended(connect(ClientConfig(), remote), name, strict=True):
         click.echo(f"Job {job.id} had failed; the transfer {remote}: kept to resume it was removed")
         return

@@ -92,8 +92,8 @@ def resume_job(job_id: str, wait: bool) -> int:
         hint = f"follow it: orch jobs show {job_id}" if not old.finished else ""
         raise Conflict(f"job {job_id} is {old.status}: only a failed job is resumed", hint)
     s = old.state
-    src = Ref(s["source_remote"], s["source_name"], s.get("source_snapshot") or "")
-    dst = Ref(s["target_remote"], s["target_name"])
+    src = Ref(s.source_remote, s.source_name, s.source_snapshot or "")
+    dst = Ref(s.target_remote, s.target_name)
     options = {**old.options, "resumed_from": job_id}
     return submit_and_follow(old.kind, src, dst, options, wait)
 

@@ -59,7 +59,7 @@ def running_jobs(store: JobStore, names: tuple[str, ...]) -> int:
     return sum(
         1
         for job in store.list(500)
-        if not job.finished and {job.state.get("source_remote"), job.state.get("target_remote")} & set(names)
+        if not job.finished and {job.state.source_remote, job.state.target_remote} & set(names)
     )
 
 

@@ -10,11 +10,11 @@ from orchestrator.stepcontext import StepContext
 
 
 def source(ctx: StepContext, job: Job, timeout: float = 30.0) -> RemoteClient:
-    return ctx.client(job.state["source_remote"], timeout)
+    return ctx.client(job.state.source_remote, timeout)
 
 
 def target(ctx: StepContext, job: Job, timeout: float = 30.0) -> RemoteClient:
-    return ctx.client(job.state["target_remote"], timeout)
+    return ctx.client(job.state.target_remote, timeout)
 
 
 def reachable_url(remote: str, client: RemoteClient) -> str:

@@ -16,25 +16,25 @@ from orchestrator.tasks.common import source, target
 
 def delete(ctx: StepContext, job: Job) -> None:
     s = job.state
-    if not s.get("verified"):
+    if not s.verified:
         raise OrchError("refusing to delete the source: the target copy was not verified")
-    if not s.get("source_deleted"):
+    if not s.source_deleted:
         try:
-            source(ctx, job).run("DELETE", f"/1.0/containers/{s['source_name']}")
+            source(ctx, job).run("DELETE", f"/1.0/containers/{s.source_name}")
         except NotFound:
             pass  # an earlier delivery of this step deleted it
         ctx.jobs.update_state(job.id, source_deleted=True)
-    if s.get("source_was_running"):
+    if s.source_was_running:
         tgt = target(ctx, job)
-        if tgt.get(f"/1.0/containers/{s['target_name']}")["status"] != "Running":
-            tgt.run("PUT", f"/1.0/containers/{s['target_name']}/state", json={"action": "start"})
+        if tgt.get(f"/1.0/containers/{s.target_name}")["status"] != "Running":
+            tgt.run("PUT", f"/1.0/containers/{s.target_name}/state", json={"action": "start"})
     origin = job.options.get("origin")
     if origin:  # an evacuation: remember where the container came from, for `orch restore`
         HostStates(ctx.redis).record_origin(
             origin,
-            s["target_name"],
-            s["target_remote"],
-            bool(s.get("source_was_running")),
+            s.target_name,
+            s.target_remote,
+            bool(s.source_was_running),
             job.id,
             bool(job.options.get("allow_privileged")),
         )

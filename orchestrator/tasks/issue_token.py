@@ -18,7 +18,7 @@ TOKEN_TTL = 120
 
 def issue(ctx: StepContext, job: Job) -> None:
     s = job.state
-    if s.get("migration_id") and ctx.jobs.secrets(job.id):
+    if s.migration_id and ctx.jobs.secrets(job.id):
         return  # issued by an earlier delivery of this step
     issue_migration(ctx, job)
 
@@ -26,7 +26,7 @@ def issue(ctx: StepContext, job: Job) -> None:
 def reissue(ctx: StepContext, job: Job) -> Job:
     """New secrets for a job whose migration was spent or expired (a change of transfer mode): the
     old migration is revoked first; the job as it is now."""
-    old = job.state.get("migration_id")
+    old = job.state.migration_id
     if old:
         try:
             source(ctx, job).call("DELETE", f"/1.0/migrations/{old}")
@@ -40,22 +40,20 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
     """Ask the source for a migration of the job's container to the target's certificate."""
     s = job.state
     src = source(ctx, job)
-    target_certificate = (
-        s.get("target_certificate") or target(ctx, job).get("/1.0")["environment"]["certificate"]
-    )
-    mode = s.get("mode") or modes_for(ctx, job)[0]
+    target_certificate = s.target_certificate or target(ctx, job).get("/1.0")["environment"]["certificate"]
+    mode = s.mode or modes_for(ctx, job)[0]
     body = {
         "mode": mode,
         "target_certificate": target_certificate,
-        "snapshot": s.get("source_snapshot") or None,
+        "snapshot": s.source_snapshot or None,
         "instance_only": bool(job.options.get("instance_only")),
         "ttl": TOKEN_TTL,
     }
     if job.options.get("bwlimit"):
         body["bwlimit"] = int(job.options["bwlimit"])  # the source paces what it sends to it
-    migration = src.call("POST", f"/1.0/containers/{s['source_name']}/migration", json=body)
+    migration = src.call("POST", f"/1.0/containers/{s.source_name}/migration", json=body)
     ctx.jobs.set_secrets(job.id, migration["secrets"])
-    base_url = reachable_url(s["source_remote"], src)
+    base_url = reachable_url(s.source_remote, src)
     ctx.jobs.update_state(
         job.id,
         migration_id=migration["id"],
@@ -68,12 +66,12 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
         mode=mode,
     )
     ctx.jobs.update(job.id, bytes_total=migration.get("size", 0))
-    size, free = migration.get("size", 0), s.get("target_free")
-    if free is not None and not s.get("target_preexisted") and size > free:
+    size, free = migration.get("size", 0), s.target_free
+    if free is not None and not s.target_preexisted and size > free:
         # before any byte moves (the target would refuse beyond its free space, but later); the migration
         # is recorded already, so the rollback revokes its secrets
         raise InsufficientStorage(
-            f"not enough space on {s['target_remote']}: {job.source} needs {size} bytes with its "
-            f"snapshots, {s['target_remote']} has {free} bytes free",
+            f"not enough space on {s.target_remote}: {job.source} needs {size} bytes with its "
+            f"snapshots, {s.target_remote} has {free} bytes free",
             "free space on the target, or move without snapshots (--instance-only)",
         )

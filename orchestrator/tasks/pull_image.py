@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 
 def pull(ctx: StepContext, job: Job) -> None:
     s = job.state
-    if not s.get("base_image"):
+    if not s.base_image:
         return
-    if s.get("mode") not in (None, "pull"):
+    if s.mode not in (None, "pull"):
         carry(ctx, job)  # the target is not to dial the source (pushed or relayed)
         return
     secret = ctx.jobs.secrets(job.id).get("image")
@@ -34,10 +34,10 @@ def pull(ctx: StepContext, job: Job) -> None:
     body = {
         "source": {
             "type": "migration",
-            "operation": s["migration_url"],
+            "operation": s.migration_url,
             "secret": secret,
-            "certificate": s["source_certificate"],
-            "fingerprint": s["base_image"],
+            "certificate": s.source_certificate,
+            "fingerprint": s.base_image,
         }
     }
     ctx.jobs.update(job.id, stage="image")
@@ -61,13 +61,13 @@ def pull(ctx: StepContext, job: Job) -> None:
 def carry(ctx: StepContext, job: Job) -> None:
     """The worker carries the image from the source's export to the target's import (both trust it),
     unless the target has it; a source that lost it means no pre-fill, as in a pull."""
-    fingerprint = job.state["base_image"]
+    fingerprint = job.state.base_image
     tgt = target(ctx, job, timeout=600)
     if has_image(tgt, fingerprint):
         ctx.jobs.update_state(job.id, image_cached=True)
         return
     try:
-        moved = carry_image(source(ctx, job, timeout=600), tgt, fingerprint, what=job.state["target_remote"])
+        moved = carry_image(source(ctx, job, timeout=600), tgt, fingerprint, what=job.state.target_remote)
     except NotFound:
         ctx.jobs.update_state(job.id, image_missing=True)
         return

@@ -31,29 +31,25 @@ def _quietly(what: str, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped
 
 def rollback(ctx: StepContext, job: Job) -> None:
     s = job.state
-    if s.get("source_deleted"):
+    if s.source_deleted:
         return
-    if not (s.get("migration_id") or s.get("target_op") or s.get("source_was_running")):
+    if not (s.migration_id or s.target_op or s.source_was_running):
         return  # nothing was done on any agent yet (it failed in verify_target): nothing to undo
     src, tgt = source(ctx, job), target(ctx, job)
-    if s.get("migration_id"):
-        _quietly("revoking the migration", src.call, "DELETE", f"/1.0/migrations/{s['migration_id']}")
-    if (
-        s.get("target_op")
-        and _transfer_created_target(tgt, s["target_op"])
-        and not s.get("target_preexisted")
-    ):
-        _delete_target(tgt, s["target_name"])
-    if job.cancel_requested and s.get("migration_id"):
+    if s.migration_id:
+        _quietly("revoking the migration", src.call, "DELETE", f"/1.0/migrations/{s.migration_id}")
+    if s.target_op and _transfer_created_target(tgt, s.target_op) and not s.target_preexisted:
+        _delete_target(tgt, s.target_name)
+    if job.cancel_requested and s.migration_id:
         # called off: what the target kept of an interrupted attempt to resume it goes too (a failure
         # keeps it, for the retry or `orch jobs resume`, until the target's migration.resume_ttl)
-        discard_suspended(tgt, s["target_name"])
-    if s.get("source_was_running"):
+        discard_suspended(tgt, s.target_name)
+    if s.source_was_running:
         _quietly(
             "restarting the source",
             src.run,
             "PUT",
-            f"/1.0/containers/{s['source_name']}/state",
+            f"/1.0/containers/{s.source_name}/state",
             json={"action": "start"},
         )
 

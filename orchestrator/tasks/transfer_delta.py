@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 def run_modes(ctx: StepContext, job: Job) -> dict[str, Any]:
     """The transfer in the job's mode; under ``auto`` the next mode when the agents could not connect."""
     order = modes_for(ctx, job)
-    mode = job.state.get("mode") if job.state.get("mode") in order else order[0]
+    mode = job.state.mode if job.state.mode in order else order[0]
     while True:
         job.state = ctx.jobs.update_state(job.id, mode=mode)
-        if mode != "relay" and job.state.get("migration_spent") and not job.state.get("target_op"):
+        if mode != "relay" and job.state.migration_spent and not job.state.target_op:
             # a new transfer (a retry, another mode) needs unspent secrets; relay has them issued to
             # the worker's own certificate itself
             job = reissue(ctx, job)

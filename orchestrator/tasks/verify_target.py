@@ -26,15 +26,15 @@ from orchestrator.tasks.common import source, target
 def check_hosts(ctx: StepContext, job: Job) -> None:
     """The target host may receive containers, and the target is not the source under another name."""
     s, config = job.state, ClientConfig()
-    target_id = identify(config, s["target_remote"])
+    target_id = identify(config, s.target_remote)
     if not job.options.get("restore"):
         states = HostStates(ctx.redis)
-        states.adopt_legacy(target_id, [s["target_remote"]])
-        states.check_schedulable(target_id, s["target_remote"])
-    if s["target_name"] == s["source_name"] and identify(config, s["source_remote"]) == target_id:
+        states.adopt_legacy(target_id, [s.target_remote])
+        states.check_schedulable(target_id, s.target_remote)
+    if s.target_name == s.source_name and identify(config, s.source_remote) == target_id:
         raise Conflict(
             f"{job.source} and {job.target} are the same container "
-            f"({s['source_remote']} and {s['target_remote']} name the same host)",
+            f"({s.source_remote} and {s.target_remote} name the same host)",
             "pick another name or another host",
         )
 
@@ -43,23 +43,21 @@ def verify(ctx: StepContext, job: Job) -> None:
     s, opts = job.state, job.options
     check_hosts(ctx, job)
     src, tgt = source(ctx, job), target(ctx, job)
-    container = src.get(f"/1.0/containers/{s['source_name']}")
-    if s.get("source_snapshot"):
-        src.get(f"/1.0/containers/{s['source_name']}/snapshots/{s['source_snapshot']}")
+    container = src.get(f"/1.0/containers/{s.source_name}")
+    if s.source_snapshot:
+        src.get(f"/1.0/containers/{s.source_name}/snapshots/{s.source_snapshot}")
     target_info = tgt.get("/1.0")
     if target_info.get("auth") != "trusted":
-        raise Forbidden(f"remote {s['target_remote']} does not trust this client")
-    HostStates.check_agent_status(
-        (target_info.get("config") or {}).get("orch.status", ""), s["target_remote"]
-    )
+        raise Forbidden(f"remote {s.target_remote} does not trust this client")
+    HostStates.check_agent_status((target_info.get("config") or {}).get("orch.status", ""), s.target_remote)
     source_info = src.get("/1.0")
     common = set(source_info["environment"]["transfer_methods"]) & set(
         target_info["environment"]["transfer_methods"]
     )
     if not common:
-        raise Conflict(f"{job.source} and {s['target_remote']}: the agents share no transfer method")
+        raise Conflict(f"{job.source} and {s.target_remote}: the agents share no transfer method")
     try:
-        existing = tgt.get(f"/1.0/containers/{s['target_name']}")
+        existing = tgt.get(f"/1.0/containers/{s.target_name}")
     except NotFound:
         existing = None
     if existing is not None and not opts.get("refresh"):
@@ -71,8 +69,8 @@ def verify(ctx: StepContext, job: Job) -> None:
         )
     if existing is not None and existing["status"] == "Running":
         raise Conflict(f"container {job.target} is running", "stop it before refreshing it")
-    running = container["status"] == "Running" and not s.get("source_snapshot")
-    if running and not (job.kind == "move" and opts.get("stateless")) and not s.get("source_was_running"):
+    running = container["status"] == "Running" and not s.source_snapshot
+    if running and not (job.kind == "move" and opts.get("stateless")) and not s.source_was_running:
         raise Conflict(
             f"container {job.source} is running",
             f"stop it first (orch stop {job.source}), use --stateless to stop, move and restart it"
@@ -94,11 +92,9 @@ def verify(ctx: StepContext, job: Job) -> None:
     if running:
         ctx.jobs.update_state(job.id, source_was_running=True)
         try:
-            src.run(
-                "PUT", f"/1.0/containers/{s['source_name']}/state", json={"action": "stop", "timeout": 30}
-            )
+            src.run("PUT", f"/1.0/containers/{s.source_name}/state", json={"action": "stop", "timeout": 30})
         except Conflict:
             # stopped between the status read and the stop: by an earlier delivery of this very step
             # whose worker died while the agent was stopping the container. Stopped is what is wanted.
-            if src.get(f"/1.0/containers/{s['source_name']}")["status"] != "Stopped":
+            if src.get(f"/1.0/containers/{s.source_name}")["status"] != "Stopped":
                 raise

@@ -29,7 +29,7 @@ def order(wish: str, source_config: dict[str, Any], target_config: dict[str, Any
 
 def modes_for(ctx: StepContext, job: Job) -> tuple[str, ...]:
     """The job's modes to try, read once from both agents and kept on the job."""
-    known = job.state.get("modes")
+    known = job.state.modes
     if known:
         return tuple(known)
     configs = [side(ctx, job).get("/1.0").get("config") or {} for side in (source, target)]

@@ -85,9 +85,9 @@ def follow(
         # known before it is sent, and a bar stuck at 33 % while deltas travel would mislead
         fields["bytes_total"] = int(meta.get("total_bytes") or 0) if meta.get("total_exact") else 0
         ctx.jobs.update(job.id, **fields)
-        if meta.get("method") and not job.state.get("method"):  # negotiated: shown while it runs
+        if meta.get("method") and not job.state.method:  # negotiated: shown while it runs
             job.state = ctx.jobs.update_state(job.id, method=str(meta["method"]))
-        if meta.get("resumed_volumes") and job.state.get("resumed_volumes") != meta["resumed_volumes"]:
+        if meta.get("resumed_volumes") and job.state.resumed_volumes != meta["resumed_volumes"]:
             # what the target kept of an interrupted attempt: shown while it runs, not only at the end
             job.state = ctx.jobs.update_state(
                 job.id, resumed_volumes=meta["resumed_volumes"], skipped_bytes=meta.get("skipped_bytes", 0)
@@ -124,7 +124,7 @@ def follow(
 
 def _succeeded(ctx: StepContext, job: Job, meta: dict[str, Any]) -> dict[str, Any]:
     """The target verified and committed: what an earlier attempt kept is the copy now."""
-    if job.state.get("transfer_kept"):
+    if job.state.transfer_kept:
         job.state = ctx.jobs.update_state(job.id, transfer_kept=False)
     return meta
 

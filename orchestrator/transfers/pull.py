@@ -16,8 +16,8 @@ def receive_body(job: Job) -> dict[str, Any]:
     s = job.state
     return {
         "type": "migration",
-        "certificate": s["source_certificate"],
-        "base-image": s.get("base_image", "") if not s.get("image_missing") else "",
+        "certificate": s.source_certificate,
+        "base-image": s.base_image if not s.image_missing else "",
         "refresh": bool(job.options.get("refresh")),
         "method": job.options.get("method") or None,
         # the operator's opt-in for this job; the target decides everything else itself
@@ -31,8 +31,8 @@ def start(ctx: StepContext, job: Job) -> str:
     secret = ctx.jobs.secrets(job.id).get("fs")
     if not secret:
         raise OrchError("the migration secrets expired before the transfer started; run the job again")
-    source = {**receive_body(job), "mode": "pull", "operation": s["migration_url"], "secrets": {"fs": secret}}
-    body = {"name": s["target_name"], "source": source}
+    source = {**receive_body(job), "mode": "pull", "operation": s.migration_url, "secrets": {"fs": secret}}
+    body = {"name": s.target_name, "source": source}
     response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
     operation = response["operation"]
     ctx.jobs.update_state(job.id, target_op=operation, migration_spent=True)
@@ -41,5 +41,5 @@ def start(ctx: StepContext, job: Job) -> str:
 
 def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     """Start (or, redelivered, re-attach to) the target's pull and follow it to its end."""
-    operation = job.state.get("target_op") or start(ctx, job)
+    operation = job.state.target_op or start(ctx, job)
     return follow(ctx, job, target(ctx, job, timeout=POLL + 30), operation)

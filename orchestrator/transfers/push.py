@@ -42,20 +42,20 @@ def start(ctx: StepContext, job: Job) -> tuple[str, str]:
     """The target's sink operation and the source's push operation (both recorded on the job)."""
     s = job.state
     tgt = target(ctx, job)
-    body = {"name": s["target_name"], "source": {**receive_body(job), "mode": "push"}}
+    body = {"name": s.target_name, "source": {**receive_body(job), "mode": "push"}}
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
     ctx.jobs.update_state(job.id, target_op=sink_op)
     push = {"addresses": target_addresses(ctx, job), **sink_secret(sink)}
-    pushed = source(ctx, job).request("POST", f"/1.0/migrations/{s['migration_id']}/push", json=push).json()
+    pushed = source(ctx, job).request("POST", f"/1.0/migrations/{s.migration_id}/push", json=push).json()
     ctx.jobs.update_state(job.id, source_op=pushed["operation"], migration_spent=True)
     return sink_op, pushed["operation"]
 
 
 def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     s = job.state
-    if s.get("target_op") and s.get("source_op"):
-        sink_op, push_op = s["target_op"], s["source_op"]  # redelivered: the same push goes on
+    if s.target_op and s.source_op:
+        sink_op, push_op = s.target_op, s.source_op  # redelivered: the same push goes on
     else:
         sink_op, push_op = start(ctx, job)
     src = source(ctx, job, timeout=POLL + 30)

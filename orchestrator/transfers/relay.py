@@ -128,7 +128,7 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     """Issue the migration to the worker's certificate, open the sink for it, pump, follow."""
     pem = _worker_certificate()
     tgt, src = target(ctx, job), source(ctx, job)
-    prior = job.state.get("target_op")
+    prior = job.state.target_op
     if prior:  # redelivered: the relay died with its worker; its sink ends once the connections drop
         op = tgt.call("GET", f"{prior}/wait", params={"timeout": 30})
         if op["status"] == "Running":
@@ -136,19 +136,19 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
         if op["status"] == "Success":
             return op.get("metadata") or {}  # it had got through before the worker died
         ctx.jobs.update_state(job.id, target_op=None)
-    if job.state.get("migration_to") != "worker" or job.state.get("migration_spent"):
+    if job.state.migration_to != "worker" or job.state.migration_spent:
         ctx.jobs.update_state(job.id, target_certificate=pem, migration_to="worker")
         job = reissue(ctx, ctx.jobs.get(job.id))
     s = job.state
     if not tgt.url.startswith("https://") or not src.url.startswith("https://"):
         raise OrchError("relay mode needs both agents reached over HTTPS (a unix-socket remote has no TLS)")
-    body = {"name": s["target_name"], "source": {**receive_body(job), "mode": "relay", "certificate": pem}}
+    body = {"name": s.target_name, "source": {**receive_body(job), "mode": "relay", "certificate": pem}}
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
     ctx.jobs.update_state(job.id, target_op=sink_op, migration_spent=True)
     opened = sink_secret(sink)
     fs_secret = ctx.jobs.secrets(job.id).get("fs", "")
-    pump = Pump(src, f"/1.0/migrations/{s['migration_id']}/fs", fs_secret,
+    pump = Pump(src, f"/1.0/migrations/{s.migration_id}/fs", fs_secret,
                 tgt, f"/1.0/sinks/{opened['sink']}/fs", opened["secret"])  # fmt: skip
     try:
         pump.start()

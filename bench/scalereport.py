@@ -1,0 +1,239 @@
+"""What ``bench/scale`` prints and writes: the table, the top Redis commands, the Markdown section with
+the machine, the reproduce command and a paper estimate for a large evacuation from the measured figures.
+
+Apart from bench/scale.py so the measuring code stays readable; nothing here touches a process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+
+    from bench.scale import Row
+
+HEADERS = [
+    "workers",
+    "jobs",
+    "ok",
+    "jobs/s",
+    "cmds/job",
+    "mem/job",
+    "e2e p50",
+    "e2e p99",
+    "run p50",
+    "run p99",
+    "CPU workers",
+    "CPU redis",
+    "CPU sim",
+    "CPU harness",
+    "wall s",
+]
+STEPS = ("verify_target", "issue_token", "pull_image", "transfer_delta", "delete_source")
+#: the estimate's fleet: 1,000 hosts of 50 containers, 50 hosts evacuated at once
+HOSTS, PER_HOST, EVACUATED = 1000, 50, 50
+
+
+def cells(r: Row) -> list[str]:
+    return [
+        f"{r.workers}×{r.concurrency}",
+        str(r.jobs),
+        str(r.succeeded),
+        f"{r.jobs_per_s:.1f}",
+        f"{r.cmds_per_job:.0f}",
+        f"{r.mem_per_job / 1024:.1f} KiB",
+        f"{r.e2e_p50:.2f} s",
+        f"{r.e2e_p99:.2f} s",
+        f"{r.run_p50 * 1000:.0f} ms",
+        f"{r.run_p99 * 1000:.0f} ms",
+        f"{r.cpu_workers:.1f} s",
+        f"{r.cpu_redis:.1f} s",
+        f"{r.cpu_sim:.1f} s",
+        f"{r.cpu_harness:.1f} s",
+        f"{r.wall:.1f}",
+    ]
+
+
+def line(r: Row) -> str:
+    return "  ".join(f"{h}={c}" for h, c in zip(HEADERS, cells(r), strict=True))
+
+
+def table(rows: list[Row]) -> str:
+    grid = [HEADERS] + [cells(r) for r in rows]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(HEADERS))]
+    out = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in grid]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def top_commands(rows: list[Row]) -> str:
+    out = []
+    for r in rows:
+        top = ", ".join(f"{name} {n:.1f}" for name, n in r.top_cmds)
+        out.append(f"{r.workers}×{r.concurrency} {r.jobs} jobs: {r.cmds_per_job:.0f}/job: {top}")
+    return "\n".join(out)
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                model = text.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def config_parse_ms(remotes: int, repeat: int = 5) -> float:
+    """Milliseconds one ``ClientConfig()`` takes with ``remotes`` remotes: the workers build one for
+    about every agent request (orchestrator/stepcontext.py, tasks/common.py, verify_target.py)."""
+    from orchestrator.clientconfig import ClientConfig, Remote
+
+    with tempfile.TemporaryDirectory() as d:
+        config = ClientConfig(Path(d))
+        for i in range(remotes):
+            config.add(Remote(f"host{i:04d}", f"https://10.0.{i // 250}.{i % 250}:8443"))
+        config.save()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            ClientConfig(Path(d))
+        return (time.perf_counter() - t0) / repeat * 1000
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def estimate(rows: list[Row], hosts_here: int) -> str:
+    """The paper estimate: 2,500 moves through the control plane, from the best measured row."""
+    moves = EVACUATED * PER_HOST
+    best = max(rows, key=lambda r: (r.jobs, r.jobs_per_s))  # the largest run's figures: closest to scale
+    four = [r for r in rows if r.workers == 4 and r.jobs == best.jobs] or [best]
+    ref = four[0]
+    cpu_job = ref.cpu_workers / ref.jobs
+    redis_job = ref.cpu_redis / ref.jobs
+    wall = moves / ref.jobs_per_s if ref.jobs_per_s else float("inf")
+    cores = os.cpu_count() or 1
+    per_req_ms = config_parse_ms(HOSTS)
+    here_ms = config_parse_ms(hosts_here)
+    title = f"{HOSTS:,} hosts × {PER_HOST} containers, {EVACUATED} hosts evacuated at once"
+    return f"""### Paper estimate: {title}
+
+{moves:,} moves, from the {ref.workers}×{ref.concurrency} run of {ref.jobs:,} jobs above ({ref.jobs_per_s:.1f}
+jobs/s, {ref.cmds_per_job:.0f} Redis commands and {ref.mem_per_job / 1024:.1f} KiB of Redis memory per job,
+{cpu_job * 1000:.0f} ms of worker CPU and {redis_job * 1000:.1f} ms of redis-server CPU per job), with
+transfers that take no time (the data plane is not in this figure):
+
+- **Control plane time**: {moves:,} / {ref.jobs_per_s:.1f} jobs/s ≈ **{wall / 60:.1f} min** on this
+  {cores}-core machine; the workers' CPU alone is {moves * cpu_job / 60:.1f} CPU-min
+  ({moves * cpu_job / cores / 60:.1f} min spread over {cores} cores), so more worker *hosts* scale it
+  until Redis saturates: redis-server needs {moves * redis_job:.0f} CPU-s in total, one core, i.e. about
+  {1 / redis_job if redis_job else float("inf"):.0f} jobs/s at most per Redis.
+- **Redis**: {moves:,} × {ref.mem_per_job / 1024:.1f} KiB ≈ **{_mib(moves * ref.mem_per_job)}** kept (job
+  records, Celery results for 7 days, step markers for 30 days) and **{moves * ref.cmds_per_job / 1e6:.2f} M
+  commands**, plus the idle load of every worker (BRPOP/BLMOVE loops, heartbeats, kombu's sweep every
+  second), which grows with the number of worker processes, not with jobs.
+- **What would limit it first**:
+  1. the workers' per-request client-config read: every agent request builds a `ClientConfig()` (a YAML
+     parse of config.yml, orchestrator/stepcontext.py `StepContext.client`, plus tasks/common.py
+     `reachable_url`, verify_target.py `check_hosts`, submit.py `_host`): {here_ms:.2f} ms with the
+     {hosts_here} remotes here, **{per_req_ms:.1f} ms with {HOSTS:,}** — about {ref.http_per_job:.0f}
+     requests per job, so ≈ {per_req_ms * ref.http_per_job / 1000:.1f} CPU-s per job, which alone caps a
+     worker process at ~{1000 / (per_req_ms * ref.http_per_job) if per_req_ms else 0:.1f} jobs/s;
+  2. the per-thread agent clients (one `requests.Session` per remote and timeout per thread, kept for
+     the worker's life): with {HOSTS:,} remotes a 4-thread worker may hold up to {4 * 3 * HOSTS:,} TLS
+     connections, past the default `ulimit -n` of 1024;
+  3. a real transfer keeps a step busy for its whole duration: the follow loop
+     (orchestrator/transfers/follow.py) polls every 0.5 s and writes the job each time, so commands per
+     job grow with the transfer time, and throughput is bounded by threads / transfer time
+     (`--parallel` and `--per-host` of the evacuation on top);
+  4. Redis itself, at the rate above, and its memory if job records are never pruned (`orch jobs prune`).
+"""
+
+
+def markdown(
+    rows: list[Row],
+    idle: dict[int, dict[str, float]],
+    env: dict[str, str],
+    cmd: str,
+    args: argparse.Namespace,
+) -> str:
+    head = (
+        f"Measured {env['date']} on {env['nproc']} × {env['cpu']} (kernel {env['kernel']}, Python "
+        f"{env['python']}): the real chain (verify_target → issue_token → pull_image → transfer_delta → "
+        f"delete_source) in W real `orch worker --concurrency {args.concurrency}` processes on a real "
+        f"redis-server, against {args.hosts} simulated agents (bench/simagent.py: one process, one HTTPS "
+        "port and P-384 certificate per host, every transfer verified at once, the image always cached on "
+        "the target), jobs submitted in-process with `orchestrator.submit.submit` (what `orch move "
+        "--no-wait` runs), round-robin hK → hK+1. A warm-up of "
+        f"{args.warmup} jobs per worker count is not measured.\n\n"
+        "jobs/s = jobs / (last `finished_ts` − first submit). cmds/job = `INFO commandstats` growth minus "
+        "the harness's own commands minus the idle rate (same workers, no jobs, "
+        f"{args.idle:.0f} s) × the run's duration, divided by jobs; the submit's commands are included. "
+        "mem/job = `used_memory` growth / jobs (nothing pruned). e2e = `finished_ts − created_ts` "
+        "(queueing behind the burst included); run = `finished_ts − started_ts` (first step started → "
+        "end, the waits between steps included). CPU = utime+stime of each process tree "
+        "(`/proc/<pid>/stat`); the harness submits.\n\n"
+        f"Reproduce: `{cmd}`\n\n"
+    )
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---:" for _ in HEADERS) + "|"]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    steps = [
+        "",
+        'Step run times (Celery\'s "succeeded in", p50 / p99 ms) and agent requests per job:',
+        "",
+        "| workers | jobs | " + " | ".join(STEPS) + " | HTTP/job | retries |",
+        "|" + "---|" * (len(STEPS) + 4),
+    ]
+    for r in rows:
+        spans = [f"{r.step_p50.get(s, 0) * 1000:.1f} / {r.step_p99.get(s, 0) * 1000:.1f}" for s in STEPS]
+        steps.append(
+            f"| {r.workers}×{r.concurrency} | {r.jobs} | "
+            + " | ".join(spans)
+            + f" | {r.http_per_job:.1f} | {r.retries} |"
+        )
+    top = [
+        "",
+        "Redis commands per job, the ten most frequent (idle rate subtracted; target ≤ 50 per job):",
+        "",
+    ]
+    top += [
+        f"- {r.workers}×{r.concurrency}, {r.jobs} jobs — **{r.cmds_per_job:.0f}** ({r.raw_cmds_per_job:.0f} "
+        "before the idle subtraction): " + ", ".join(f"`{n}` {v:.1f}" for n, v in r.top_cmds)
+        for r in rows
+    ]
+    idle_lines = [
+        "",
+        "Idle Redis load (commands/s, no jobs): "
+        + "; ".join(
+            f"{w} worker(s): {sum(rates.values()):.1f} ("
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items(), key=lambda kv: -kv[1])[:4])
+            + ")"
+            for w, rates in idle.items()
+        ),
+    ]
+    http = [
+        "",
+        "Agent requests per job (the simulated agents' counters, last run): "
+        + ", ".join(f"`{k}` {v:.1f}" for k, v in rows[-1].http_calls.items()),
+    ]
+    failures = [f"- {r.workers}×{r.concurrency} {r.jobs}: {e}" for r in rows for e in r.errors]
+    failed = ["", "Problems seen:", "", *failures] if failures else []
+    return "\n".join(
+        [head, *lines, *steps, *top, *idle_lines, *http, *failed, "", estimate(rows, args.hosts)]
+    )
