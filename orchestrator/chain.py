@@ -56,5 +56,5 @@ def is_last(kind: str, step: str) -> bool:
     return bool(chain) and chain[-1].name == step
 
 
-def step_words() -> dict[str, str]:
+def words_by_step() -> dict[str, str]:
     return {step.name: step.words for step in STEPS}

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.chain import step_words
+from orchestrator.chain import words_by_step
 from orchestrator.units import human_rate, human_size
 
 #: what each step of a chain does, in words
-STEP_WORDS = step_words()
+STEP_WORDS = words_by_step()
 
 
 def stage_words(meta: dict[str, Any]) -> str:

@@ -74,7 +74,7 @@ def submit_and_follow(kind: str, src: Ref, dst: Ref, options: dict[str, Any], wa
         )
         return INTERRUPTED
     moved = human_size(done.bytes_done)
-    skipped = int(done.state.get("skipped_bytes") or 0)
+    skipped = int(done.state.skipped_bytes or 0)
     resumed = f", {human_size(skipped)} resumed from an earlier attempt" if skipped else ""
     click.echo(f"Job {done.id} succeeded: {done.label} ({moved} transferred{resumed})")
     return 0

@@ -9,7 +9,7 @@
 ``auto`` (the default) tries them in that order and moves on only when the agents could not connect
 (:class:`~orchapi.errors.PeerUnreachable`: no route, refused, no answer), never after a protocol,
 verification or policy error, which a change of direction would not mend. The mode in use is recorded
-on the job (``state["mode"]``) and shown by ``orch jobs show``. Whatever the mode, the target receives,
+on the job (``JobState.mode``) and shown by ``orch jobs show``. Whatever the mode, the target receives,
 checks and verifies the same way, and the worker follows every agent's operation, cancelling the other
 if one fails (a push watched on one side only could hang).
 """
