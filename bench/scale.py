@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import re
 import shutil
 import signal
 import sys
@@ -39,17 +38,15 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from bench import cpu, scalereport
+from bench import cpu, scalereport, scaletrace
+from bench.scalefigures import Measures, Row, figures
 from bench.scalelab import REPO, Redis, SimAgents, Worker
 
 #: what ``orch move`` records as a move's options when no flag is given
 MOVE_OPTIONS = {"stateless": False, "instance_only": False, "method": None}
-STEP_LINE = re.compile(rb"Task orch\.(\w+)\[[0-9a-f-]+\] succeeded in ([0-9.e+-]+)s")
-RETRY_LINE = re.compile(rb"Task orch\.(\w+)\[[0-9a-f-]+\] retry")
 #: commands this harness sends itself and subtracts (INFO is never sent by orch, Celery or kombu)
 EXCLUDED = ("info",)
 
@@ -58,49 +55,10 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-@dataclass
-class Row:
-    """One (workers, jobs) run."""
-
-    workers: int
-    concurrency: int
-    jobs: int
-    succeeded: int
-    failed: int
-    wall: float  # first submit → last finished_ts
-    submit_s: float  # time spent submitting (in this process)
-    jobs_per_s: float
-    cmds_per_job: float
-    raw_cmds_per_job: float  # before the idle subtraction
-    top_cmds: list[tuple[str, float]]
-    mem_per_job: float
-    keys_per_job: float
-    e2e_p50: float
-    e2e_p99: float
-    run_p50: float
-    run_p99: float
-    step_p50: dict[str, float]
-    step_p99: dict[str, float]
-    retries: int
-    cpu_workers: float
-    cpu_redis: float
-    cpu_sim: float
-    cpu_harness: float
-    cpu_machine: float
-    http_per_job: float
-    http_calls: dict[str, float] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-
 class Bench:
     """One worker count's set-up (Redis + workers) and its runs."""
+
+    runs = 0
 
     def __init__(
         self,
@@ -119,7 +77,6 @@ class Bench:
             env,
             stack,
         )
-        self.run_no = 0
         self.own: Counter[str] = Counter()  # commands this harness sent since the last snapshot
         self.idle_rate: dict[str, float] = {}
         self.idle_window = 0.0
@@ -161,10 +118,10 @@ class Bench:
 
     def plan(self, count: int) -> list[tuple[str, str, str]]:
         """(source host, target host, container) for ``count`` moves, round-robin over the hosts."""
-        self.run_no += 1
+        Bench.runs += 1  # names unique over every run of the invocation (the containers stay moved)
         n = len(self.hosts)
         return [
-            (self.hosts[i % n], self.hosts[(i + 1) % n], f"r{self.run_no:02d}-c{i:05d}") for i in range(count)
+            (self.hosts[i % n], self.hosts[(i + 1) % n], f"r{Bench.runs:02d}-c{i:05d}") for i in range(count)
         ]
 
     def run(self, count: int, measured: bool = True) -> Row | None:
@@ -180,7 +137,7 @@ class Bench:
         r = self.redis.client
         offsets = [w.log.stat().st_size for w in self.workers]
         http0, keys0 = self.sim.stats(), r.dbsize()
-        mem0 = self.redis.used_memory()
+        mem0 = self.redis.memory()
         calls0 = self.calls()
         self.own = Counter()
         cpu0 = self.cpu()
@@ -193,7 +150,8 @@ class Bench:
         mono1 = time.monotonic()
         cpu1 = self.cpu()
         calls1 = self.calls()
-        mem1, keys1 = self.redis.used_memory(), r.dbsize()
+        mem1, keys1 = self.redis.memory(), r.dbsize()
+        clients = int(r.info("clients")["connected_clients"])
         http1 = self.sim.stats()
         if not measured:
             return None
@@ -201,16 +159,14 @@ class Bench:
         for job_id in ids:
             pipe.hmget(f"orch:job:{job_id}", "status", "created_ts", "started_ts", "finished_ts", "error")
         records = pipe.execute()
-        return self.row(
-            count,
-            ids,
-            records,
+        m = Measures(
             t0,
             submit_s,
             mono1 - mono0,
             calls0,
             calls1,
-            mem1 - mem0,
+            (mem1[0] - mem0[0], mem1[1] - mem0[1]),
+            clients,
             keys1 - keys0,
             cpu0,
             cpu1,
@@ -219,6 +175,27 @@ class Bench:
             offsets,
             timed_out,
         )
+        logs = [w.log for w in self.workers]
+        return figures(count, ids, records, m, logs, self.idle_rate, self.own, self.args.concurrency)
+
+    def trace(self) -> tuple[str, dict[str, int], float]:
+        """One more move under MONITOR (after the measured runs: MONITOR slows Redis down)."""
+        from orchestrator.refs import Ref
+        from orchestrator.submit import submit
+
+        assert self.redis is not None
+        ((src, dst, name),) = self.plan(1)
+        self.sim.seed({src: [name]})
+        deletes0 = self.sim.stats()["deletes"]
+        monitor = scaletrace.Monitor(self.redis.port)
+        monitor.start()
+        t0 = time.monotonic()
+        job = submit("move", Ref(src, name), Ref(dst, name), dict(MOVE_OPTIONS))
+        self.wait_all([job.id], deletes0, 1)
+        counts = monitor.stop()
+        seconds = time.monotonic() - t0
+        text = scaletrace.report(counts, seconds)
+        return text, {f"{cmd} {key}".rstrip(): n for (cmd, key), n in counts.most_common()}, seconds
 
     def wait_all(self, ids: list[str], deletes0: int, count: int) -> bool:
         """Until every job has ended: the simulated deletes (free to read) say when to look in Redis,
@@ -250,87 +227,6 @@ class Bench:
             "machine": cpu.busy_seconds(),
         }
 
-    def row(
-        self,
-        count: int,
-        ids: list[str],
-        records: list[list[str | None]],
-        t0: float,
-        submit_s: float,
-        duration: float,
-        calls0: dict[str, int],
-        calls1: dict[str, int],
-        mem: int,
-        keys: int,
-        cpu0: dict[str, float],
-        cpu1: dict[str, float],
-        http0: dict[str, Any],
-        http1: dict[str, Any],
-        offsets: list[int],
-        timed_out: bool,
-    ) -> Row:
-        ok = [rec for rec in records if rec[0] == "succeeded"]
-        bad = [(i, rec) for i, rec in zip(ids, records, strict=True) if rec[0] != "succeeded"]
-        errors = [f"job {i}: {rec[0]}: {rec[4]}" for i, rec in bad[:5]]
-        if timed_out:
-            errors.insert(0, "timed out")
-        finished = [float(rec[3]) for rec in records if rec[3]]
-        wall = (max(finished) - t0) if finished else duration
-        e2e = [float(rec[3]) - float(rec[1]) for rec in ok]
-        run = [float(rec[3]) - float(rec[2]) for rec in ok if rec[2]]
-        per_cmd: dict[str, float] = {}
-        raw = 0
-        for name in set(calls1) | set(self.idle_rate):
-            delta = calls1.get(name, 0) - calls0.get(name, 0) - self.own.get(name, 0)
-            raw += delta
-            per_cmd[name] = (delta - self.idle_rate.get(name, 0.0) * duration) / count
-        top = sorted(per_cmd.items(), key=lambda kv: -kv[1])[:10]
-        steps: dict[str, list[float]] = defaultdict(list)
-        retries = 0
-        for w, offset in zip(self.workers, offsets, strict=True):
-            with open(w.log, "rb") as fh:
-                fh.seek(offset)
-                text = fh.read()
-            for m in STEP_LINE.finditer(text):
-                steps[m.group(1).decode()].append(float(m.group(2)))
-            retries += len(RETRY_LINE.findall(text))
-        calls = Counter(http1["calls"])
-        calls.subtract(http0["calls"])
-        http = {k: v / count for k, v in sorted(calls.items()) if v}
-        if http1["unexpected"]:
-            errors.append(f"calls the simulated agents do not know: {http1['unexpected']}")
-        d = {k: cpu1[k] - cpu0[k] for k in cpu0}
-        return Row(
-            workers=len(self.workers),
-            concurrency=self.args.concurrency,
-            jobs=count,
-            succeeded=len(ok),
-            failed=count - len(ok),
-            wall=wall,
-            submit_s=submit_s,
-            jobs_per_s=len(ok) / wall if wall else 0.0,
-            cmds_per_job=sum(per_cmd.values()),
-            raw_cmds_per_job=raw / count,
-            top_cmds=top,
-            mem_per_job=mem / count,
-            keys_per_job=keys / count,
-            e2e_p50=pct(e2e, 0.5),
-            e2e_p99=pct(e2e, 0.99),
-            run_p50=pct(run, 0.5),
-            run_p99=pct(run, 0.99),
-            step_p50={s: pct(v, 0.5) for s, v in steps.items()},
-            step_p99={s: pct(v, 0.99) for s, v in steps.items()},
-            retries=retries,
-            cpu_workers=d["workers"],
-            cpu_redis=d["redis"],
-            cpu_sim=d["sim"],
-            cpu_harness=d["harness"],
-            cpu_machine=d["machine"],
-            http_per_job=sum(http.values()),
-            http_calls=http,
-            errors=errors,
-        )
-
 
 def write_client_config(config_dir: Path, sim: SimAgents) -> list[str]:
     """What ``orch remote add hK https://127.0.0.1:PORT --accept-certificate`` leaves behind, through
@@ -354,6 +250,32 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def rerender(args: argparse.Namespace) -> int:
+    """The output of an earlier run from its --json file (after a change to the report, say), with the
+    reproduce command and settings it recorded."""
+    import json
+
+    data = json.loads(args.from_json.read_text())
+    rows = [Row(**{**r, "top_cmds": [tuple(c) for c in r["top_cmds"]]}) for r in data["rows"]]
+    idle = {int(w): rates for w, rates in data["idle_rates"].items()}
+    for key, value in data.get("settings", {}).items():
+        setattr(args, key, value)
+    counts = Counter(
+        {tuple(k.split(" ", 1)) if " " in k else (k, ""): n for k, n in data.get("trace", {}).items()}
+    )
+    trace = scaletrace.report(counts, data.get("trace_seconds", 0.0)) if counts else ""
+    say(scalereport.table(rows) + "\n\n" + scalereport.top_commands(rows))
+    if args.markdown:
+        from bench import stats
+
+        text = scalereport.markdown(rows, idle, data["environment"], data["command"], args, trace)
+        stats.write_markdown_section(
+            Path(args.markdown), "scale", text, heading="## Orchestrator at scale (bench/scale)"
+        )
+        say(f"wrote {args.markdown}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench/scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", default="100,1000,10000", help="comma-separated job counts per run")
@@ -365,6 +287,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle-rate measurement")
     p.add_argument("--warmup", type=int, default=40, help="jobs run before measuring, per worker count")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds (+0.2 s per job) a run may take")
+    p.add_argument(
+        "--largest-with",
+        default="",
+        help="run the largest --jobs count only with these worker counts (default: with all)",
+    )
     p.add_argument("--quick", action="store_true", help="--jobs 100,1000 --workers 1,4 --idle 5")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument(
@@ -374,11 +301,20 @@ def main(argv: list[str]) -> int:
         help="fill the 'Orchestrator at scale' section of this file (default docs/benchmarks.md)",
     )
     p.add_argument("--tmp", default=tempfile.gettempdir())
+    p.add_argument("--no-trace", action="store_true", help="skip the one job traced with MONITOR")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        help="run nothing: print and write (--markdown) the figures of an earlier --json file again",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
     args = p.parse_args(argv)
+    if args.from_json:
+        return rerender(args)
     if args.quick:
         args.jobs, args.workers, args.idle = "100,1000", "1,4", min(args.idle, 5.0)
     jobs, workers = parse_list(args.jobs), parse_list(args.workers)
+    largest_with = parse_list(args.largest_with)
     if not jobs or not workers or min(jobs + workers) < 1 or args.hosts < 2:
         p.error("--jobs and --workers need counts >= 1, --hosts at least 2")
     stack, closed = ExitStack(), []
@@ -393,6 +329,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
     rows: list[Row] = []
+    trace, trace_counts, trace_seconds = "", {}, 0.0
     idle: dict[int, dict[str, float]] = {}
     try:
         workdir = Path(tempfile.mkdtemp(prefix="orch-scale-", dir=args.tmp))
@@ -422,12 +359,16 @@ def main(argv: list[str]) -> int:
             bench.measure_idle(args.idle)
             idle[w] = bench.idle_rate
             for n in jobs:
+                if n == max(jobs) and largest_with and w not in largest_with and len(jobs) > 1:
+                    continue
                 row = bench.run(n)
                 assert row is not None
                 rows.append(row)
                 say("   " + scalereport.line(row))
                 for e in row.errors:
                     say(f"   ! {e}")
+            if not args.no_trace and not trace:
+                trace, trace_counts, trace_seconds = bench.trace()
             bench.stop()
     except KeyboardInterrupt:
         say("\ninterrupted; stopping everything")
@@ -440,7 +381,9 @@ def main(argv: list[str]) -> int:
     say("\n" + scalereport.top_commands(rows))
     cmd = (
         f"bench/scale --jobs {args.jobs} --workers {args.workers} --concurrency {args.concurrency} "
-        f"--hosts {args.hosts} --idle {args.idle:g} --warmup {args.warmup} --markdown"
+        f"--hosts {args.hosts} --idle {args.idle:g} --warmup {args.warmup}"
+        + (f" --largest-with {args.largest_with}" if args.largest_with else "")
+        + " --markdown"
     )
     env_info = scalereport.machine()
     if args.json:
@@ -452,6 +395,9 @@ def main(argv: list[str]) -> int:
                     "environment": env_info,
                     "command": cmd,
                     "idle_rates": idle,
+                    "trace": trace_counts,
+                    "trace_seconds": trace_seconds,
+                    "settings": {k: getattr(args, k) for k in ("concurrency", "hosts", "idle", "warmup")},
                     "rows": [asdict(r) for r in rows],
                 },
                 indent=2,
@@ -466,7 +412,7 @@ def main(argv: list[str]) -> int:
         stats.write_markdown_section(
             path,
             "scale",
-            scalereport.markdown(rows, idle, env_info, cmd, args),
+            scalereport.markdown(rows, idle, env_info, cmd, args, trace),
             heading="## Orchestrator at scale (bench/scale)",
         )
         say(f"wrote {path}")

@@ -167,8 +167,11 @@ class Redis(Proc):
         info = self.client.info("commandstats")
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
 
-    def used_memory(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
+    def memory(self) -> tuple[int, int]:
+        """``used_memory`` and ``used_memory_dataset`` (the former less Redis's own overhead: client
+        buffers, the keyspace's hash tables, which grow in powers of two)."""
+        info = self.client.info("memory")
+        return int(info["used_memory"]), int(info["used_memory_dataset"])
 
 
 class Worker(Proc):
