@@ -89,8 +89,6 @@ class StepRun:
 
     def execute(self, fn: Callable[[StepContext, Job], Any]) -> str:
         ctx, job_id = self.ctx, self.job_id
-        if not self.admitted(ctx.jobs.get(job_id)):
-            raise Ignore()
         if not ctx.runs.take(job_id, self.run_id):
             # another delivery of this step runs it now (its worker lost Redis a while, or this is a
             # retry's copy): wait; it will have done the step, or its lease runs out if its worker died
@@ -124,9 +122,9 @@ class StepRun:
     def run_leased(self, fn: Callable[[StepContext, Job], Any]) -> str:
         """The step's work, once it holds the job's run lease."""
         ctx, job_id = self.ctx, self.job_id
-        job = ctx.jobs.get(job_id)
-        if job.finished or ctx.jobs.step_done(job_id, self.name):
-            raise Ignore()  # another run ended the job or completed the step while this one waited
+        job = ctx.jobs.get(job_id)  # read once the lease is held: no other run changes it meanwhile
+        if not self.admitted(job):
+            raise Ignore()
         if job.cancel_requested:
             finish_with_rollback(ctx, job, CANCELLED, "cancelled by the user")
             raise Ignore()
