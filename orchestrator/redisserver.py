@@ -90,13 +90,13 @@ def _retries(patience: float) -> int:
     return 5 + max(0, int((patience - 3.1) / 2.0 + 0.999))
 
 
-def connect(url: str, patient: bool = False) -> redis.Redis:
+def connect(url: str, patient: bool = False, patience: float | None = None) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``redis+socket://`` or ``sentinel://``: the
     current primary, found again after a failover; orchestrator/redisurl.py), decoding to str.
 
     A lost connection is retried with backoff for :data:`WORKER_PATIENCE` if ``patient`` (workers,
     followers of long jobs), else for :data:`CLI_PATIENCE`, so a Redis restart or failover is a pause,
-    not a failure.
+    not a failure. ``patience`` (seconds) overrides both (a metrics scrape must answer at once).
     """
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
@@ -104,7 +104,9 @@ def connect(url: str, patient: bool = False) -> redis.Redis:
 
     from orchestrator.redisurl import is_sentinel, parse_sentinel
 
-    retries = _retries(WORKER_PATIENCE if patient else CLI_PATIENCE)
+    if patience is None:
+        patience = WORKER_PATIENCE if patient else CLI_PATIENCE
+    retries = _retries(patience) if patience >= 3.1 else max(0, int(patience * 2))
     options = {
         "decode_responses": True,
         "socket_connect_timeout": 3,

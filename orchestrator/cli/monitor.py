@@ -23,7 +23,8 @@ def metrics(port: int, address: str, max_jobs: int) -> None:
     from orchestrator.redisserver import connect, redis_url
     from orchestrator.settings import Settings
 
-    client = connect(redis_url(Settings.from_env()))
+    # a scrape says at once that Redis is down (orch_metrics_redis_up 0), rather than waiting it out
+    client = connect(redis_url(Settings.from_env()), patience=1.0)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobMetricsCollector(client, max_jobs))
     try:
