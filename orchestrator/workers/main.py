@@ -3,9 +3,9 @@
 The Celery process is restarted when it dies (a crash, an unrecoverable error in a dependency, the OOM
 killer), after 1, 2, 4 … 30 s, so a host running one ``orch worker`` keeps running jobs without anyone
 starting it again; what the dead process held comes back to the queue after the visibility timeout
-(orchestrator/workers/leases.py). SIGTERM, SIGINT and SIGQUIT are passed on to the Celery process
-(warm or cold shutdown) and end the supervisor with it; an exit with status 0 (a shutdown asked over
-Celery's remote control) is not restarted either.
+(orchestrator/workers/leases.py). SIGTERM, SIGINT and SIGQUIT are passed on to the Celery process,
+which runs in a process group of its own (warm or cold shutdown), and end the supervisor with it; an
+exit with status 0 (a shutdown asked over Celery's remote control) is not restarted either.
 
 The default pool is threads: steps spend their time waiting on agents and Redis, not on the CPU.
 Anything after ``--`` is passed to ``celery worker`` unchanged (e.g. ``-- --pool prefork``).
@@ -45,7 +45,9 @@ def run_worker(concurrency: int, loglevel: str, name: str | None, extra: list[st
     delay = 1.0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        # a process group of its own: a Ctrl-C at the terminal reaches the supervisor alone, which passes
+        # it on once (Celery takes a second SIGINT as a cold shutdown, killing the running steps)
+        child = subprocess.Popen(command, process_group=0, preexec_fn=_die_with_parent)  # noqa: PLW1509
         status = _wait(child)
         if stopping or status == 0:
             sys.exit(status if status >= 0 else 128 - status)
@@ -107,12 +109,13 @@ def celery_process(argv: list[str]) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the Celery process before it runs: SIGTERM when the supervisor dies (even by SIGKILL), so no
-    worker outlives its ``orch worker``."""
+    """In the Celery process before it runs: SIGKILL when the supervisor dies, so no worker outlives its
+    ``orch worker``; a supervisor killed (SIGKILL, the OOM killer) is a crash of the whole worker, and
+    what it held comes back to the queue after the visibility timeout."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 if __name__ == "__main__":
