@@ -13,13 +13,11 @@ concurrency = min(4, 4 W), and Redis cost is the growth of ``INFO commandstats``
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from bench import stats  # noqa: E402
+from bench.cleanup import cleanup_at_exit  # noqa: E402
 from tests.procs import AgentProcess, Orch, RedisServer, WorkerProcess  # noqa: E402
 
 PASSWORD = "bench-password"
@@ -187,10 +186,6 @@ def build_image(workdir: Path) -> Path:
     return image
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench/evacuate", description=__doc__.split("\n\n")[0])
     p.add_argument("--containers", type=int, default=60)
@@ -205,18 +200,7 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("bench/evacuate needs root (agents run runc containers)", file=sys.stderr)
         return 2
-    cleanup = ExitStack()
-    closed = []
-
-    def close() -> None:
-        if not closed:
-            closed.append(True)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            cleanup.close()
-
-    atexit.register(close)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+    cleanup, close = cleanup_at_exit()
     rows: list[Row] = []
     try:
         workdir = Path(tempfile.mkdtemp(prefix="orch-evac-", dir=args.tmp))

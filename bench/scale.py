@@ -29,10 +29,8 @@ steady state rather than imports and first TLS handshakes.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import cpu, scalereport, scaletrace
+from bench.cleanup import cleanup_at_exit
 from bench.scalefigures import Measures, Row, figures
 from bench.scalelab import REPO, Redis, SimAgents, Worker
 
@@ -246,10 +245,6 @@ def parse_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def rerender(args: argparse.Namespace) -> int:
     """The output of an earlier run from its --json file (after a change to the report, say), with the
     reproduce command and settings it recorded."""
@@ -317,17 +312,7 @@ def main(argv: list[str]) -> int:
     largest_with = parse_list(args.largest_with)
     if not jobs or not workers or min(jobs + workers) < 1 or args.hosts < 2:
         p.error("--jobs and --workers need counts >= 1, --hosts at least 2")
-    stack, closed = ExitStack(), []
-
-    def close() -> None:
-        if not closed:
-            closed.append(True)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            stack.close()
-
-    atexit.register(close)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
+    stack, close = cleanup_at_exit()
     rows: list[Row] = []
     trace, trace_counts, trace_seconds = "", {}, 0.0
     idle: dict[int, dict[str, float]] = {}
