@@ -201,7 +201,8 @@ class JobStore:
         return bool(self.r.exists(keys.step_done(job_id, step)))
 
     def count_failure(self, job_id: str, step: str) -> int:
-        """One more transient failure of ``step``; how many so far (the step's retry budget)."""
+        """One more transient failure of ``step``; how many so far (the step's retry budget, kept apart
+        from Celery's retry counter, which also counts the waits for a concurrency slot)."""
         key = keys.step_failures(job_id, step)
         with self.r.pipeline() as pipe:
             pipe.incr(key).expire(key, 86400)

@@ -137,17 +137,26 @@ class MemoryRunLeases(MemoryLeases):
         return len(self.held)
 
 
-class MemoryLocks(MemoryLeases):
+class MemoryLocks:
+    """ContainerLocks' methods over leases keyed ``host:container``, held by job ids."""
+
+    def __init__(self) -> None:
+        self.leases = MemoryLeases()
+
+    @property
+    def held(self) -> dict[str, tuple[str, float]]:
+        return self.leases.held
+
     def acquire(self, job_id: str, remote: str, container: str, lease_seconds: int, what: str = "",
                 label: str | None = None) -> None:  # fmt: skip
-        if not self.grab(f"{remote}:{container}", job_id, lease_seconds):
+        if not self.leases.grab(f"{remote}:{container}", job_id, lease_seconds):
             raise Conflict(f"container {label or f'{remote}:{container}'} is busy{what}")
 
-    def renew(self, job_id: str, remote: str, container: str, lease_seconds: int) -> bool:  # type: ignore[override]
-        return super().renew(f"{remote}:{container}", job_id, lease_seconds)
+    def renew(self, job_id: str, remote: str, container: str, lease_seconds: int) -> bool:
+        return self.leases.renew(f"{remote}:{container}", job_id, lease_seconds)
 
     def release(self, job_id: str, remote: str, container: str) -> None:
-        self.drop(f"{remote}:{container}", job_id)
+        self.leases.drop(f"{remote}:{container}", job_id)
 
 
 class MemorySemaphores:

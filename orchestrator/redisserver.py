@@ -90,13 +90,13 @@ def _retries(patience: float) -> int:
     return 5 + max(0, int((patience - 3.1) / 2.0 + 0.999))
 
 
-def connect(url: str, patient: bool = False, patience: float | None = None) -> redis.Redis:
+def connect(url: str, patience: float = CLI_PATIENCE) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://``, ``redis+socket://`` or ``sentinel://``: the
     current primary, found again after a failover; orchestrator/redisurl.py), decoding to str.
 
-    A lost connection is retried with backoff for :data:`WORKER_PATIENCE` if ``patient`` (workers,
-    followers of long jobs), else for :data:`CLI_PATIENCE`, so a Redis restart or failover is a pause,
-    not a failure. ``patience`` (seconds) overrides both (a metrics scrape must answer at once).
+    A lost connection is retried with backoff for ``patience`` seconds (:data:`WORKER_PATIENCE` for
+    workers and followers of long jobs, :data:`CLI_PATIENCE` by default, less for a metrics scrape that
+    must answer at once, 0 for no retry), so a Redis restart or failover is a pause, not a failure.
     """
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
@@ -104,8 +104,6 @@ def connect(url: str, patient: bool = False, patience: float | None = None) -> r
 
     from orchestrator.redisurl import is_sentinel, parse_sentinel
 
-    if patience is None:
-        patience = WORKER_PATIENCE if patient else CLI_PATIENCE
     retries = _retries(patience) if patience >= 3.1 else max(0, int(patience * 2))
     options = {
         "decode_responses": True,

@@ -17,8 +17,8 @@ from orchestrator.connect import RemoteClient, connect
 from orchestrator.jobs import Job, JobStore
 from orchestrator.limits import Semaphores
 from orchestrator.locks import ContainerLocks, lock_targets
+from orchestrator.redisserver import WORKER_PATIENCE, redis_url
 from orchestrator.redisserver import connect as redis_connect
-from orchestrator.redisserver import redis_url
 from orchestrator.runs import RunLeases
 from orchestrator.settings import Settings
 
@@ -55,7 +55,7 @@ class StepContext:
     @classmethod
     def on_redis(cls, settings: Settings | None = None) -> StepContext:
         settings = settings or Settings.from_env()
-        client = redis_connect(redis_url(settings), patient=True)
+        client = redis_connect(redis_url(settings), WORKER_PATIENCE)
         return cls(settings, client, JobStore(client), ContainerLocks(client), Semaphores(client),
                    RunLeases(client, settings.visibility_timeout))  # fmt: skip
 
@@ -122,8 +122,3 @@ class StepContext:
         """The job's concurrency slots (evacuations: global and per host), all or none."""
         slots = [(name, int(limit)) for name, limit in job.state.slots]
         return not slots or self.semaphores.acquire_all(slots, job.id, self.settings.lock_lease)
-
-    def transient_failures(self, job_id: str, step: str) -> int:
-        """Count one more transient failure of ``step`` (kept apart from Celery's retry counter, which
-        also counts the waits for a concurrency slot)."""
-        return self.jobs.count_failure(job_id, step)

@@ -186,7 +186,7 @@ class StepRun:
     def transient(self, exc: Unavailable) -> BaseException:
         """A retry with backoff while the step's budget of transient failures lasts; then the end."""
         ctx = self.ctx
-        failures = ctx.transient_failures(self.job_id, self.name)
+        failures = ctx.jobs.count_failure(self.job_id, self.name)
         if failures <= ctx.settings.max_retries:
             delay = backoff(failures - 1, ctx.settings.retry_base, ctx.settings.retry_cap)
             log.warning("job %s step %s: %s; retrying in %.1fs", self.job_id, self.name, exc, delay)

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 def _handles():  # type: ignore[no-untyped-def]
     from orchestrator.evacuation.hosts import HostStates
     from orchestrator.jobs import JobStore
-    from orchestrator.redisserver import connect, redis_url
+    from orchestrator.redisserver import WORKER_PATIENCE, connect, redis_url
     from orchestrator.settings import Settings
 
     # patient: an evacuation is followed for as long as it runs, through a Redis restart or failover
-    client = connect(redis_url(Settings.from_env()), patient=True)
+    client = connect(redis_url(Settings.from_env()), WORKER_PATIENCE)
     return client, HostStates(client), JobStore(client)
 
 

@@ -21,7 +21,7 @@ from orchapi.errors import NotFound
 from orchestrator import dispatch
 from orchestrator.chain import steps_for
 from orchestrator.jobs import Job, JobStore
-from orchestrator.redisserver import connect, redis_url
+from orchestrator.redisserver import WORKER_PATIENCE, connect, redis_url
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def sweep(client: redis.Redis, jobs: JobStore) -> None:
 class Dispatcher(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="orch-dispatcher", daemon=True)
-        self.client = connect(redis_url(Settings.from_env()), patient=True)
+        self.client = connect(redis_url(Settings.from_env()), WORKER_PATIENCE)
         self.jobs = JobStore(self.client)
         self._stopping = threading.Event()
 

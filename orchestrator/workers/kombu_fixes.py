@@ -32,17 +32,13 @@ def _connection_gone(qos: Any) -> bool:
     return getattr(qos.channel.connection, "client", None) is None
 
 
-_fallback: list[Any] = []
-
-
+@functools.cache
 def _fallback_client() -> Any:
     """A Redis client of orch's own, for acknowledgements a closed channel can no longer send."""
-    if not _fallback:
-        from orchestrator.redisserver import connect, redis_url
-        from orchestrator.settings import Settings
+    from orchestrator.redisserver import WORKER_PATIENCE, connect, redis_url
+    from orchestrator.settings import Settings
 
-        _fallback.append(connect(redis_url(Settings.from_env()), patient=True))
-    return _fallback[0]
+    return connect(redis_url(Settings.from_env()), WORKER_PATIENCE)
 
 
 def apply() -> None:

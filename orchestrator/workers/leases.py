@@ -50,8 +50,8 @@ class Heartbeat(threading.Thread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="orch-heartbeat", daemon=True)
         self.every = max(settings.visibility_timeout / 4, 0.5)
-        # not patient: a beat that cannot reach Redis is skipped, the next one tries again
-        self.client = connect(redis_url(settings))
+        # no patience: a beat that cannot reach Redis is skipped, the next one tries again
+        self.client = connect(redis_url(settings), patience=0)
         self._stopping = threading.Event()
 
     def beat(self) -> None:
