@@ -50,8 +50,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_serializer="json",
         accept_content=["json"],
         result_expires=7 * 86400,
-        task_track_started=True,
-        task_send_sent_event=True,
+        # the job's record is what anyone reads (orch jobs, the CLI's follow, the chain's own steps):
+        # Celery's results and STARTED states would only cost Redis 50 commands per job
+        # (docs/benchmarks.md, "Orchestrator at scale"); monitors learn of every state from the events
+        task_ignore_result=True,
+        task_track_started=False,
+        task_send_sent_event=False,  # Flower lists a task from its task-received event on
         worker_send_task_events=True,
         task_default_queue="orch",
         worker_hijack_root_logger=False,

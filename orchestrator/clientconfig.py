@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +50,30 @@ def config_dir() -> Path:
 
 class ClientConfig:
     """Loads and saves ``config.yml`` and manages the certificate files next to it."""
+
+    _shared: dict[Path, tuple[tuple[int, int, int], ClientConfig]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def current(cls, directory: Path | None = None) -> ClientConfig:
+        """The config as the file says now, parsed again only when the file changed (its inode, size
+        or mtime): for readers that never change it (the workers look a remote up for every agent
+        request, and a fleet's config.yml of 1,000 remotes takes ~150 ms to parse). Shared: not to be
+        modified; the CLI, which edits it, makes its own :class:`ClientConfig`."""
+        path = (directory or config_dir()) / "config.yml"
+        try:
+            st = path.stat()
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        with cls._shared_lock:
+            cached = cls._shared.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        config = cls(path.parent)
+        with cls._shared_lock:
+            cls._shared[path] = (stamp, config)
+        return config
 
     def __init__(self, directory: Path | None = None) -> None:
         self.dir = directory or config_dir()

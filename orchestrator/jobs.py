@@ -1,9 +1,12 @@
 """Job records in Redis: what ``orch jobs`` shows and what every step of a chain reads and writes.
 
 One hash per job (``orch:job:<id>``) with the user-visible fields (kind, source, target, status, current
-step, attempts, bytes, rate, times, error) and a JSON ``state`` field holding what the steps hand to each
-other (migration id, the target's operation URL, what was created or stopped, so rollback knows what to
-undo). Migration secrets live in a separate key with a TTL, never in task arguments (Flower shows those).
+step, attempts, bytes, rate, times, error), one ``s:<name>`` field (JSON) per :class:`JobState` field that
+the steps hand to each other (migration id, the target's operation URL, what was created or stopped, so
+rollback knows what to undo), one ``done:<step>`` field per completed step (the run that completed it)
+and ``chain``, the Celery chain that runs the job. Everything a step needs to decide is one ``HGETALL``,
+and every write one ``HSET`` (a field each: no read-modify-write). Migration secrets live in a separate
+key with a TTL, never in task arguments (Flower shows those).
 A sorted set indexes jobs by creation time. When a job ends, its status is also pushed to a short list
 (``orch:job:<id>:ended``) that followers block on, so the CLI learns of the end at once, without polling.
 """
@@ -21,6 +24,7 @@ import redis
 
 from orchapi.errors import NotFound
 from orchestrator import keys
+from orchestrator.chain import steps_for
 from orchestrator.jobstate import JobState
 
 INDEX = keys.JOBS
@@ -63,6 +67,10 @@ class Job:
     finished_ts: float = 0.0
     error: str = ""
     cancel_requested: bool = False
+    #: the Celery chain that runs the job (its root task id; ``claim_chain``)
+    chain: str = ""
+    #: when its container locks were last renewed (the steps renew them when a quarter lease is gone)
+    locks_ts: float = 0.0
     state: JobState = field(default_factory=JobState)
 
     @property
@@ -112,8 +120,10 @@ class Job:
 
 
 _INT = ("attempts", "bytes_done", "bytes_total")
-_FLOAT = ("rate", "updated_at", "created_ts", "started_ts", "finished_ts")
-_JSON = ("options", "steps_done", "state")
+_FLOAT = ("rate", "updated_at", "created_ts", "started_ts", "finished_ts", "locks_ts")
+_JSON = ("options",)
+#: record field prefixes: a JobState field, a completed step
+STATE, DONE = "s:", "done:"
 
 
 class JobStore:
@@ -133,9 +143,10 @@ class JobStore:
             created_at=now_iso(),
             created_ts=time.time(),
             updated_at=time.time(),
+            locks_ts=time.time(),  # the submit takes the locks right after
             state=state,
         )
-        record = self._encode(job.__dict__)
+        record = self._encode({k: v for k, v in job.__dict__.items() if k != "chain"})  # HSETNX's
         pipe = self.r.pipeline()
         pipe.hset(_key(job.id), mapping=record)
         pipe.zadd(INDEX, {job.id: time.time()})
@@ -167,38 +178,27 @@ class JobStore:
         fields["updated_at"] = time.time()
         self.r.hset(_key(job_id), mapping=self._encode(fields))
 
-    def update_state(self, job_id: str, **values: Any) -> JobState:
-        """Merge ``values`` (fields of :class:`JobState`, checked) into the job's ``state``
-        (read-modify-write under WATCH); the state as it is now."""
+    def update_state(self, job: Job, **values: Any) -> None:
+        """Set ``values`` (fields of :class:`JobState`, checked) in the job's record and in ``job.state``.
+
+        One ``HSET`` of one field per value: nothing is read back, and concurrent writers of different
+        fields cannot undo each other's (only the run holding the job's lease writes its state)."""
         JobState.check_names(values)
-        key = _key(job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    state = json.loads(pipe.hget(key, "state") or "{}")
-                    state.update(values)
-                    pipe.multi()
-                    pipe.hset(key, mapping={"state": json.dumps(state), "updated_at": time.time()})
-                    pipe.execute()
-                    return JobState.from_dict(state)
-                except redis.WatchError:
-                    continue
+        for name, value in values.items():
+            setattr(job.state, name, value)
+        record = {STATE + name: json.dumps(value) for name, value in values.items()}
+        self.r.hset(_key(job.id), mapping={**record, "updated_at": time.time()})
 
     def mark_step_done(self, job_id: str, step: str, run: str) -> bool:
         """Record that ``step`` completed in ``run``; False if another run recorded it (a duplicate
         delivery). The marker holds the run, so a command retried after Redis came back (its first
         try took effect, its answer was lost) still counts as this run's."""
-        key = keys.step_done(job_id, step)
-        if not self.r.set(key, run, nx=True, ex=30 * 86400) and self.r.get(key) != run:
-            return False
-        job = self.get(job_id)
-        if step not in job.steps_done:
-            self.update(job_id, steps_done=[*job.steps_done, step])
-        return True
+        if self.r.hsetnx(_key(job_id), DONE + step, run):
+            return True
+        return self.r.hget(_key(job_id), DONE + step) == run
 
     def step_done(self, job_id: str, step: str) -> bool:
-        return bool(self.r.exists(keys.step_done(job_id, step)))
+        return bool(self.r.hexists(_key(job_id), DONE + step))
 
     def count_failure(self, job_id: str, step: str) -> int:
         """One more transient failure of ``step``; how many so far (the step's retry budget, kept apart
@@ -208,24 +208,27 @@ class JobStore:
             pipe.incr(key).expire(key, 86400)
             return int(pipe.execute()[0])
 
-    def claim_chain(self, job_id: str, chain_id: str) -> bool:
+    def claim_chain(self, job_id: str, chain_id: str, job: Job | None = None) -> bool:
         """Whether the Celery chain ``chain_id`` (its root task id) runs this job: the first chain to ask
-        does, for good; any other is a duplicate hand-off (orchestrator/dispatch.py) and must stop."""
-        key = keys.job_chain(job_id)
-        if self.r.set(key, chain_id, nx=True, ex=30 * 86400):
+        does, for good; any other is a duplicate hand-off (orchestrator/dispatch.py) and must stop.
+        ``job``, a record just read, answers without a command once a chain has claimed it."""
+        if job is not None and job.chain:
+            return job.chain == chain_id
+        if self.r.hsetnx(_key(job_id), "chain", chain_id):
             return True
-        owner = self.r.get(key)
-        return (owner.decode() if isinstance(owner, bytes) else owner) == chain_id
+        return self.r.hget(_key(job_id), "chain") == chain_id
 
     def chain_started(self, job_id: str) -> bool:
-        return bool(self.r.exists(keys.job_chain(job_id)))
+        return bool(self.r.hexists(_key(job_id), "chain"))
 
     def finish(self, job_id: str, status: str, error: str = "") -> None:
-        ended = {"finished_at": now_iso(), "finished_ts": time.time()}
-        self.update(job_id, status=status, error=error, stage="", **ended)
-        self.r.delete(keys.job_secrets(job_id))
-        with self.r.pipeline() as pipe:  # wake whoever follows the job (see wait_end)
-            pipe.delete(_ended_key(job_id))
+        """Record the end, forget the secrets and wake whoever follows the job (see wait_end): one
+        round trip."""
+        now = time.time()
+        ended = {"status": status, "error": error, "stage": "", "finished_at": now_iso(), "finished_ts": now}
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hset(_key(job_id), mapping=self._encode({**ended, "updated_at": now}))
+            pipe.delete(keys.job_secrets(job_id), _ended_key(job_id))
             pipe.lpush(_ended_key(job_id), status)
             pipe.expire(_ended_key(job_id), SECRETS_TTL)
             pipe.execute()
@@ -238,6 +241,9 @@ class JobStore:
         """
         key = _ended_key(job_id)
         return self.r.brpoplpush(key, key, timeout=max(timeout, 0.01)) is not None
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(_key(job_id), "cancel_requested") == "1"
 
     def request_cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -258,7 +264,9 @@ class JobStore:
         out = {}
         for k, v in fields.items():
             if isinstance(v, JobState):
-                out[k] = json.dumps(v.to_dict())
+                out.update({STATE + name: json.dumps(value) for name, value in v.to_dict().items()})
+            elif k == "steps_done":
+                out.update({DONE + step: "" for step in v})
             elif k in _JSON:
                 out[k] = json.dumps(v)
             elif isinstance(v, bool):
@@ -270,19 +278,27 @@ class JobStore:
     @staticmethod
     def _decode(raw: dict[str, str]) -> Job:
         values: dict[str, Any] = {}
+        # records of an older orch: the state as one JSON field, the steps done as a JSON list
+        state: dict[str, Any] = json.loads(raw.get("state") or "null") or {}
+        done: set[str] = set(json.loads(raw.get("steps_done") or "null") or [])
         for k, v in raw.items():
-            if k not in Job.__dataclass_fields__:
+            if k.startswith(STATE):
+                state[k[len(STATE) :]] = json.loads(v)
+            elif k.startswith(DONE):
+                done.add(k[len(DONE) :])
+            elif k in ("state", "steps_done") or k not in Job.__dataclass_fields__:
                 continue
-            if k in _INT:
+            elif k in _INT:
                 values[k] = int(float(v or 0))
             elif k in _FLOAT:
                 values[k] = float(v or 0)
-            elif k == "state":
-                values[k] = JobState.from_dict(json.loads(v or "null"))
             elif k in _JSON:
-                values[k] = json.loads(v or "null") or ({} if k != "steps_done" else [])
+                values[k] = json.loads(v or "null") or {}
             elif k == "cancel_requested":
                 values[k] = v == "1"
             else:
                 values[k] = v
-        return Job(**values)
+        job = Job(**values, state=JobState.from_dict(state))
+        order = [step.name for step in steps_for(job.kind)]
+        job.steps_done = sorted(done, key=lambda s: order.index(s) if s in order else len(order))
+        return job

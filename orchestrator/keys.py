@@ -2,11 +2,10 @@
 
 Jobs
 - ``orch:jobs``                     sorted set of job ids by creation time (what ``orch jobs`` lists)
-- ``orch:job:<id>``                 hash: the job's record (orchestrator/jobs.py)
+- ``orch:job:<id>``                 hash: the job's record, its state, its steps done, its chain
+                                    (orchestrator/jobs.py)
 - ``orch:job:<id>:ended``           list: its end status, for followers blocking on it
 - ``orch:job:<id>:secrets``         the migration's one-time secrets (TTL; never in task arguments)
-- ``orch:job:<id>:chain``           the Celery chain that runs the job (the first to claim it)
-- ``orch:job:<id>:done:<step>``     a step completed (a redelivered message skips it)
 - ``orch:job:<id>:transient:<step>`` transient failures of a step so far (its retry budget)
 - ``orch:job:<id>:running``         the run lease: which delivery of a step runs it now (runs.py)
 
@@ -37,14 +36,6 @@ def job_ended(job_id: str) -> str:
 
 def job_secrets(job_id: str) -> str:
     return f"{job(job_id)}:secrets"
-
-
-def job_chain(job_id: str) -> str:
-    return f"{job(job_id)}:chain"
-
-
-def step_done(job_id: str, step: str) -> str:
-    return f"{job(job_id)}:done:{step}"
 
 
 def step_failures(job_id: str, step: str) -> str:

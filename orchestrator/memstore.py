@@ -45,11 +45,11 @@ class MemoryJobStore:
                 setattr(self.jobs[job_id], name, copy.deepcopy(value))
         self.jobs[job_id].updated_at = time.time()
 
-    def update_state(self, job_id: str, **values: Any) -> JobState:
+    def update_state(self, job: Job, **values: Any) -> None:
         JobState.check_names(values)
         for name, value in values.items():
-            setattr(self.jobs[job_id].state, name, copy.deepcopy(value))
-        return copy.deepcopy(self.jobs[job_id].state)
+            setattr(job.state, name, value)
+            setattr(self.jobs[job.id].state, name, copy.deepcopy(value))
 
     def mark_step_done(self, job_id: str, step: str, run: str) -> bool:
         if self.done.setdefault((job_id, step), run) != run:
@@ -61,8 +61,10 @@ class MemoryJobStore:
     def step_done(self, job_id: str, step: str) -> bool:
         return (job_id, step) in self.done
 
-    def claim_chain(self, job_id: str, chain_id: str) -> bool:
-        return self.chains.setdefault(job_id, chain_id) == chain_id
+    def claim_chain(self, job_id: str, chain_id: str, job: Job | None = None) -> bool:
+        owner = self.chains.setdefault(job_id, chain_id)
+        self.jobs[job_id].chain = owner
+        return owner == chain_id
 
     def chain_started(self, job_id: str) -> bool:
         return job_id in self.chains
@@ -76,6 +78,9 @@ class MemoryJobStore:
             job_id, status=status, error=error, stage="", finished_at=now_iso(), finished_ts=time.time()
         )
         self._secrets.pop(job_id, None)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.jobs[job_id].cancel_requested
 
     def request_cancel(self, job_id: str) -> Job:
         if not self.jobs[job_id].finished:

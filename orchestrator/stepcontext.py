@@ -86,17 +86,16 @@ class StepContext:
     def client(self, remote: str, timeout: float = 30.0) -> RemoteClient:
         """A client for ``remote``, kept per thread so that steps reuse its TLS connections.
 
-        The config file is checked on every call, so remotes added or changed after the worker started
-        are picked up (the cache is dropped when the file changes).
+        The config file is checked on every call (a stat), so remotes added or changed after the worker
+        started are picked up (the clients are dropped when the file changes).
         """
-        config = ClientConfig()
-        stamp = config.path.stat().st_mtime_ns if config.path.exists() else 0
+        config = ClientConfig.current()  # the same object until the file changes
         cache = getattr(self._local, "clients", None)
-        if cache is None or self._local.stamp != stamp:
+        if cache is None or self._local.config is not config:
             for old in (cache or {}).values():
                 old.close()
             cache = self._local.clients = {}
-            self._local.stamp = stamp
+            self._local.config = config
         key = (remote, timeout)
         if key not in cache:
             cache[key] = connect(config, remote, timeout=timeout)

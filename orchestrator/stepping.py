@@ -111,18 +111,21 @@ class StepRun:
     def admitted(self, job: Job) -> bool:
         """Whether this delivery may run: the job is not over, this chain runs it (a hand-off delivered
         twice starts two chains: only one runs), and the step is not done (a duplicate of a completed
-        step: its successor is on its way already)."""
+        step: its successor is on its way already). Answered from the record just read, but for the
+        first step's claim of the job."""
         request = self.task.request
         return (
             not job.finished
-            and self.ctx.jobs.claim_chain(job.id, request.root_id or request.id)
-            and not self.ctx.jobs.step_done(job.id, self.name)
+            and self.ctx.jobs.claim_chain(job.id, request.root_id or request.id, job)
+            and self.name not in job.steps_done
         )
 
     def run_leased(self, fn: Callable[[StepContext, Job], Any]) -> str:
         """The step's work, once it holds the job's run lease."""
         ctx, job_id = self.ctx, self.job_id
-        job = ctx.jobs.get(job_id)  # read once the lease is held: no other run changes it meanwhile
+        # read once the lease is held: no other run changes it meanwhile, so this copy, kept up to date
+        # by the step's own writes (begin, update_state), is the record for the rest of the step
+        job = ctx.jobs.get(job_id)
         if not self.admitted(job):
             raise Ignore()
         if job.cancel_requested:
@@ -131,7 +134,7 @@ class StepRun:
         self.hold_slots(job)
         self.begin(job)
         try:
-            fn(ctx, ctx.jobs.get(job_id))
+            fn(ctx, job)
         except Superseded:
             log.warning(
                 "job %s step %s: another run of this step took over; this one stops", job_id, self.name
@@ -158,30 +161,44 @@ class StepRun:
         if is_last(job.kind, self.name):
             # the job's end before the step's mark: a redelivery after a death in between finds the
             # job finished (the other way round it would find the step done and the job never ended)
-            complete(ctx, ctx.jobs.get(job_id))
+            complete(ctx, job)
         if not ctx.jobs.mark_step_done(job_id, self.name, self.run_id):
             raise Ignore()
-        ctx.jobs.update(job_id, error="")
+        if job.error:  # an earlier attempt's "retrying: …"
+            ctx.jobs.update(job_id, error="")
         return job_id
 
     def hold_slots(self, job: Job) -> None:
         """The job's concurrency slots, or a wait for them (not counted as a failure)."""
         if not self.ctx.take_slots(job):
-            self.ctx.jobs.update(job.id, stage="waiting for a slot")
-            self.ctx.renew_locks(job)  # a wait may be long (an evacuation's queue): keep its containers
+            fields: dict[str, Any] = {"stage": "waiting for a slot"}
+            # a wait may be long (an evacuation's queue): keep its containers
+            fields.update(self.renew_locks_when_due(job))
+            self.ctx.jobs.update(job.id, **fields)
             raise self.task.retry(countdown=random.uniform(0.2, 1.0), max_retries=None)
 
     def begin(self, job: Job) -> None:
-        """Record the step as running here, and renew the job's locks."""
+        """Record the step as running here (one write), and renew the job's locks when due."""
         fields: dict[str, Any] = {"status": RUNNING, "step": self.name, "attempts": job.attempts + 1}
         fields.update(stage="", worker=self.task.request.hostname or "")
         if not job.started_at:
             fields["started_at"] = now_iso()
             fields["started_ts"] = time.time()
-        self.ctx.jobs.update(job.id, **fields)
         self.ctx.task = self.task  # the running task, for steps that send events (task-progress)
         self.ctx.run = self.run_id  # checked with every renewal of the locks (StepContext.renew_locks)
+        fields.update(self.renew_locks_when_due(job))
+        self.ctx.jobs.update(job.id, **fields)
+        for name, value in fields.items():  # the step's copy of the record, as written
+            setattr(job, name, value)
+
+    def renew_locks_when_due(self, job: Job) -> dict[str, float]:
+        """Renew the job's container locks and slots once a quarter of their lease has gone by since
+        the last renewal (the record says when); the field that records this one."""
+        now = time.time()
+        if now - job.locks_ts < self.ctx.settings.lock_lease / 4:
+            return {}
         self.ctx.renew_locks(job)
+        return {"locks_ts": now}
 
     def transient(self, exc: Unavailable) -> BaseException:
         """A retry with backoff while the step's budget of transient failures lasts; then the end."""

@@ -9,7 +9,10 @@ same container is refused at once with a clear error instead of failing later in
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import redis
 
 from orchapi.errors import BadRequest, Conflict, OrchError
 from orchestrator import dispatch
@@ -35,7 +38,7 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
     # two names of one host: a move is a rename on that agent, not a transfer to itself
     kind = "rename" if kind == "move" and src_host == dst_host else kind
     settings = Settings.from_env()
-    client = connect(redis_url(settings))
+    client = _client(redis_url(settings))
     store, locks = JobStore(client), ContainerLocks(client)
     state = JobState(
         source_remote=src.remote,
@@ -63,6 +66,12 @@ def submit(kind: str, src: Ref, dst: Ref, options: dict[str, Any], slots: list[t
     return job
 
 
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    """One client (and connection pool) per Redis for the process: an evacuation submits many jobs."""
+    return connect(url)
+
+
 def _host(remote: str) -> str:
     """The identity of the host ``remote`` names (hostid.py); the remote name if it can't be known now
     (an unreachable unix remote: the job then fails on it with a clear error)."""
@@ -70,6 +79,6 @@ def _host(remote: str) -> str:
     from orchestrator.hostid import identify
 
     try:
-        return identify(ClientConfig(), remote)
+        return identify(ClientConfig.current(), remote)
     except OrchError:
         return remote

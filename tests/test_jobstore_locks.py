@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -33,9 +34,10 @@ def test_job_record_roundtrip_and_index(client):
         JobState(source_remote="foo"),
     )
     with pytest.raises(TypeError, match="target_opp"):  # a typo fails where it is written
-        store.update_state(a.id, target_opp="/1.0/operations/x")
+        store.update_state(a, target_opp="/1.0/operations/x")
     store.update(a.id, bytes_done=10, bytes_total=20, rate=1.5, step="transfer_delta")
-    store.update_state(a.id, target_op="/1.0/operations/x")
+    store.update_state(a, target_op="/1.0/operations/x")
+    assert a.state.target_op == "/1.0/operations/x"  # the caller's copy too
     got = store.get(a.id)
     assert (got.bytes_done, got.bytes_total, got.rate, got.state.target_op) == (
         10,
@@ -58,6 +60,39 @@ def test_step_completion_is_recorded_once(client):
     # the same run again (its command retried after Redis came back, the first try had taken effect)
     assert store.mark_step_done(job.id, "issue_token", "run-1") is True
     assert store.get(job.id).steps_done == ["issue_token"]
+
+
+def test_a_chain_claims_a_job_once_and_the_record_answers_after(client):
+    store = JobStore(client)
+    job = store.create("copy", "a:x", "b:x", {}, JobState())
+    assert not store.chain_started(job.id)
+    assert store.claim_chain(job.id, "chain-1") is True
+    assert store.claim_chain(job.id, "chain-2") is False  # a duplicate hand-off's chain stops
+    record = store.get(job.id)
+    assert record.chain == "chain-1" and store.chain_started(job.id)
+    client.hset(f"orch:job:{job.id}", "chain", "changed")  # answered from the record given, not Redis
+    assert store.claim_chain(job.id, "chain-1", record) is True
+
+
+def test_a_record_written_by_an_older_orch_still_reads(client):
+    """Before the state had a field per name and each step its own marker field, both were JSON."""
+    client.hset(
+        "orch:job:old1",
+        mapping={
+            "id": "old1", "kind": "move", "source": "a:x", "target": "b:x", "status": "running",
+            "state": json.dumps({"source_remote": "a", "target_op": "/1.0/operations/o", "gone": 1}),
+            "steps_done": json.dumps(["issue_token", "verify_target"]),
+        },
+    )  # fmt: skip
+    store = JobStore(client)
+    job = store.get("old1")
+    assert job.state.source_remote == "a" and job.state.target_op == "/1.0/operations/o"
+    assert job.steps_done == ["verify_target", "issue_token"]  # in the chain's order
+    store.update_state(job, target_op=None)
+    assert store.mark_step_done("old1", "pull_image", "r1")
+    again = store.get("old1")
+    assert again.state.target_op is None and again.state.source_remote == "a"
+    assert again.steps_done == ["verify_target", "issue_token", "pull_image"]
 
 
 def test_secrets_are_kept_apart_and_dropped_when_the_job_ends(client):

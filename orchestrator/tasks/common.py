@@ -23,7 +23,7 @@ def reachable_url(remote: str, client: RemoteClient) -> str:
     For an HTTPS remote that is the remote's own address; for a unix-socket remote (``local:``) it is the
     address the agent reports listening on.
     """
-    addr = ClientConfig().get(remote).addr
+    addr = ClientConfig.current().get(remote).addr
     if addr.startswith("https://"):
         return addr.rstrip("/")
     addresses = client.get("/1.0")["environment"].get("addresses") or []

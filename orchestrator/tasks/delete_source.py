@@ -23,7 +23,7 @@ def delete(ctx: StepContext, job: Job) -> None:
             source(ctx, job).run("DELETE", f"/1.0/containers/{s.source_name}")
         except NotFound:
             pass  # an earlier delivery of this step deleted it
-        ctx.jobs.update_state(job.id, source_deleted=True)
+        ctx.jobs.update_state(job, source_deleted=True)
     if s.source_was_running:
         tgt = target(ctx, job)
         if tgt.get(f"/1.0/containers/{s.target_name}")["status"] != "Running":

@@ -55,7 +55,7 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
     ctx.jobs.set_secrets(job.id, migration["secrets"])
     base_url = reachable_url(s.source_remote, src)
     ctx.jobs.update_state(
-        job.id,
+        job,
         migration_id=migration["id"],
         migration_url=f"{base_url}/1.0/migrations/{migration['id']}",
         source_certificate=migration["certificate"],

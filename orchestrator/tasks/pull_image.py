@@ -44,7 +44,7 @@ def pull(ctx: StepContext, job: Job) -> None:
     try:
         result = target(ctx, job, timeout=600).run("POST", "/1.0/images", json=body)
     except NotFound:
-        ctx.jobs.update_state(job.id, image_missing=True)
+        ctx.jobs.update_state(job, image_missing=True)
         return
     except PeerUnreachable as exc:
         if (job.options.get("mode") or "auto") == "pull":
@@ -52,10 +52,10 @@ def pull(ctx: StepContext, job: Job) -> None:
         # the target cannot reach the source: the container will go the other way round (push), and
         # the image through the worker
         log.info("job %s: the target cannot pull the image (%s); the worker carries it", job.id, exc)
-        ctx.jobs.update_state(job.id, mode="push")
+        ctx.jobs.update_state(job, mode="push")
         carry(ctx, job)
         return
-    ctx.jobs.update_state(job.id, image_cached=bool(result.get("cached")), image_bytes=result.get("bytes", 0))
+    ctx.jobs.update_state(job, image_cached=bool(result.get("cached")), image_bytes=result.get("bytes", 0))
 
 
 def carry(ctx: StepContext, job: Job) -> None:
@@ -64,11 +64,11 @@ def carry(ctx: StepContext, job: Job) -> None:
     fingerprint = job.state.base_image
     tgt = target(ctx, job, timeout=600)
     if has_image(tgt, fingerprint):
-        ctx.jobs.update_state(job.id, image_cached=True)
+        ctx.jobs.update_state(job, image_cached=True)
         return
     try:
         moved = carry_image(source(ctx, job, timeout=600), tgt, fingerprint, what=job.state.target_remote)
     except NotFound:
-        ctx.jobs.update_state(job.id, image_missing=True)
+        ctx.jobs.update_state(job, image_missing=True)
         return
-    ctx.jobs.update_state(job.id, image_cached=False, image_bytes=moved, image_carried=True)
+    ctx.jobs.update_state(job, image_cached=False, image_bytes=moved, image_carried=True)

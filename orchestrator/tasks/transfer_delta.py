@@ -28,7 +28,7 @@ def run_modes(ctx: StepContext, job: Job) -> dict[str, Any]:
     order = modes_for(ctx, job)
     mode = job.state.mode if job.state.mode in order else order[0]
     while True:
-        job.state = ctx.jobs.update_state(job.id, mode=mode)
+        ctx.jobs.update_state(job, mode=mode)
         if mode != "relay" and job.state.migration_spent and not job.state.target_op:
             # a new transfer (a retry, another mode) needs unspent secrets; relay has them issued to
             # the worker's own certificate itself
@@ -36,7 +36,7 @@ def run_modes(ctx: StepContext, job: Job) -> dict[str, Any]:
         try:
             return TRANSFER[mode](ctx, job)
         except PeerUnreachable as exc:
-            job.state = ctx.jobs.update_state(job.id, target_op=None, source_op=None)
+            ctx.jobs.update_state(job, target_op=None, source_op=None)
             later = order[order.index(mode) + 1 :]
             if not later:
                 raise
@@ -50,7 +50,7 @@ TRANSFER = {"pull": pull.transfer, "push": push.transfer, "relay": relay.transfe
 def transfer(ctx: StepContext, job: Job) -> None:
     result = run_modes(ctx, job)
     ctx.jobs.update_state(
-        job.id,
+        job,
         verified=bool(result.get("verified")),
         method=result.get("method", ""),
         files=result.get("files", 0),

@@ -25,7 +25,7 @@ from orchestrator.tasks.common import source, target
 
 def check_hosts(ctx: StepContext, job: Job) -> None:
     """The target host may receive containers, and the target is not the source under another name."""
-    s, config = job.state, ClientConfig()
+    s, config = job.state, ClientConfig.current()
     target_id = identify(config, s.target_remote)
     if not job.options.get("restore"):
         states = HostStates(ctx.redis)
@@ -83,14 +83,14 @@ def verify(ctx: StepContext, job: Job) -> None:
     # what issue_token needs of the target, so that it asks nothing again: its certificate (which the
     # source's token is scoped to) and its free space (checked against the size the source declares)
     ctx.jobs.update_state(
-        job.id,
+        job,
         target_preexisted=existing is not None,
         methods=sorted(common),
         target_certificate=target_info["environment"]["certificate"],
         target_free=target_info["environment"].get("storage_free", 0),
     )
     if running:
-        ctx.jobs.update_state(job.id, source_was_running=True)
+        ctx.jobs.update_state(job, source_was_running=True)
         try:
             src.run("PUT", f"/1.0/containers/{s.source_name}/state", json={"action": "stop", "timeout": 30})
         except Conflict:

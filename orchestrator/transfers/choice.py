@@ -34,5 +34,5 @@ def modes_for(ctx: StepContext, job: Job) -> tuple[str, ...]:
         return tuple(known)
     configs = [side(ctx, job).get("/1.0").get("config") or {} for side in (source, target)]
     modes = order(job.options.get("mode") or "auto", *configs)
-    ctx.jobs.update_state(job.id, modes=list(modes))
+    ctx.jobs.update_state(job, modes=list(modes))
     return modes

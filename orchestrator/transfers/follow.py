@@ -18,6 +18,9 @@ from orchestrator.stepping import Cancelled, StepContext
 log = logging.getLogger(__name__)
 
 POLL = 0.5  # job progress is refreshed at least this often while bytes move
+#: how often a long transfer renews its locks and checks its run lease (the heartbeat renews that
+#: lease every visibility/4 s too; a lost one is noticed within this)
+RENEW_EVERY = 2.0
 
 
 def send_progress(ctx: StepContext, job: Job, fields: dict[str, Any]) -> None:
@@ -64,13 +67,14 @@ def follow(
     #: the rate is measured from the first byte on (bytes / seconds since), so it is known at the
     #: first progress report after data flows and does not jump with every poll
     first: tuple[float, int] | None = None
+    renewed = time.monotonic()  # the step renewed the locks (when due) as it began
     while True:
         try:
             op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
         except NotFound:
             # the target agent restarted: its operation is gone (what it had received is suspended at
             # its start); the step's retry transfers again, with fresh secrets, and resumes it
-            ctx.jobs.update_state(job.id, target_op=None, source_op=None)
+            ctx.jobs.update_state(job, target_op=None, source_op=None)
             raise Unavailable(
                 "the target agent lost the transfer (was it restarted?); transferring again"
             ) from None
@@ -86,15 +90,16 @@ def follow(
         fields["bytes_total"] = int(meta.get("total_bytes") or 0) if meta.get("total_exact") else 0
         ctx.jobs.update(job.id, **fields)
         if meta.get("method") and not job.state.method:  # negotiated: shown while it runs
-            job.state = ctx.jobs.update_state(job.id, method=str(meta["method"]))
+            ctx.jobs.update_state(job, method=str(meta["method"]))
         if meta.get("resumed_volumes") and job.state.resumed_volumes != meta["resumed_volumes"]:
             # what the target kept of an interrupted attempt: shown while it runs, not only at the end
-            job.state = ctx.jobs.update_state(
-                job.id, resumed_volumes=meta["resumed_volumes"], skipped_bytes=meta.get("skipped_bytes", 0)
+            ctx.jobs.update_state(
+                job, resumed_volumes=meta["resumed_volumes"], skipped_bytes=meta.get("skipped_bytes", 0)
             )
         send_progress(ctx, job, fields)
-        current = ctx.jobs.get(job.id)
-        ctx.renew_locks(current)
+        if time.monotonic() - renewed > RENEW_EVERY:
+            ctx.renew_locks(job)  # and check that this run still runs the step (Superseded)
+            renewed = time.monotonic()
         if op["status"] == "Success":
             return _succeeded(ctx, job, meta)
         if op["status"] != "Running":
@@ -102,7 +107,7 @@ def follow(
             # ``transfer_kept``: the target kept what it had verified, to be resumed (by the retry, or by
             # `orch jobs resume` should this be the last attempt)
             kept = bool(meta.get("suspended"))
-            ctx.jobs.update_state(job.id, target_op=None, source_op=None, transfer_kept=kept)
+            ctx.jobs.update_state(job, target_op=None, source_op=None, transfer_kept=kept)
             raise operation_error(op)
         if check is not None:
             try:
@@ -115,9 +120,9 @@ def follow(
                     return _succeeded(ctx, job, ended.get("metadata") or {})
                 if ended is not None:  # over: a retry starts anew (with the other side's error)
                     kept = bool((ended.get("metadata") or {}).get("suspended"))
-                    ctx.jobs.update_state(job.id, target_op=None, source_op=None, transfer_kept=kept)
+                    ctx.jobs.update_state(job, target_op=None, source_op=None, transfer_kept=kept)
                 raise
-        if current.cancel_requested:
+        if ctx.jobs.cancel_requested(job.id):
             _cancel(client, operation)
             raise Cancelled()
 
@@ -125,7 +130,7 @@ def follow(
 def _succeeded(ctx: StepContext, job: Job, meta: dict[str, Any]) -> dict[str, Any]:
     """The target verified and committed: what an earlier attempt kept is the copy now."""
     if job.state.transfer_kept:
-        job.state = ctx.jobs.update_state(job.id, transfer_kept=False)
+        ctx.jobs.update_state(job, transfer_kept=False)
     return meta
 
 

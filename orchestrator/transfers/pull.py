@@ -35,7 +35,7 @@ def start(ctx: StepContext, job: Job) -> str:
     body = {"name": s.target_name, "source": source}
     response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
     operation = response["operation"]
-    ctx.jobs.update_state(job.id, target_op=operation, migration_spent=True)
+    ctx.jobs.update_state(job, target_op=operation, migration_spent=True)
     return operation
 
 

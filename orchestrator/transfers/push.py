@@ -45,10 +45,10 @@ def start(ctx: StepContext, job: Job) -> tuple[str, str]:
     body = {"name": s.target_name, "source": {**receive_body(job), "mode": "push"}}
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
-    ctx.jobs.update_state(job.id, target_op=sink_op)
+    ctx.jobs.update_state(job, target_op=sink_op)
     push = {"addresses": target_addresses(ctx, job), **sink_secret(sink)}
     pushed = source(ctx, job).request("POST", f"/1.0/migrations/{s.migration_id}/push", json=push).json()
-    ctx.jobs.update_state(job.id, source_op=pushed["operation"], migration_spent=True)
+    ctx.jobs.update_state(job, source_op=pushed["operation"], migration_spent=True)
     return sink_op, pushed["operation"]
 
 

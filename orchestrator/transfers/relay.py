@@ -135,9 +135,9 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
             raise Unavailable("the previous relay of this job still runs on the target; retrying")
         if op["status"] == "Success":
             return op.get("metadata") or {}  # it had got through before the worker died
-        ctx.jobs.update_state(job.id, target_op=None)
+        ctx.jobs.update_state(job, target_op=None)
     if job.state.migration_to != "worker" or job.state.migration_spent:
-        ctx.jobs.update_state(job.id, target_certificate=pem, migration_to="worker")
+        ctx.jobs.update_state(job, target_certificate=pem, migration_to="worker")
         job = reissue(ctx, ctx.jobs.get(job.id))
     s = job.state
     if not tgt.url.startswith("https://") or not src.url.startswith("https://"):
@@ -145,7 +145,7 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     body = {"name": s.target_name, "source": {**receive_body(job), "mode": "relay", "certificate": pem}}
     sink = tgt.request("POST", "/1.0/containers", json=body).json()
     sink_op = sink["operation"]
-    ctx.jobs.update_state(job.id, target_op=sink_op, migration_spent=True)
+    ctx.jobs.update_state(job, target_op=sink_op, migration_spent=True)
     opened = sink_secret(sink)
     fs_secret = ctx.jobs.secrets(job.id).get("fs", "")
     pump = Pump(src, f"/1.0/migrations/{s.migration_id}/fs", fs_secret,
