@@ -101,15 +101,24 @@ class StepContext:
             cache[key] = connect(config, remote, timeout=timeout)
         return cache[key]
 
-    def renew_locks(self, job: Job) -> None:
+    def renew_locks(self, job: Job) -> bool:
         """Extend the job's container locks and concurrency slots (called while it works), and check
-        that this run still runs the job's step (:class:`Superseded` if another took over)."""
+        that this run still runs the job's step (:class:`Superseded` if another took over); whether
+        every lock and slot was still the job's (one whose lease ran out is not taken again here:
+        verify_target acquires them, and the locks a later step lost are a warning in the log)."""
         if self.run and not self.runs.still_ours(job.id, self.run):
             raise Superseded()
+        held = True
         for host, name, _label in lock_targets(job):
-            self.locks.renew(job.id, host, name, self.settings.lock_lease)
+            held &= self.locks.renew(job.id, host, name, self.settings.lock_lease)
         for name, _limit in job.state.slots:
-            self.semaphores.renew(name, job.id, self.settings.lock_lease)
+            held &= self.semaphores.renew(name, job.id, self.settings.lock_lease)
+        return held
+
+    def locks_fresh(self, job: Job, now: float) -> bool:
+        """Whether the job's locks were taken or renewed less than a quarter of their lease ago (the
+        record says when): they are certainly still its own."""
+        return now - job.locks_ts < self.settings.lock_lease / 4
 
     def release_locks(self, job: Job) -> None:
         for host, name, _label in lock_targets(job):

@@ -193,12 +193,14 @@ class StepRun:
 
     def renew_locks_when_due(self, job: Job) -> dict[str, float]:
         """Renew the job's container locks and slots once a quarter of their lease has gone by since
-        the last renewal (the record says when); the field that records this one."""
+        the last renewal; the record's field saying when, if all were still the job's."""
         now = time.time()
-        if now - job.locks_ts < self.ctx.settings.lock_lease / 4:
+        if self.ctx.locks_fresh(job, now):
             return {}
-        self.ctx.renew_locks(job)
-        return {"locks_ts": now}
+        if self.ctx.renew_locks(job):
+            return {"locks_ts": now}
+        log.warning("job %s step %s: a lock or slot of the job had run out", job.id, self.name)
+        return {}
 
     def transient(self, exc: Unavailable) -> BaseException:
         """A retry with backoff while the step's budget of transient failures lasts; then the end."""

@@ -95,13 +95,15 @@ class HostStates:
         """Fold records an older orch keyed by remote name into the host's (an upgrade must not
         uncordon a host or forget where its evacuated containers went). Fields already recorded
         under the host win; the old keys are removed."""
-        for name in names:
-            for old, new in _legacy_keys(name, host_id):
-                if self.r.type(old) != "hash":
-                    continue
-                for field, value in self.r.hgetall(old).items():
-                    self.r.hsetnx(new, field, value)
-                self.r.delete(old)
+        pairs = [pair for name in names for pair in _legacy_keys(name, host_id)]
+        if not pairs or not self.r.exists(*(old for old, _new in pairs)):
+            return  # the common case, one command: nothing left from before
+        for old, new in pairs:
+            if self.r.type(old) != "hash":
+                continue
+            for field, value in self.r.hgetall(old).items():
+                self.r.hsetnx(new, field, value)
+            self.r.delete(old)
 
     # -- origins of evacuated containers ---------------------------------------------------------------
     def record_origin(

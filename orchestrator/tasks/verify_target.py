@@ -14,6 +14,8 @@ refused. The target agent enforces its cordon too; this check only fails earlier
 
 from __future__ import annotations
 
+import time
+
 from orchapi.errors import Conflict, Forbidden, NotFound
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.evacuation.hosts import HostStates
@@ -78,8 +80,12 @@ def verify(ctx: StepContext, job: Job) -> None:
             else f"stop it first (orch stop {job.source}), or copy a snapshot of it "
             f"(orch snapshot {job.source} SNAP, then orch copy {job.source}/SNAP ...)",
         )
-    for host, name, label in lock_targets(job):
-        ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
+    now = time.time()
+    if not ctx.locks_fresh(job, now):  # taken by the submit, but the job may have queued for long
+        for host, name, label in lock_targets(job):
+            ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
+        ctx.jobs.update(job.id, locks_ts=now)
+        job.locks_ts = now
     # what issue_token needs of the target, so that it asks nothing again: its certificate (which the
     # source's token is scoped to) and its free space (checked against the size the source declares)
     ctx.jobs.update_state(
