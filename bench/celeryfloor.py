@@ -79,13 +79,8 @@ def idle(redis: Redis, seconds: float) -> float:
     return (sum((Counter(redis.calls()) - Counter(calls0)).values()) - 1) / seconds
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bench/celeryfloor", description=__doc__.split("\n")[0])
-    parser.add_argument("--chains", type=int, default=2000)
-    parser.add_argument("--workers", default="1,4", help="comma-separated worker process counts")
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--markdown", nargs="?", const="docs/benchmarks.md", default=None)
-    args = parser.parse_args(argv)
+def floor(chains: int, worker_counts: list[int], concurrency: int) -> list[dict[str, float]]:
+    """The floor's figures with each number of worker processes (its own Redis and temp dir)."""
     stack, close = cleanup_at_exit()
     rows = []
     try:
@@ -93,14 +88,14 @@ def main(argv: list[str]) -> int:
         redis = Redis(workdir / "redis")
         stack.callback(redis.stop)
         os.environ["ORCH_REDIS_URL"] = redis.url  # the publishing app (bench.floorapp) reads it
-        for count in (int(w) for w in args.workers.split(",")):
-            workers = start_workers(stack, workdir / f"{count}", redis.url, count, args.concurrency)
+        for count in worker_counts:
+            workers = start_workers(stack, workdir / f"{count}", redis.url, count, concurrency)
             rate = idle(redis, 5)
             measure(redis, workers, 50, rate)  # warm-up
-            row = {"workers": count, **measure(redis, workers, args.chains, rate), "idle": rate}
-            rows.append(row)
+            row = {"workers": count, "concurrency": concurrency, **measure(redis, workers, chains, rate)}
+            rows.append({**row, "idle": rate})
             print(
-                f"{count}×{args.concurrency}: {row['chains_per_s']:.1f} chains/s, "
+                f"   floor {count}×{concurrency}: {row['chains_per_s']:.1f} chains/s, "
                 f"{row['cmds_per_chain']:.0f} Redis commands/chain, worker CPU {row['worker_cpu_ms']:.1f} ms"
                 f"/chain, redis-server {row['redis_cpu_ms']:.2f} ms/chain",
                 flush=True,
@@ -109,6 +104,18 @@ def main(argv: list[str]) -> int:
                 w.stop()
     finally:
         close()
+        os.environ.pop("ORCH_REDIS_URL", None)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench/celeryfloor", description=__doc__.split("\n")[0])
+    parser.add_argument("--chains", type=int, default=2000)
+    parser.add_argument("--workers", default="1,4", help="comma-separated worker process counts")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--markdown", nargs="?", const="docs/benchmarks.md", default=None)
+    args = parser.parse_args(argv)
+    rows = floor(args.chains, [int(w) for w in args.workers.split(",")], args.concurrency)
     if args.markdown:
         stats.write_markdown_section(
             Path(args.markdown), "floor", report(rows, args), heading=SECTION_HEADING

@@ -36,10 +36,9 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from contextlib import ExitStack
-from dataclasses import asdict
 from pathlib import Path
 
-from bench import cpu, scalereport, scaletrace
+from bench import celeryfloor, cpu, scalereport, scaleresults, scaletrace
 from bench.cleanup import cleanup_at_exit
 from bench.scalefigures import Measures, Row, figures
 from bench.scalelab import REPO, Redis, SimAgents, Worker
@@ -248,25 +247,12 @@ def parse_list(text: str) -> list[int]:
 def rerender(args: argparse.Namespace) -> int:
     """The output of an earlier run from its --json file (after a change to the report, say), with the
     reproduce command and settings it recorded."""
-    import json
-
-    data = json.loads(args.from_json.read_text())
-    rows = [Row(**{**r, "top_cmds": [tuple(c) for c in r["top_cmds"]]}) for r in data["rows"]]
-    idle = {int(w): rates for w, rates in data["idle_rates"].items()}
-    for key, value in data.get("settings", {}).items():
+    run = scaleresults.load(args.from_json)
+    for key, value in run.get("settings", {}).items():
         setattr(args, key, value)
-    counts = Counter(
-        {tuple(k.split(" ", 1)) if " " in k else (k, ""): n for k, n in data.get("trace", {}).items()}
-    )
-    trace = scaletrace.report(counts, data.get("trace_seconds", 0.0)) if counts else ""
-    say(scalereport.table(rows) + "\n\n" + scalereport.top_commands(rows))
+    say(scalereport.table(run["rows"]) + "\n\n" + scalereport.top_commands(run["rows"]))
     if args.markdown:
-        from bench import stats
-
-        text = scalereport.markdown(rows, idle, data["environment"], data["command"], args, trace)
-        stats.write_markdown_section(
-            Path(args.markdown), "scale", text, heading="## Orchestrator at scale (bench/scale)"
-        )
+        scaleresults.write_markdown(Path(args.markdown), run, args)
         say(f"wrote {args.markdown}")
     return 0
 
@@ -303,6 +289,8 @@ def main(argv: list[str]) -> int:
         help="run nothing: print and write (--markdown) the figures of an earlier --json file again",
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
+    p.add_argument("--no-floor", action="store_true", help="skip the Celery floor (bench/celeryfloor)")
+    p.add_argument("--floor-chains", type=int, default=2000, help="chains the Celery floor runs")
     args = p.parse_args(argv)
     if args.from_json:
         return rerender(args)
@@ -315,6 +303,7 @@ def main(argv: list[str]) -> int:
     stack, close = cleanup_at_exit()
     rows: list[Row] = []
     trace, trace_counts, trace_seconds = "", {}, 0.0
+    floor: list[dict[str, float]] = []
     idle: dict[int, dict[str, float]] = {}
     try:
         workdir = Path(tempfile.mkdtemp(prefix="orch-scale-", dir=args.tmp))
@@ -355,6 +344,9 @@ def main(argv: list[str]) -> int:
             if not args.no_trace and not trace:
                 trace, trace_counts, trace_seconds = bench.trace()
             bench.stop()
+        if not args.no_floor:  # Celery's own cost of the same chain, in the same run (bench/celeryfloor)
+            say(f"== the Celery floor: {args.floor_chains} chains of five no-op tasks, 4 workers")
+            floor = celeryfloor.floor(args.floor_chains, [4], args.concurrency)
     except KeyboardInterrupt:
         say("\ninterrupted; stopping everything")
         return 130
@@ -370,37 +362,22 @@ def main(argv: list[str]) -> int:
         + (f" --largest-with {args.largest_with}" if args.largest_with else "")
         + " --markdown"
     )
-    env_info = scalereport.machine()
+    run = {
+        "environment": scalereport.machine(),
+        "command": cmd,
+        "idle_rates": idle,
+        "trace": trace_counts,
+        "trace_seconds": trace_seconds,
+        "settings": {k: getattr(args, k) for k in ("concurrency", "hosts", "idle", "warmup")},
+        "rows": rows,
+        "floor": floor,
+    }
     if args.json:
-        import json
-
-        args.json.write_text(
-            json.dumps(
-                {
-                    "environment": env_info,
-                    "command": cmd,
-                    "idle_rates": idle,
-                    "trace": trace_counts,
-                    "trace_seconds": trace_seconds,
-                    "settings": {k: getattr(args, k) for k in ("concurrency", "hosts", "idle", "warmup")},
-                    "rows": [asdict(r) for r in rows],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        scaleresults.save(args.json, run)
         say(f"wrote {args.json}")
     if args.markdown:
-        from bench import stats
-
-        path = Path(args.markdown)
-        stats.write_markdown_section(
-            path,
-            "scale",
-            scalereport.markdown(rows, idle, env_info, cmd, args, trace),
-            heading="## Orchestrator at scale (bench/scale)",
-        )
-        say(f"wrote {path}")
+        scaleresults.write_markdown(Path(args.markdown), {**run, "trace": trace_counts}, args)
+        say(f"wrote {args.markdown}")
     return 0 if all(r.failed == 0 for r in rows) else 1
 
 

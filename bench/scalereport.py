@@ -104,8 +104,8 @@ def machine() -> dict[str, str]:
 
 
 def config_parse_ms(remotes: int, repeat: int = 5) -> float:
-    """Milliseconds one ``ClientConfig()`` takes with ``remotes`` remotes: the workers build one for
-    about every agent request (orchestrator/stepcontext.py, tasks/common.py, verify_target.py)."""
+    """Milliseconds one parse of a config.yml with ``remotes`` remotes takes (``ClientConfig()``; the
+    workers parse it once per change of the file: ``ClientConfig.current()``)."""
     from orchestrator.clientconfig import ClientConfig, Remote
 
     with tempfile.TemporaryDirectory() as d:
@@ -135,7 +135,6 @@ def estimate(rows: list[Row], hosts_here: int) -> str:
     cores = os.cpu_count() or 1
     per_req_ms = config_parse_ms(HOSTS)
     here_ms = config_parse_ms(hosts_here)
-    extra = (per_req_ms - here_ms) * ref.http_per_job / 1000  # CPU-s per job the bigger config.yml adds
     title = f"{HOSTS:,} hosts × {PER_HOST} containers, {EVACUATED} hosts evacuated at once"
     return f"""### Paper estimate: {title}
 
@@ -149,21 +148,19 @@ transfers that take no time (the data plane is not in this figure):
   ({moves * cpu_job / cores / 60:.1f} min spread over {cores} cores), so more worker *hosts* scale it
   until Redis saturates: redis-server needs {moves * redis_job:.0f} CPU-s in total, one core, i.e. about
   {1 / redis_job if redis_job else float("inf"):.0f} jobs/s at most per Redis.
-- **With the fleet's config.yml** ({HOSTS:,} remotes) every `ClientConfig()` the workers build costs
-  {per_req_ms - here_ms:.0f} ms more (see 1. below): ≈ {extra * 1000:.0f} ms more worker CPU per job, so
-  the same {moves:,} moves need ≈ {moves * (cpu_job + extra) / 60:.0f} CPU-min of workers, **≈
-  {moves * (cpu_job + extra) / cores / 60:.0f} min** on {cores} cores: that term dominates, not Redis.
+- **With the fleet's config.yml** ({HOSTS:,} remotes): one parse costs {per_req_ms:.0f} ms ({here_ms:.1f} ms
+  with the {hosts_here} remotes here), paid once per worker process and change of the file
+  (`ClientConfig.current()`: every agent request stats the file and reuses the parsed config), so
+  not per job.
 - **Redis**: {moves:,} × {ref.mem_per_job / 1024:.1f} KiB ≈ **{_mib(moves * ref.mem_per_job)}** kept (job
-  records, Celery results for 7 days, step markers for 30 days) and **{moves * ref.cmds_per_job / 1e6:.2f} M
-  commands**, plus the idle load of every worker (BRPOP/BLMOVE loops, heartbeats, kombu's sweep every
-  second), which grows with the number of worker processes, not with jobs.
+  records with their step markers, kept until `orch jobs prune`; no Celery results) and
+  **{moves * ref.cmds_per_job / 1e6:.2f} M commands**, plus the idle load of every worker (BRPOP/BLMOVE
+  loops, heartbeats, kombu's sweep every second), which grows with the number of worker processes, not
+  with jobs.
 - **What would limit it first**:
-  1. the workers' per-request client-config read: every agent request builds a `ClientConfig()` (a YAML
-     parse of config.yml, orchestrator/stepcontext.py `StepContext.client`, plus tasks/common.py
-     `reachable_url`, verify_target.py `check_hosts`, submit.py `_host`): {here_ms:.2f} ms with the
-     {hosts_here} remotes here, **{per_req_ms:.1f} ms with {HOSTS:,}** — about {ref.http_per_job:.0f}
-     requests per job, so ≈ {per_req_ms * ref.http_per_job / 1000:.1f} CPU-s per job, which alone caps a
-     worker process at ~{1000 / (per_req_ms * ref.http_per_job) if per_req_ms else 0:.1f} jobs/s;
+  1. Celery itself: a chain of five tasks costs its workers and kombu what "The Celery floor" above
+     says before orch's steps do anything; fewer Redis commands or more jobs per second than that
+     floor need fewer tasks per job, not cheaper steps;
   2. the per-thread agent clients (one `requests.Session` per remote and timeout per thread, kept for
      the worker's life): with {HOSTS:,} remotes a 4-thread worker may hold up to {4 * 3 * HOSTS:,} TLS
      connections, past the default `ulimit -n` of 1024;
@@ -204,6 +201,32 @@ def findings(rows: list[Row]) -> str:
     )
 
 
+def floor_text(rows: list[Row], floor: list[dict[str, float]]) -> str:
+    """Orch's chain against Celery's own cost of a five-task chain, both measured in this run."""
+    if not floor:
+        return ""
+    f = max(floor, key=lambda r: r["workers"])
+    same = [r for r in rows if r.workers == f["workers"]]
+    if not same:
+        return ""
+    r = max(same, key=lambda x: x.jobs)
+    cpu_ms = r.cpu_workers / r.jobs * 1000
+    return (
+        f"**The Celery floor, same run** (bench/celeryfloor.py: orch's Celery app, settings, worker "
+        f"arguments and heartbeat, {int(f['chains']):,} chains of five tasks that do nothing, "
+        f"{int(f['workers'])}×{int(f['concurrency'])} workers): **{f['chains_per_s']:.1f} chains/s, "
+        f"{f['cmds_per_chain']:.0f} Redis commands and {f['worker_cpu_ms']:.1f} ms of worker CPU per "
+        f"chain** ({f['redis_cpu_ms']:.2f} ms of redis-server). Orch's chain of the {r.jobs:,}-job run "
+        f"above: {r.jobs_per_s:.1f} jobs/s ({r.jobs_per_s / f['chains_per_s']:.2f} × the floor's rate), "
+        f"{r.cmds_per_job:.0f} commands ({r.cmds_per_job - f['cmds_per_chain']:.0f} of them orch's own: "
+        f"job records, run leases, locks, secrets, the hand-off) and {cpu_ms:.0f} ms of worker CPU "
+        f"({cpu_ms - f['worker_cpu_ms']:.0f} ms orch's: mostly its {r.http_per_job:.0f} HTTPS requests "
+        "to agents per job). The targets (≤ 50 commands, ≥ 200 jobs/s with 4 workers) lie below what "
+        "Celery and kombu alone take for five tasks on this machine: reaching them needs fewer tasks "
+        "per job or another broker, not cheaper steps.\n"
+    )
+
+
 def markdown(
     rows: list[Row],
     idle: dict[int, dict[str, float]],
@@ -211,6 +234,7 @@ def markdown(
     cmd: str,
     args: argparse.Namespace,
     trace: str = "",
+    floor: list[dict[str, float]] | None = None,
 ) -> str:
     head = (
         f"Measured {env['date']} on {env['nproc']} × {env['cpu']} (kernel {env['kernel']}, Python "
@@ -283,6 +307,7 @@ def markdown(
             *lines,
             "",
             findings(rows),
+            floor_text(rows, floor or []),
             *steps,
             *top,
             *idle_lines,

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import requests
 
 from orchapi import certs, tlsconfig
+from orchapi.endpoints import Endpoints
 from orchapi.errors import Forbidden, OrchError, PeerUnreachable, Unavailable, error_for_status
 from orchapi.transport import PinnedHTTPSAdapter, UnixSocketAdapter
 
@@ -75,8 +76,8 @@ def operation_error(op: dict[str, Any]) -> OrchError:
     return error_for_status(int(op.get("err_code") or 500), message)
 
 
-class AgentClient:
-    """One agent's API."""
+class AgentClient(Endpoints):
+    """One agent's API: the transport here, a method per endpoint in :class:`~orchapi.endpoints.Endpoints`."""
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ CHUNK = 1 << 20
 
 def has_image(client: Any, fingerprint: str) -> bool:
     try:
-        client.get(f"/1.0/images/{fingerprint}")
+        client.image(fingerprint)
     except NotFound:
         return False
     return True
@@ -34,7 +34,7 @@ def carry_image(
 ) -> int:
     """Stream image ``fingerprint`` from ``source`` to ``target`` (clients of their agents); the bytes.
     ``progress(size)`` gives a callback for each chunk's length."""
-    response = source.request("GET", f"/1.0/images/{fingerprint}/export", stream=True, timeout=3600)
+    response = source.export_image(fingerprint, timeout=3600)
     size = int(response.headers.get("Content-Length", 0)) or None
     advance = progress(size) if progress is not None else (lambda _n: None)
     digest = hashlib.sha256()
@@ -49,7 +49,7 @@ def carry_image(
             yield chunk
 
     try:
-        result = target.run("POST", "/1.0/images", data=chunks(), timeout=3600)
+        result = target.upload_image(chunks(), [], timeout=3600)
     finally:
         response.close()
     if result["fingerprint"] != fingerprint or digest.hexdigest() != fingerprint:

@@ -63,7 +63,7 @@ def identify(config: ClientConfig, remote: str, timeout: float = 10.0) -> str:
 
     client = connect(config, remote, timeout=timeout)
     try:
-        reported = client.get("/1.0").get("environment", {}).get("certificate_fingerprint")
+        reported = client.server().certificate_fingerprint
     finally:
         client.close()
     if not isinstance(reported, str) or not _FINGERPRINT.fullmatch(reported.lower()):

@@ -19,7 +19,7 @@ def discard_suspended(target: Any, name: str, strict: bool = False) -> bool:
     """Remove the target's suspended import of container ``name``; whether there was one. Any other
     failure (the target unreachable) is logged, or raised if ``strict`` (the CLI says it then)."""
     try:
-        target.call("DELETE", f"/1.0/suspended-imports/{name}")
+        target.discard_suspended_import(name)
     except NotFound:
         return False
     except OrchError as exc:

@@ -14,6 +14,7 @@ from hostagent.api.middleware import AGENT_KEY
 from hostagent.api.responses import async_op, json_body, recursion, sync
 from hostagent.operations import Operation
 from hostagent.runtimes.base import RUNNING
+from orchapi.api.containers import StateChange
 from orchapi.errors import BadRequest, Conflict
 from orchapi.names import check_container_name
 
@@ -195,14 +196,8 @@ async def put_state(request: web.Request) -> web.Response:
     """``{"action": "start"|"stop"|"restart", "force": bool, "timeout": seconds}``."""
     agent = request.app[AGENT_KEY]
     name = container_name(request)
-    body = await json_body(request)
-    action = body.get("action")
-    if action not in ("start", "stop", "restart"):
-        raise BadRequest("action must be one of start, stop, restart")
-    force = bool(body.get("force", False))
-    timeout = body.get("timeout", 30)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 <= timeout <= 3600:
-        raise BadRequest("timeout must be a number of seconds between 0 and 3600")
+    change = StateChange.from_json(await json_body(request))
+    action, force, timeout = change.action, change.force, change.timeout
     record = await agent.blocking(agent.runtime.get, name)
     if action == "start" and record.status == RUNNING:
         raise Conflict(f"container {name} is already running")

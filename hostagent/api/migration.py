@@ -29,12 +29,10 @@ from hostagent.migration.modes import require_mode
 from hostagent.migration.protocol import HEARTBEAT
 from hostagent.migration.push import parse_push, start_push
 from hostagent.migration.source import SourceSession, volume_sizes
-from hostagent.migration.tokens import DEFAULT_TTL
 from orchapi import certs
+from orchapi.api.migration import MigrationIssued, MigrationRequest
 from orchapi.errors import BadRequest, Forbidden, OrchError
-from orchapi.modes import ALL, MAX_MESSAGE
-from orchapi.names import check_snapshot_name
-from orchapi.rates import MIN_RATE
+from orchapi.modes import MAX_MESSAGE
 
 routes = web.RouteTableDef()
 
@@ -46,27 +44,10 @@ async def create_migration(request: web.Request) -> web.Response:
     host's migration.modes; the target certificate is the relaying worker's in relay mode)."""
     agent = request.app[AGENT_KEY]
     name = container_name(request)
-    body = await json_body(request)
-    pem = body.get("target_certificate")
-    if not isinstance(pem, str) or not pem.strip():
-        raise BadRequest("target_certificate must be the target agent's PEM certificate")
-    fingerprint = certs.fingerprint_pem(pem)
-    snapshot = body.get("snapshot")
-    if snapshot is not None:
-        snapshot = check_snapshot_name(snapshot)
-    instance_only = body.get("instance_only", False)
-    if not isinstance(instance_only, bool):
-        raise BadRequest("instance_only must be true or false")
-    mode = body.get("mode", "pull")
-    if mode not in ALL:
-        raise BadRequest(f"unknown transfer mode {mode!r}", "use pull, push or relay")
-    require_mode(await agent.blocking(agent.trust.server_config), mode)
-    ttl = body.get("ttl", DEFAULT_TTL)
-    bwlimit = body.get("bwlimit")
-    if bwlimit is not None and (
-        not isinstance(bwlimit, int) or isinstance(bwlimit, bool) or not MIN_RATE <= bwlimit <= 2**62
-    ):
-        raise BadRequest(f"bwlimit must be a number of bytes per second, at least {MIN_RATE}")
+    want = MigrationRequest.from_json(await json_body(request))
+    fingerprint = certs.fingerprint_pem(want.target_certificate)
+    require_mode(await agent.blocking(agent.trust.server_config), want.mode)
+    snapshot, instance_only, pem = want.snapshot, want.instance_only, want.target_certificate
     plan = await agent.blocking(agent.runtime.export_plan, name, snapshot, instance_only)
     size = sum(u.bytes for u in await agent.blocking(volume_sizes, agent, [v.path for v in plan.volumes]))
     image_available = bool(plan.base_image) and await agent.blocking(has_image, agent.images, plan.base_image)
@@ -78,28 +59,26 @@ async def create_migration(request: web.Request) -> web.Response:
         plan.base_image,
         fingerprint,
         pem,
-        ttl,
+        want.ttl,
     )
-    migration.bwlimit = bwlimit
+    migration.bwlimit = want.bwlimit
     if agent.ssl_context is not None:
         # the target presents this certificate as its client certificate: the handshake must accept it
         agent.ssl_context.load_verify_locations(cadata=pem)
     record = await agent.blocking(agent.runtime.get, name)
-    return sync(
-        {
-            "id": migration.id,
-            "secrets": tokens,
-            "expires_at": migration.expires_at,
-            "certificate": agent.certificate,
-            "container": record.to_api(),
-            "snapshots": [s.name for s in plan.snapshots],
-            "base_image": plan.base_image,
-            "base_image_available": image_available,
-            "methods": plan.methods(agent.transfer_methods),
-            "size": size,
-        },
-        status=201,
+    issued = MigrationIssued(
+        id=migration.id,
+        secrets=tokens,
+        certificate=agent.certificate,
+        expires_at=migration.expires_at,
+        snapshots=[s.name for s in plan.snapshots],
+        base_image=plan.base_image,
+        base_image_available=image_available,
+        methods=plan.methods(agent.transfer_methods),
+        size=size,
+        container=record.to_api(),
     )
+    return sync(issued.to_json(), status=201)
 
 
 @routes.post("/1.0/migrations/{id}/push")
@@ -108,9 +87,9 @@ async def push_migration(request: web.Request) -> web.Response:
     Body: ``{"addresses": ["HOST:PORT", ...], "sink": id, "secret": token}``."""
     agent = request.app[AGENT_KEY]
     migration = agent.migrations.get(request.match_info["id"])
-    addresses, sink, secret = parse_push(await json_body(request))
+    push = parse_push(await json_body(request))
     require_mode(await agent.blocking(agent.trust.server_config), "push")
-    return async_op(start_push(agent, migration, addresses, sink, secret))
+    return async_op(start_push(agent, migration, push.addresses, push.sink, push.secret))
 
 
 @routes.delete("/1.0/migrations/{id}")

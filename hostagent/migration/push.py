@@ -26,6 +26,7 @@ from hostagent.migration.target.request import SourceRef
 from hostagent.migration.tokens import Migration
 from hostagent.operations import Operation
 from orchapi import certs
+from orchapi.api.receive import PushRequest
 from orchapi.errors import BadRequest, Forbidden, OrchError, PeerUnreachable
 from orchapi.modes import MAX_MESSAGE
 
@@ -34,8 +35,8 @@ _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z")
 _ID = re.compile(r"^[0-9a-f-]{36}\Z")
 
 
-def parse_push(body: dict[str, Any]) -> tuple[list[str], str, str]:
-    """The push request: ``{"addresses": ["host:port", ...], "sink": id, "secret": token}``."""
+def parse_push(body: dict[str, Any]) -> PushRequest:
+    """The push request (:class:`~orchapi.api.receive.PushRequest`), checked."""
     addresses = body.get("addresses")
     if (
         not isinstance(addresses, list)
@@ -48,7 +49,7 @@ def parse_push(body: dict[str, Any]) -> tuple[list[str], str, str]:
         raise BadRequest("sink must be the id of the target's push sink")
     if not isinstance(secret, str) or not 0 < len(secret) <= 512:
         raise BadRequest("secret must be the target sink's secret")
-    return list(dict.fromkeys(addresses)), sink, secret
+    return PushRequest(list(dict.fromkeys(addresses)), sink, secret)
 
 
 def start_push(agent: Any, migration: Migration, addresses: list[str], sink: str, secret: str) -> Operation:

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from orchapi.api.migration import DEFAULT_TTL, MAX_TTL
 from orchapi.errors import BadRequest, Forbidden, NotFound
 
-DEFAULT_TTL = 60
-MAX_TTL = 600
 CHANNELS = ("image", "fs")
 #: how long a migration is remembered after its tokens expired (so a late DELETE still answers 200)
 KEEP_SECONDS = 3600.0

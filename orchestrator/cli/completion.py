@@ -31,8 +31,7 @@ def containers(ctx: click.Context, param: click.Parameter, incomplete: str) -> l
         from orchestrator.clientconfig import ClientConfig
         from orchestrator.connect import connect
 
-        names = connect(ClientConfig(), remote, timeout=TIMEOUT).get("/1.0/containers")
+        found = sorted(connect(ClientConfig(), remote, timeout=TIMEOUT).container_names())
     except Exception:  # noqa: BLE001 - as above
         return []
-    found = sorted(str(n).rsplit("/", 1)[-1] for n in names or [])
     return [CompletionItem(f"{remote}:{n}") for n in found if n.startswith(prefix)]

@@ -23,9 +23,9 @@ def config_set(ctx: Context, target: str, key: str, value: str) -> None:
     ref = parse(target, ctx.config)
     client = ctx.client(ref.remote)
     if not ref.name:
-        client.call("PATCH", "/1.0", json={"config": {key: value}})
+        client.set_server_config({key: value})
     else:
-        client.run("PATCH", f"/1.0/containers/{ref.name}", json={"config": {key: value}})
+        client.set_container_config(ref.name, {key: value})
 
 
 @config.command("unset")
@@ -37,11 +37,11 @@ def config_unset(ctx: Context, target: str, key: str) -> None:
     ref = parse(target, ctx.config)
     client = ctx.client(ref.remote)
     if not ref.name:
-        client.call("PATCH", "/1.0", json={"config": {key: ""}})
+        client.set_server_config({key: ""})
         return
-    current = client.get(f"/1.0/containers/{ref.name}")["config"]
+    current = client.container(ref.name)["config"]
     current = {k: v for k, v in current.items() if k != key and not k.startswith("volatile.")}
-    client.run("PUT", f"/1.0/containers/{ref.name}", json={"config": current})
+    client.set_container_config(ref.name, current, replace=True)
 
 
 @config.command("get")
@@ -53,7 +53,7 @@ def config_get(ctx: Context, target: str, key: str) -> None:
     ref = parse(target, ctx.config)
     client = ctx.client(ref.remote)
     if not ref.name:
-        value = client.get("/1.0").get("config", {}).get(key, "")
+        value = client.server().config.get(key, "")
     else:
-        value = client.get(f"/1.0/containers/{ref.name}")["config"].get(key, "")
+        value = client.container(ref.name)["config"].get(key, "")
     click.echo("true" if value is True else value)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import click
 
+from orchapi.api.containers import ContainerFromImage, StateChange
 from orchapi.errors import BadRequest, Conflict
 from orchestrator.cli.completion import containers
 from orchestrator.cli.context import Context, pass_ctx
@@ -32,14 +32,8 @@ def _create(ctx: Context, image: str, name: str | None, config: tuple[str, ...],
         raise BadRequest("a new container can't be a snapshot")
     client = ctx.client(target.remote)
     fingerprint = ensure_image(ctx, image_ref_remote, image_name, target.remote)
-    body: dict[str, Any] = {
-        "name": target.name,
-        "source": {"type": "image", "fingerprint": fingerprint},
-        "config": _parse_config(config),
-        "start": start,
-    }
     click.echo(f"Creating {target.name}")
-    client.run("POST", "/1.0/containers", json=body)
+    client.create_container(ContainerFromImage(target.name, fingerprint, _parse_config(config), start))
     if start:
         click.echo(f"Starting {target.name}")
     return target
@@ -79,7 +73,7 @@ def init(ctx: Context, image: str, name: str | None, config: tuple[str, ...]) ->
 def list_(ctx: Context, target: str | None, fmt: str) -> None:
     """List the containers of [REMOTE:] (optionally only names starting with a prefix)."""
     ref = parse(target, ctx.config) if target else Ref(ctx.config.default_remote)
-    containers = ctx.client(ref.remote).get("/1.0/containers", params={"recursion": 1})
+    containers = ctx.client(ref.remote).containers()
     if ref.name:
         containers = [c for c in containers if c["name"].startswith(ref.name)]
     rows = [
@@ -99,15 +93,15 @@ def info(ctx: Context, target: str | None, fmt: str) -> None:
     client = ctx.client(ref.remote)
     if fmt != "table":
         if not ref.name:
-            emit(fmt, [], [], client.get("/1.0"))
+            emit(fmt, [], [], client.server().raw)
             return
-        doc = client.get(f"/1.0/containers/{ref.name}")
-        doc["state"] = client.get(f"/1.0/containers/{ref.name}/state")
-        doc["snapshots"] = client.get(f"/1.0/containers/{ref.name}/snapshots", params={"recursion": 1})
+        doc = client.container(ref.name)
+        doc["state"] = client.container_state(ref.name)
+        doc["snapshots"] = client.snapshots(ref.name)
         emit(fmt, [], [], doc)
         return
     if not ref.name:
-        server = client.get("/1.0")
+        server = client.server().raw
         env = server["environment"]
         for key in ("server_name", "server_version", "certificate_fingerprint", "runtime", "storage"):
             if key in env:
@@ -126,8 +120,8 @@ def info(ctx: Context, target: str | None, fmt: str) -> None:
             )
         click.echo(f"Auth: {server['auth']}")
         return
-    c = client.get(f"/1.0/containers/{ref.name}")
-    state = client.get(f"/1.0/containers/{ref.name}/state")
+    c = client.container(ref.name)
+    state = client.container_state(ref.name)
     click.echo(f"Name: {c['name']}")
     click.echo(f"Status: {c['status'].upper()}")
     click.echo(f"Type: {c['type']}")
@@ -144,7 +138,7 @@ def info(ctx: Context, target: str | None, fmt: str) -> None:
     memory = state.get("memory", {}).get("usage")
     if memory is not None:
         click.echo(f"  Memory usage: {human_size(memory)}")
-    snapshots = client.get(f"/1.0/containers/{ref.name}/snapshots", params={"recursion": 1})
+    snapshots = client.snapshots(ref.name)
     if snapshots:
         click.echo("Snapshots:")
         click.echo(table(["NAME", "TAKEN AT"], [[s["name"], s["created_at"]] for s in snapshots]))
@@ -157,10 +151,8 @@ def _state(
         raise BadRequest(f"{action} needs at least one container", f"orch {action} [REMOTE:]NAME")
     for text in targets:
         ref = parse_container(text, ctx.config)
-        body = {"action": action, "force": force, "timeout": timeout}
-        ctx.client(ref.remote).run(
-            "PUT", f"/1.0/containers/{ref.name}/state", json=body, timeout=timeout + 30
-        )
+        change = StateChange(action, timeout=timeout, force=force)
+        ctx.client(ref.remote).change_state(ref.name, change, timeout=timeout + 30)
 
 
 @click.command()
@@ -200,15 +192,15 @@ def snapshot(ctx: Context, target: str, snapshot: str | None) -> None:
     ref = parse_container(target, ctx.config)
     client = ctx.client(ref.remote)
     if not snapshot:
-        existing = set(client.get(f"/1.0/containers/{ref.name}")["snapshots"])
+        existing = set(client.container(ref.name)["snapshots"])
         snapshot = next(f"snap{i}" for i in range(len(existing) + 1) if f"snap{i}" not in existing)
-    client.run("POST", f"/1.0/containers/{ref.name}/snapshots", json={"name": snapshot})
+    client.create_snapshot(ref.name, snapshot)
 
 
 def restore_snapshot(ctx: Context, target: str, snapshot: str) -> None:
     """``orch restore [REMOTE:]NAME SNAPSHOT`` (the command itself lives with the host commands)."""
     ref = parse_container(target, ctx.config)
-    ctx.client(ref.remote).run("PUT", f"/1.0/containers/{ref.name}", json={"restore": snapshot})
+    ctx.client(ref.remote).restore_snapshot(ref.name, snapshot)
 
 
 @click.command()
@@ -223,14 +215,14 @@ def delete(ctx: Context, targets: tuple[str, ...], force: bool) -> None:
         ref = parse_container(text, ctx.config, allow_snapshot=True)
         client = ctx.client(ref.remote)
         if ref.snapshot:
-            client.run("DELETE", f"/1.0/containers/{ref.name}/snapshots/{ref.snapshot}")
+            client.delete_snapshot(ref.name, ref.snapshot)
             continue
-        status = client.get(f"/1.0/containers/{ref.name}")["status"]
+        status = client.container(ref.name)["status"]
         if status == "Running":
             if not force:
                 raise Conflict(f"container {ref} is running", "stop it first, or use --force")
-            client.run("PUT", f"/1.0/containers/{ref.name}/state", json={"action": "stop", "force": True})
-        client.run("DELETE", f"/1.0/containers/{ref.name}")
+            client.change_state(ref.name, StateChange("stop", force=True))
+        client.delete_container(ref.name)
 
 
 list_.name = "list"

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from orchapi.api.containers import StateChange
 from orchapi.errors import BadRequest, Conflict, NotFound, OrchError
 from orchestrator.cli.completion import containers, remotes
 from orchestrator.cli.context import Context, pass_ctx
@@ -189,9 +190,8 @@ def evacuate(
             if p.action == STOP and p.state == "RUNNING":
                 # recorded first: if this run is interrupted mid-stop, `orch restore` still restarts it
                 record.set_outcome(p.container, "stopped")
-                state = f"/1.0/containers/{p.container}/state"
                 try:
-                    ctx.client(host).run("PUT", state, json={"action": "stop"})
+                    ctx.client(host).change_state(p.container, StateChange("stop"))
                 except OrchError as exc:
                     record.set_outcome(p.container, f"stop failed: {exc}")
             elif p.action != MIGRATE and earlier.get(p.container) != "stopped":
@@ -377,7 +377,7 @@ def restore_host(
 def _restart(ctx: Context, host: str, name: str, failed: dict[str, str]) -> str:
     """Start a container the evacuation stopped; the outcome as the restore table shows it."""
     try:
-        ctx.client(host).run("PUT", f"/1.0/containers/{name}/state", json={"action": "start"})
+        ctx.client(host).change_state(name, StateChange("start"))
         return "restarted"
     except Conflict:
         return "running already"

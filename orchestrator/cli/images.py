@@ -34,14 +34,7 @@ def upload(ctx: Context, remote: str, path: Path, aliases: list[str]) -> str:
         raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
     client = ctx.client(remote)
     with fh, byte_progress(f"Uploading {path.name}", size) as advance:
-        result = client.run(
-            "POST",
-            "/1.0/images",
-            params=[("alias", a) for a in aliases],
-            data=ProgressReader(fh, size, advance),
-            headers={"Content-Type": "application/octet-stream"},
-            timeout=3600,
-        )
+        result = client.upload_image(ProgressReader(fh, size, advance), list(aliases), timeout=3600)
     return result["fingerprint"]
 
 
@@ -52,7 +45,7 @@ def ensure_image(ctx: Context, source_remote: str, ref: str, target_remote: str)
     target), so ``orch launch foo:bb bar:c1`` works like ``lxc launch``.
     """
     source = ctx.client(source_remote)
-    fingerprint = source.get(f"/1.0/images/{ref}")["fingerprint"]
+    fingerprint = source.image(ref)["fingerprint"]
     if source_remote == target_remote:
         return fingerprint
     target = ctx.client(target_remote)
@@ -95,7 +88,7 @@ def image_import(ctx: Context, tarball: Path, target: str | None, aliases: tuple
 def image_list(ctx: Context, target: str | None, fmt: str) -> None:
     """List images of [REMOTE:]."""
     remote = parse_remote(target, ctx.config) if target else ctx.config.default_remote
-    images = ctx.client(remote).get("/1.0/images", params={"recursion": 1})
+    images = ctx.client(remote).images()
     rows = [
         [
             ",".join(a["name"] for a in i.get("aliases", [])),
@@ -117,7 +110,7 @@ def image_delete(ctx: Context, refs: tuple[str, ...]) -> None:
     """Delete images ([REMOTE:]ALIAS|FINGERPRINT)."""
     for text in refs:
         remote, ref = _split(text, ctx)
-        ctx.client(remote).run("DELETE", f"/1.0/images/{ref}")
+        ctx.client(remote).delete_image(ref)
 
 
 @image.group("alias")
@@ -132,7 +125,7 @@ def alias() -> None:
 def alias_create(ctx: Context, name: str, fingerprint: str) -> None:
     """Create alias [REMOTE:]NAME for an image."""
     remote, alias_name = _split(name, ctx)
-    ctx.client(remote).call("POST", "/1.0/images/aliases", json={"name": alias_name, "target": fingerprint})
+    ctx.client(remote).create_alias(alias_name, fingerprint)
 
 
 @alias.command("delete")
@@ -141,7 +134,7 @@ def alias_create(ctx: Context, name: str, fingerprint: str) -> None:
 def alias_delete(ctx: Context, name: str) -> None:
     """Delete alias [REMOTE:]NAME."""
     remote, alias_name = _split(name, ctx)
-    ctx.client(remote).call("DELETE", f"/1.0/images/aliases/{alias_name}")
+    ctx.client(remote).delete_alias(alias_name)
 
 
 @alias.command("list")
@@ -151,6 +144,6 @@ def alias_delete(ctx: Context, name: str) -> None:
 def alias_list(ctx: Context, target: str | None, fmt: str) -> None:
     """List aliases of [REMOTE:]."""
     remote = parse_remote(target, ctx.config) if target else ctx.config.default_remote
-    aliases = ctx.client(remote).get("/1.0/images/aliases", params={"recursion": 1})
+    aliases = ctx.client(remote).aliases()
     rows = [[a["name"], a["target"][:12], a.get("description", "")] for a in aliases]
     emit(fmt, ["ALIAS", "FINGERPRINT", "DESCRIPTION"], rows, aliases)

@@ -70,7 +70,7 @@ def remote_add(ctx: Context, name: str, addr: str, accept_certificate: bool, pas
     config.add(Remote(name, url))  # validates the name and that it is free, before any network traffic
     if url.startswith("unix://"):
         client = AgentClient(url)
-        client.get("/1.0")
+        client.server()
         config.save()
         click.echo(f"Remote {name} added ({url[len('unix://') :]})")
         return
@@ -94,13 +94,7 @@ def remote_add(ctx: Context, name: str, addr: str, accept_certificate: bool, pas
                 raise BadRequest("no trust password given and no terminal to ask for it", "pass --password")
             password = click.prompt(f"Admin password for {name}", hide_input=True, prompt_suffix=": ")
         anonymous = AgentClient(url, fingerprint=fingerprint)
-        body = {
-            "type": "client",
-            "certificate": crt.read_text(),
-            "password": password,
-            "name": socket.gethostname(),
-        }
-        anonymous.call("POST", "/1.0/certificates", json=body)
+        anonymous.enrol(crt.read_text(), password, socket.gethostname())
         if not _trusted(with_cert):
             raise Forbidden(f"{name} accepted the password but still does not trust this client")
         click.echo(f"Client certificate stored at server: {name}")
@@ -110,7 +104,7 @@ def remote_add(ctx: Context, name: str, addr: str, accept_certificate: bool, pas
 
 def _trusted(client: AgentClient) -> bool:
     try:
-        return client.get("/1.0").get("auth") == "trusted"
+        return client.server().trusted
     except Forbidden:
         return False  # the TLS handshake rejected our (unknown) certificate
 

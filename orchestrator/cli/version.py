@@ -27,8 +27,7 @@ def version(ctx: Context, remote: str | None) -> None:
     if remote is None:
         return
     name = parse_remote(remote, ctx.config)
-    server = ctx.client(name).get("/1.0")
-    environment = server.get("environment") or {}
+    environment = ctx.client(name).server().raw.get("environment") or {}
     server_name = environment.get("server_name", "?")
     where = f"remote {name}: {environment.get('server', 'orch-agent')} on {server_name}"
     click.echo(f"Server version: {environment.get('server_version', 'unknown')} ({where})")

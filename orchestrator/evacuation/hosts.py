@@ -70,7 +70,7 @@ class HostStates:
         else:
             self.r.hset(state_key(host_id), mapping={"status": status, "since": now_iso()})
         if agent is not None:
-            agent.call("PATCH", "/1.0", json={"config": {"orch.status": "" if status == ONLINE else status}})
+            agent.set_server_config({"orch.status": "" if status == ONLINE else status})
 
     def check_schedulable(self, host_id: str, remote: str) -> None:
         """Refuse a copy or move onto the host (``remote`` is the name the user gave it)."""

@@ -72,8 +72,8 @@ def host_info(config: ClientConfig, states: HostStates, store: JobStore, host: H
     for name in host.names:
         try:
             client = connect(config, name, timeout=10)
-            server = client.get("/1.0")
-            containers = client.get("/1.0/containers", params={"recursion": 1})
+            server = client.server()
+            containers = client.containers()
             break
         except OrchError as exc:
             errors.append(str(exc))
@@ -82,8 +82,8 @@ def host_info(config: ClientConfig, states: HostStates, store: JobStore, host: H
         if info.status == ONLINE:
             info.status = "offline"
         return info
-    env = server["environment"]
-    agent_status = (server.get("config") or {}).get("orch.status")
+    env = server.raw.get("environment") or {}
+    agent_status = server.config.get("orch.status")
     if info.status == ONLINE and agent_status:
         # the agent refuses new containers in this state whatever Redis says (e.g. Redis was reset)
         info.status = str(agent_status)
@@ -91,7 +91,7 @@ def host_info(config: ClientConfig, states: HostStates, store: JobStore, host: H
     info.running = sum(1 for c in containers if c["status"] == "Running")
     info.free = int(env.get("storage_free", 0))
     info.used = int(env.get("storage_total", 0)) - info.free
-    info.methods = tuple(env.get("transfer_methods", ()))
+    info.methods = tuple(server.transfer_methods)
     info.runtime = "/".join(x for x in (env.get("runtime", ""), env.get("storage", "")) if x)
     return info
 
@@ -115,10 +115,10 @@ LXD_POLICY_KEY = "user.orch.evacuate"
 def gather_candidates(config: ClientConfig, remote: str) -> tuple[list[Candidate], tuple[str, ...]]:
     """The containers of ``remote`` with their sizes, states and policies, and its transfer methods."""
     client = connect(config, remote)
-    methods = tuple(client.get("/1.0")["environment"].get("transfer_methods", ()))
+    methods = tuple(client.server().transfer_methods)
     out = []
-    for c in client.get("/1.0/containers", params={"recursion": 1}):
-        state = client.get(f"/1.0/containers/{c['name']}/state")
+    for c in client.containers():
+        state = client.container_state(c["name"])
         size = int(state.get("disk", {}).get("root", {}).get("usage", 0))
         policy = evacuate_policy(c.get("config") or {})
         out.append(Candidate(c["name"], size, c["status"] == "Running", policy, len(c.get("snapshots", []))))

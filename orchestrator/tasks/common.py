@@ -26,7 +26,7 @@ def reachable_url(remote: str, client: RemoteClient) -> str:
     addr = ClientConfig.current().get(remote).addr
     if addr.startswith("https://"):
         return addr.rstrip("/")
-    addresses = client.get("/1.0")["environment"].get("addresses") or []
+    addresses = client.server().addresses
     if not addresses:
         raise BadRequest(
             f"the agent of remote {remote} has no HTTPS listener, so other agents can't reach it",

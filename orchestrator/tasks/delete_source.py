@@ -7,6 +7,7 @@ roll back: a failure to start the target is reported, the container stays on the
 
 from __future__ import annotations
 
+from orchapi.api.containers import StateChange
 from orchapi.errors import NotFound, OrchError
 from orchestrator.evacuation.hosts import HostStates
 from orchestrator.jobs import Job
@@ -20,14 +21,14 @@ def delete(ctx: StepContext, job: Job) -> None:
         raise OrchError("refusing to delete the source: the target copy was not verified")
     if not s.source_deleted:
         try:
-            source(ctx, job).run("DELETE", f"/1.0/containers/{s.source_name}")
+            source(ctx, job).delete_container(s.source_name)
         except NotFound:
             pass  # an earlier delivery of this step deleted it
         ctx.jobs.update_state(job, source_deleted=True)
     if s.source_was_running:
         tgt = target(ctx, job)
-        if tgt.get(f"/1.0/containers/{s.target_name}")["status"] != "Running":
-            tgt.run("PUT", f"/1.0/containers/{s.target_name}/state", json={"action": "start"})
+        if tgt.container(s.target_name)["status"] != "Running":
+            tgt.change_state(s.target_name, StateChange("start"))
     origin = job.options.get("origin")
     if origin:  # an evacuation: remember where the container came from, for `orch restore`
         HostStates(ctx.redis).record_origin(

@@ -7,6 +7,7 @@ certificate, valid for one connection within a short TTL. The worker keeps them 
 
 from __future__ import annotations
 
+from orchapi.api.migration import MigrationRequest
 from orchapi.errors import InsufficientStorage, OrchError
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext
@@ -29,7 +30,7 @@ def reissue(ctx: StepContext, job: Job) -> Job:
     old = job.state.migration_id
     if old:
         try:
-            source(ctx, job).call("DELETE", f"/1.0/migrations/{old}")
+            source(ctx, job).revoke_migration(old)
         except OrchError:
             pass  # forgotten or gone already: it can no longer be used either way
     issue_migration(ctx, job)
@@ -40,33 +41,32 @@ def issue_migration(ctx: StepContext, job: Job) -> None:
     """Ask the source for a migration of the job's container to the target's certificate."""
     s = job.state
     src = source(ctx, job)
-    target_certificate = s.target_certificate or target(ctx, job).get("/1.0")["environment"]["certificate"]
     mode = s.mode or modes_for(ctx, job)[0]
-    body = {
-        "mode": mode,
-        "target_certificate": target_certificate,
-        "snapshot": s.source_snapshot or None,
-        "instance_only": bool(job.options.get("instance_only")),
-        "ttl": TOKEN_TTL,
-    }
-    if job.options.get("bwlimit"):
-        body["bwlimit"] = int(job.options["bwlimit"])  # the source paces what it sends to it
-    migration = src.call("POST", f"/1.0/containers/{s.source_name}/migration", json=body)
-    ctx.jobs.set_secrets(job.id, migration["secrets"])
+    request = MigrationRequest(
+        target_certificate=s.target_certificate or target(ctx, job).server().certificate,
+        mode=mode,
+        snapshot=s.source_snapshot or None,
+        instance_only=bool(job.options.get("instance_only")),
+        ttl=TOKEN_TTL,
+        # the source paces what it sends to it
+        bwlimit=int(job.options["bwlimit"]) if job.options.get("bwlimit") else None,
+    )
+    migration = src.create_migration(s.source_name, request)
+    ctx.jobs.set_secrets(job.id, migration.secrets)
     base_url = reachable_url(s.source_remote, src)
     ctx.jobs.update_state(
         job,
-        migration_id=migration["id"],
-        migration_url=f"{base_url}/1.0/migrations/{migration['id']}",
-        source_certificate=migration["certificate"],
-        base_image=migration.get("base_image", ""),
-        snapshots=migration.get("snapshots", []),
-        size=migration.get("size", 0),
+        migration_id=migration.id,
+        migration_url=f"{base_url}/1.0/migrations/{migration.id}",
+        source_certificate=migration.certificate,
+        base_image=migration.base_image,
+        snapshots=migration.snapshots,
+        size=migration.size,
         migration_spent=False,
         mode=mode,
     )
-    ctx.jobs.update(job.id, bytes_total=migration.get("size", 0))
-    size, free = migration.get("size", 0), s.target_free
+    ctx.jobs.update(job.id, bytes_total=migration.size)
+    size, free = migration.size, s.target_free
     if free is not None and not s.target_preexisted and size > free:
         # before any byte moves (the target would refuse beyond its free space, but later); the migration
         # is recorded already, so the rollback revokes its secrets

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from orchapi.api.receive import ImageFromMigration
 from orchapi.errors import NotFound, OrchError, PeerUnreachable
 from orchapi.imagecopy import carry_image, has_image
 from orchestrator.jobs import Job
@@ -31,18 +32,10 @@ def pull(ctx: StepContext, job: Job) -> None:
     secret = ctx.jobs.secrets(job.id).get("image")
     if not secret:
         raise OrchError("the migration secrets expired before the image was pulled; run the job again")
-    body = {
-        "source": {
-            "type": "migration",
-            "operation": s.migration_url,
-            "secret": secret,
-            "certificate": s.source_certificate,
-            "fingerprint": s.base_image,
-        }
-    }
+    request = ImageFromMigration(s.migration_url, secret, s.source_certificate, s.base_image)
     ctx.jobs.update(job.id, stage="image")
     try:
-        result = target(ctx, job, timeout=600).run("POST", "/1.0/images", json=body)
+        result = target(ctx, job, timeout=600).pull_image(request)
     except NotFound:
         ctx.jobs.update_state(job, image_missing=True)
         return

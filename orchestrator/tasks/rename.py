@@ -13,6 +13,6 @@ def rename_container(ctx: StepContext, job: Job) -> None:
     src = source(ctx, job)
     for host, name, label in lock_targets(job):
         ctx.locks.acquire(job.id, host, name, ctx.settings.lock_lease, label=label)
-    if src.get(f"/1.0/containers/{s.source_name}")["status"] == "Running":
+    if src.container(s.source_name)["status"] == "Running":
         raise Conflict(f"container {job.source} is running", "stop it before renaming it")
-    src.run("POST", f"/1.0/containers/{s.source_name}", json={"name": s.target_name})
+    src.rename_container(s.source_name, s.target_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from orchapi.api.containers import StateChange
 from orchapi.errors import NotFound, OrchError
 from orchestrator.jobs import Job
 from orchestrator.stepcontext import StepContext
@@ -37,7 +38,7 @@ def rollback(ctx: StepContext, job: Job) -> None:
         return  # nothing was done on any agent yet (it failed in verify_target): nothing to undo
     src, tgt = source(ctx, job), target(ctx, job)
     if s.migration_id:
-        _quietly("revoking the migration", src.call, "DELETE", f"/1.0/migrations/{s.migration_id}")
+        _quietly("revoking the migration", src.revoke_migration, s.migration_id)
     if s.target_op and _transfer_created_target(tgt, s.target_op) and not s.target_preexisted:
         _delete_target(tgt, s.target_name)
     if job.cancel_requested and s.migration_id:
@@ -45,13 +46,7 @@ def rollback(ctx: StepContext, job: Job) -> None:
         # keeps it, for the retry or `orch jobs resume`, until the target's migration.resume_ttl)
         discard_suspended(tgt, s.target_name)
     if s.source_was_running:
-        _quietly(
-            "restarting the source",
-            src.run,
-            "PUT",
-            f"/1.0/containers/{s.source_name}/state",
-            json={"action": "start"},
-        )
+        _quietly("restarting the source", src.change_state, s.source_name, StateChange("start"))
 
 
 def _transfer_created_target(tgt, operation: str) -> bool:  # type: ignore[no-untyped-def]
@@ -60,9 +55,9 @@ def _transfer_created_target(tgt, operation: str) -> bool:  # type: ignore[no-un
     A failed or cancelled transfer removes its own staging area on the target, and a container of that
     name which the transfer did not create (someone else's) must never be deleted.
     """
-    _quietly("cancelling the transfer", tgt.call, "DELETE", operation)
+    _quietly("cancelling the transfer", tgt.cancel_operation, operation)
     try:
-        op = tgt.call("GET", f"{operation}/wait", params={"timeout": 30})
+        op = tgt.operation_wait(operation, 30)
     except OrchError:
         return False
     return op.get("status") == "Success"
@@ -71,10 +66,9 @@ def _transfer_created_target(tgt, operation: str) -> bool:  # type: ignore[no-un
 def _delete_target(tgt, name: str) -> None:  # type: ignore[no-untyped-def]
     """Delete the container this job created on the target (stopping it first if needed)."""
     try:
-        status = tgt.get(f"/1.0/containers/{name}")["status"]
+        status = tgt.container(name)["status"]
     except OrchError:
         return
     if status == "Running":
-        body = {"action": "stop", "force": True}
-        _quietly("stopping the target", tgt.run, "PUT", f"/1.0/containers/{name}/state", json=body)
-    _quietly("deleting the partial target", tgt.run, "DELETE", f"/1.0/containers/{name}")
+        _quietly("stopping the target", tgt.change_state, name, StateChange("stop", force=True))
+    _quietly("deleting the partial target", tgt.delete_container, name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from orchapi.api.containers import StateChange
 from orchapi.errors import Conflict, Forbidden, NotFound
 from orchestrator.clientconfig import ClientConfig
 from orchestrator.evacuation.hosts import HostStates
@@ -45,21 +46,18 @@ def verify(ctx: StepContext, job: Job) -> None:
     s, opts = job.state, job.options
     check_hosts(ctx, job)
     src, tgt = source(ctx, job), target(ctx, job)
-    container = src.get(f"/1.0/containers/{s.source_name}")
+    container = src.container(s.source_name)
     if s.source_snapshot:
-        src.get(f"/1.0/containers/{s.source_name}/snapshots/{s.source_snapshot}")
-    target_info = tgt.get("/1.0")
-    if target_info.get("auth") != "trusted":
+        src.snapshot(s.source_name, s.source_snapshot)
+    target_info = tgt.server()
+    if not target_info.trusted:
         raise Forbidden(f"remote {s.target_remote} does not trust this client")
-    HostStates.check_agent_status((target_info.get("config") or {}).get("orch.status", ""), s.target_remote)
-    source_info = src.get("/1.0")
-    common = set(source_info["environment"]["transfer_methods"]) & set(
-        target_info["environment"]["transfer_methods"]
-    )
+    HostStates.check_agent_status(target_info.config.get("orch.status", ""), s.target_remote)
+    common = set(src.server().transfer_methods) & set(target_info.transfer_methods)
     if not common:
         raise Conflict(f"{job.source} and {s.target_remote}: the agents share no transfer method")
     try:
-        existing = tgt.get(f"/1.0/containers/{s.target_name}")
+        existing = tgt.container(s.target_name)
     except NotFound:
         existing = None
     if existing is not None and not opts.get("refresh"):
@@ -92,15 +90,15 @@ def verify(ctx: StepContext, job: Job) -> None:
         job,
         target_preexisted=existing is not None,
         methods=sorted(common),
-        target_certificate=target_info["environment"]["certificate"],
-        target_free=target_info["environment"].get("storage_free", 0),
+        target_certificate=target_info.certificate,
+        target_free=target_info.storage_free,  # None: not reported, not checked
     )
     if running:
         ctx.jobs.update_state(job, source_was_running=True)
         try:
-            src.run("PUT", f"/1.0/containers/{s.source_name}/state", json={"action": "stop", "timeout": 30})
+            src.change_state(s.source_name, StateChange("stop", timeout=30))
         except Conflict:
             # stopped between the status read and the stop: by an earlier delivery of this very step
             # whose worker died while the agent was stopping the container. Stopped is what is wanted.
-            if src.get(f"/1.0/containers/{s.source_name}")["status"] != "Stopped":
+            if src.container(s.source_name)["status"] != "Stopped":
                 raise

@@ -32,7 +32,7 @@ def modes_for(ctx: StepContext, job: Job) -> tuple[str, ...]:
     known = job.state.modes
     if known:
         return tuple(known)
-    configs = [side(ctx, job).get("/1.0").get("config") or {} for side in (source, target)]
+    configs = [side(ctx, job).server().config for side in (source, target)]
     modes = order(job.options.get("mode") or "auto", *configs)
     ctx.jobs.update_state(job, modes=list(modes))
     return modes

@@ -70,7 +70,7 @@ def follow(
     renewed = time.monotonic()  # the step renewed the locks (when due) as it began
     while True:
         try:
-            op = client.call("GET", f"{operation}/wait", params={"timeout": POLL})
+            op = client.operation_wait(operation, POLL)
         except NotFound:
             # the target agent restarted: its operation is gone (what it had received is suspended at
             # its start); the step's retry transfers again, with fresh secrets, and resumes it
@@ -151,7 +151,7 @@ def operation_check(client: RemoteClient, operation: str) -> Callable[[], None]:
 def _ended(client: RemoteClient, operation: str) -> dict[str, Any] | None:
     """The operation once it has ended (waiting up to 30 s), or None if it still runs or is gone."""
     try:
-        op = client.call("GET", f"{operation}/wait", params={"timeout": 30})
+        op = client.operation_wait(operation, 30)
     except OrchError:
         return None
     return op if op["status"] != "Running" else None
@@ -161,6 +161,6 @@ def _cancel(client: RemoteClient, operation: str, resumable: bool = False) -> No
     """Cancel the target's transfer; ``resumable``: it is interrupted (its other side failed), not
     called off, so the target keeps what it received for the retry to resume."""
     try:
-        client.call("DELETE", operation, params={"resumable": "1"} if resumable else None)
+        client.cancel_operation(operation, resumable)
     except OrchError:
         pass

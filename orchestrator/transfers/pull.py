@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchapi.api.receive import ReceiveSource
 from orchapi.errors import OrchError
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext
@@ -11,19 +12,19 @@ from orchestrator.tasks.common import target
 from orchestrator.transfers.follow import POLL, follow
 
 
-def receive_body(job: Job) -> dict[str, Any]:
-    """What the target is told of the container to receive, in every mode."""
+def receive_source(job: Job, mode: str, **more: Any) -> ReceiveSource:
+    """What the target is told of the container to receive, in ``mode``."""
     s = job.state
-    return {
-        "type": "migration",
+    values: dict[str, Any] = {
         "certificate": s.source_certificate,
-        "base-image": s.base_image if not s.image_missing else "",
+        "base_image": s.base_image if not s.image_missing else "",
         "refresh": bool(job.options.get("refresh")),
         "method": job.options.get("method") or None,
         # the operator's opt-in for this job; the target decides everything else itself
         "allow_privileged": bool(job.options.get("allow_privileged")),
         "compression": job.options.get("compression") or "auto",
     }
+    return ReceiveSource(mode=mode, **{**values, **more})
 
 
 def start(ctx: StepContext, job: Job) -> str:
@@ -31,10 +32,8 @@ def start(ctx: StepContext, job: Job) -> str:
     secret = ctx.jobs.secrets(job.id).get("fs")
     if not secret:
         raise OrchError("the migration secrets expired before the transfer started; run the job again")
-    source = {**receive_body(job), "mode": "pull", "operation": s.migration_url, "secrets": {"fs": secret}}
-    body = {"name": s.target_name, "source": source}
-    response = target(ctx, job).request("POST", "/1.0/containers", json=body).json()
-    operation = response["operation"]
+    source = receive_source(job, "pull", operation=s.migration_url, secrets={"fs": secret})
+    operation = target(ctx, job).receive_container(s.target_name, source)["operation"]
     ctx.jobs.update_state(job, target_op=operation, migration_spent=True)
     return operation
 

@@ -12,19 +12,20 @@ import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
+from orchapi.api.receive import PushRequest
 from orchapi.errors import OrchError, Unavailable
 from orchestrator.jobs import Job
 from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
 from orchestrator.transfers.follow import POLL, follow, operation_check
-from orchestrator.transfers.pull import receive_body
+from orchestrator.transfers.pull import receive_source
 
 
 def target_addresses(ctx: StepContext, job: Job) -> list[str]:
     """The target's HOST:PORT addresses, the one the worker reached first."""
     tgt = target(ctx, job)
     first = urlsplit(tgt.url).netloc if tgt.url.startswith("https://") else ""
-    reported = tgt.get("/1.0")["environment"].get("addresses") or []
+    reported = tgt.server().addresses
     return list(dict.fromkeys([a for a in (first, *reported) if a]))
 
 
@@ -42,14 +43,13 @@ def start(ctx: StepContext, job: Job) -> tuple[str, str]:
     """The target's sink operation and the source's push operation (both recorded on the job)."""
     s = job.state
     tgt = target(ctx, job)
-    body = {"name": s.target_name, "source": {**receive_body(job), "mode": "push"}}
-    sink = tgt.request("POST", "/1.0/containers", json=body).json()
+    sink = tgt.receive_container(s.target_name, receive_source(job, "push"))
     sink_op = sink["operation"]
     ctx.jobs.update_state(job, target_op=sink_op)
-    push = {"addresses": target_addresses(ctx, job), **sink_secret(sink)}
-    pushed = source(ctx, job).request("POST", f"/1.0/migrations/{s.migration_id}/push", json=push).json()
-    ctx.jobs.update_state(job, source_op=pushed["operation"], migration_spent=True)
-    return sink_op, pushed["operation"]
+    push = PushRequest(target_addresses(ctx, job), **sink_secret(sink))
+    push_op = source(ctx, job).push_migration(s.migration_id, push)
+    ctx.jobs.update_state(job, source_op=push_op, migration_spent=True)
+    return sink_op, push_op
 
 
 def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from orchestrator.stepping import StepContext
 from orchestrator.tasks.common import source, target
 from orchestrator.tasks.issue_token import reissue
 from orchestrator.transfers.follow import POLL, follow
-from orchestrator.transfers.pull import receive_body
+from orchestrator.transfers.pull import receive_source
 from orchestrator.transfers.push import sink_secret
 
 CONNECT_TIMEOUT = 60
@@ -130,7 +130,7 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     tgt, src = target(ctx, job), source(ctx, job)
     prior = job.state.target_op
     if prior:  # redelivered: the relay died with its worker; its sink ends once the connections drop
-        op = tgt.call("GET", f"{prior}/wait", params={"timeout": 30})
+        op = tgt.operation_wait(prior, 30)
         if op["status"] == "Running":
             raise Unavailable("the previous relay of this job still runs on the target; retrying")
         if op["status"] == "Success":
@@ -142,8 +142,7 @@ def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
     s = job.state
     if not tgt.url.startswith("https://") or not src.url.startswith("https://"):
         raise OrchError("relay mode needs both agents reached over HTTPS (a unix-socket remote has no TLS)")
-    body = {"name": s.target_name, "source": {**receive_body(job), "mode": "relay", "certificate": pem}}
-    sink = tgt.request("POST", "/1.0/containers", json=body).json()
+    sink = tgt.receive_container(s.target_name, receive_source(job, "relay", certificate=pem))
     sink_op = sink["operation"]
     ctx.jobs.update_state(job, target_op=sink_op, migration_spent=True)
     opened = sink_secret(sink)

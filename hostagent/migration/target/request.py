@@ -15,10 +15,9 @@ from hostagent.migration.messages import FINGERPRINT
 from hostagent.transfer.compression import check_wish
 from hostagent.transfer.registry import PREFERENCE
 from orchapi import certs
+from orchapi.api.receive import ReceiveSource
 from orchapi.errors import BadRequest
 
-#: who dials: the target (pull), or the source (push) or a relaying worker (relay) into a sink
-MODES = ("pull", "push", "relay")
 _OPERATION_PATH = re.compile(r"^/1\.0/migrations/[0-9a-fA-F-]{36}\Z")
 
 
@@ -39,8 +38,7 @@ class SourceRef:
         return parts.netloc
 
 
-def _source_ref(source: dict[str, Any], token: Any) -> SourceRef:
-    url = source.get("operation")
+def _source_ref(url: Any, token: Any, pem: Any) -> SourceRef:
     if not isinstance(url, str):
         raise BadRequest("source.operation must be the URL of the source's migration")
     parts = urlsplit(url)
@@ -58,7 +56,6 @@ def _source_ref(source: dict[str, Any], token: Any) -> SourceRef:
         )
     if not isinstance(token, str) or not token or len(token) > 512:
         raise BadRequest("the migration secret is missing")
-    pem = source.get("certificate")
     if not isinstance(pem, str) or not pem:
         raise BadRequest("source.certificate must be the source agent's PEM certificate")
     return SourceRef(url.rstrip("/"), token, pem, certs.fingerprint_pem(pem))
@@ -85,40 +82,22 @@ class PullSpec:
 
 
 def parse_pull(source: dict[str, Any]) -> PullSpec:
-    """The ``source`` object of ``POST /1.0/containers`` for ``type: migration``."""
-    mode = source.get("mode", "pull")
-    if mode not in MODES:
-        raise BadRequest(f"migration mode {mode!r} is not supported", "use pull, push or relay")
-    secrets = source.get("secrets") if mode == "pull" else {"fs": ""}
-    if not isinstance(secrets, dict):
-        raise BadRequest("source.secrets must hold the 'fs' migration secret")
-    base_image = source.get("base-image") or ""
-    if not isinstance(base_image, str) or (base_image and not FINGERPRINT.match(base_image)):
+    """The ``source`` object of ``POST /1.0/containers`` for ``type: migration``: its shape checked by
+    the shared type (orchapi/api/receive.py), what this agent accepts checked here."""
+    got = ReceiveSource.from_json(source)
+    if got.base_image and not FINGERPRINT.match(got.base_image):
         raise BadRequest("source.base-image must be an image fingerprint")
-    refresh = source.get("refresh", False)
-    if not isinstance(refresh, bool):
-        raise BadRequest("source.refresh must be true or false")
-    method = source.get("method") or None
-    if method is not None and (not isinstance(method, str) or method not in PREFERENCE):
-        raise BadRequest(f"unknown transfer method {method!r}", "use one of " + ", ".join(PREFERENCE))
-    allow = source.get("allow_privileged", False)
-    if not isinstance(allow, bool):
-        raise BadRequest("source.allow_privileged must be true or false")
-    compression = check_wish(source.get("compression"))
-    ref = _source_ref(source, secrets.get("fs")) if mode == "pull" else _pusher_ref(source)
-    return PullSpec(ref, base_image, refresh, method, allow, compression, pushed=mode != "pull", mode=mode)
-
-
-def _pusher_ref(source: dict[str, Any]) -> SourceRef:
-    """Push mode: only the certificate of the peer that will dial (the source agent, or a relaying
-    worker); the sink's token is made here, not brought."""
-    for key in ("operation", "secrets"):
-        if source.get(key):
-            raise BadRequest(f"source.{key} is for pull mode; a push sink makes its own secret")
-    pem = source.get("certificate")
-    if not isinstance(pem, str) or not pem:
-        raise BadRequest("source.certificate must be the PEM certificate of the agent that will push")
-    return SourceRef("", "", pem, certs.fingerprint_pem(pem))
+    if got.method is not None and got.method not in PREFERENCE:
+        raise BadRequest(f"unknown transfer method {got.method!r}", "use one of " + ", ".join(PREFERENCE))
+    compression = check_wish(got.compression)
+    if got.mode == "pull":
+        ref = _source_ref(got.operation, (got.secrets or {}).get("fs"), got.certificate)
+    else:  # the peer that will dial: only its certificate; the sink's token is made here, not brought
+        ref = SourceRef("", "", got.certificate, certs.fingerprint_pem(got.certificate))
+    pushed = got.mode != "pull"
+    return PullSpec(
+        ref, got.base_image, got.refresh, got.method, got.allow_privileged, compression, pushed, got.mode
+    )
 
 
 def parse_image_pull(source: dict[str, Any]) -> tuple[SourceRef, str]:
@@ -126,4 +105,4 @@ def parse_image_pull(source: dict[str, Any]) -> tuple[SourceRef, str]:
     fingerprint = source.get("fingerprint")
     if not isinstance(fingerprint, str) or not FINGERPRINT.match(fingerprint):
         raise BadRequest("source.fingerprint must be the image's full SHA-256 fingerprint")
-    return _source_ref(source, source.get("secret")), fingerprint
+    return _source_ref(source.get("operation"), source.get("secret"), source.get("certificate")), fingerprint
