@@ -174,3 +174,36 @@ def test_semaphore_acquire_all_is_all_or_nothing(client):
     assert sem.holders("global") == [] and sem.holders("host:foo") == []
     sem.release("host:bar", "other")
     assert sem.acquire_all([("global", 4), ("host:foo", 2), ("host:bar", 1)], "j1", 30)
+
+
+def test_a_step_costs_redis_seven_commands(client, tmp_path, monkeypatch):
+    """What StepRun adds to a step's own work, against a real Redis: take the run lease, read the job
+    (one HGETALL), record the step (one HSET), mark it done (one HSETNX), release the lease (a script:
+    EVALSHA, GET, DEL). The job's locks are fresh (the submit took them), so none is renewed."""
+    from types import SimpleNamespace
+
+    from orchestrator.limits import Semaphores
+    from orchestrator.runs import RunLeases
+    from orchestrator.settings import Settings
+    from orchestrator.stepcontext import StepContext
+    from orchestrator.stepping import StepRun
+
+    monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path))
+    settings = Settings.from_env()
+    ctx = StepContext(settings, client, JobStore(client), ContainerLocks(client), Semaphores(client),
+                      RunLeases(client, settings.visibility_timeout))  # fmt: skip
+    state = JobState(source_remote="a", source_name="x", target_remote="b", target_name="x")
+    job = ctx.jobs.create("move", "a:x", "b:x", {}, state)
+    task = SimpleNamespace(request=SimpleNamespace(id="t1", root_id="chain-1", hostname="w@h"))
+    StepRun(task, ctx, "verify_target", job.id).execute(lambda c, j: None)  # claims the job's chain
+
+    def calls() -> int:
+        stats = client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+    before = calls()
+    StepRun(task, ctx, "issue_token", job.id).execute(lambda c, j: None)
+    used = calls() - before  # (INFO itself not counted)
+    record = ctx.jobs.get(job.id)
+    assert record.steps_done == ["verify_target", "issue_token"] and record.step == "issue_token"
+    assert used == 7, used

@@ -207,3 +207,18 @@ def test_one_chain_definition_gives_the_tasks_and_each_kinds_chain():
     job = Job("j1", "copy", "foo:c1", "bar:c1", "queued")
     assert [sig.task for sig in chain_of(job).tasks] == [f"orch.{s.name}" for s in steps_for("copy")]
     assert all(sig.immutable and sig.args == ("j1", job.label) for sig in chain_of(job).tasks)
+
+
+def test_the_workers_config_is_parsed_again_only_when_the_file_changes(tmp_path):
+    """ClientConfig.current(): the workers look a remote up for every agent request; a fleet's
+    config.yml takes ~150 ms to parse, so it is parsed once per change of the file."""
+    from orchestrator.clientconfig import ClientConfig, Remote
+
+    first = ClientConfig.current(tmp_path)
+    assert ClientConfig.current(tmp_path) is first and set(first.remotes) == {"local"}
+    editing = ClientConfig(tmp_path)
+    editing.add(Remote("foo", "https://127.0.0.1:8443"))
+    editing.save()  # a new file in place (os.replace): another inode, another size
+    now = ClientConfig.current(tmp_path)
+    assert now is not first and now.get("foo").addr == "https://127.0.0.1:8443"
+    assert ClientConfig.current(tmp_path) is now

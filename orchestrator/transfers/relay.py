@@ -121,7 +121,7 @@ def _connect_error(remote: str, exc: BaseException) -> OrchError:
 
 
 def _worker_certificate() -> str:
-    return ClientConfig().client_cert()[0].read_text()
+    return ClientConfig.current().client_cert()[0].read_text()
 
 
 def transfer(ctx: StepContext, job: Job) -> dict[str, Any]:
