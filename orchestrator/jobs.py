@@ -263,8 +263,12 @@ class JobStore:
     def _encode(fields: dict[str, Any]) -> dict[str, str]:
         out = {}
         for k, v in fields.items():
-            if isinstance(v, JobState):
-                out.update({STATE + name: json.dumps(value) for name, value in v.to_dict().items()})
+            if k == "state":  # a JobState, or the dict of one (its names checked: a typo fails here)
+                if not isinstance(v, JobState):
+                    JobState.check_names(v)
+                    v = JobState(**v)
+                values = v.to_dict()
+                out.update({STATE + name: json.dumps(value) for name, value in values.items()})
             elif k == "steps_done":
                 out.update({DONE + step: "" for step in v})
             elif k in _JSON:
