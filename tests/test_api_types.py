@@ -46,6 +46,7 @@ def test_a_migration_request_round_trips_and_defaults_what_is_absent():
     plain = MigrationRequest.from_json({"target_certificate": PEM})
     assert (plain.mode, plain.snapshot, plain.ttl, plain.bwlimit) == ("pull", None, DEFAULT_TTL, None)
     assert "bwlimit" not in plain.to_json()  # unlimited is said by leaving it out
+    assert MigrationRequest.from_json({"target_certificate": PEM, "bwlimit": None}).bwlimit is None
 
 
 @pytest.mark.parametrize(
@@ -57,6 +58,7 @@ def test_a_migration_request_round_trips_and_defaults_what_is_absent():
         ({"instance_only": "yes"}, "instance_only must be true or false"),
         ({"ttl": MAX_TTL + 1}, f"between 1 and {MAX_TTL}"),
         ({"ttl": True}, f"between 1 and {MAX_TTL}"),  # JSON's true is not 1 here
+        ({"ttl": None}, f"between 1 and {MAX_TTL}"),  # null is no number of seconds (as before the types)
         ({"bwlimit": MIN_RATE - 1}, f"at least {MIN_RATE}"),
         ({"bwlimit": 1.5e6}, f"at least {MIN_RATE}"),
     ],

@@ -24,10 +24,10 @@ def flag(body: dict[str, Any], key: str, default: bool = False) -> bool:
 
 
 def whole(body: dict[str, Any], key: str, low: int, high: int, message: str, default: Any = _MISSING) -> Any:
-    """An integer in [low, high] (booleans refused: JSON's ``true`` is not 1 here); ``default`` (which
-    may be None) when the key is absent or null."""
+    """An integer in [low, high] (booleans refused: JSON's ``true`` is not 1 here); ``default`` when the
+    key is absent (no default: required), and null only where the default is None (null is "unset")."""
     value = body.get(key)
-    if value is None and default is not _MISSING:
+    if default is not _MISSING and (key not in body or (value is None and default is None)):
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BadRequest(message)
