@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from hostagent.datalink import ktls
 from hostagent.datalink.listener import DataListener
-from hostagent.enrolment import Enrolment
+from hostagent.enrolment import Enrolment, EnrolmentGuard
 from hostagent.execsession.session import ExecSession
 from hostagent.migration.sinks import SinkRegistry
 from hostagent.migration.tokens import MigrationRegistry
@@ -60,6 +60,7 @@ class Agent:
         runtime: str = "native",
         name: str | None = None,
         options: RuntimeOptions | None = None,
+        enrol_backoff: float = 0.5,
     ) -> None:
         self.data_dir = data_dir
         self.name = name or socket.gethostname()
@@ -72,7 +73,7 @@ class Agent:
         self.addresses: list[str] = []
         self.trust = TrustStore(data_dir, on_added=self._trust_in_tls)
         #: who may try the trust password, and its scrypt thread (never the shared pool below)
-        self.enrolment = Enrolment(self.trust.check_password)
+        self.enrolment = Enrolment(self.trust.check_password, EnrolmentGuard(base=enrol_backoff))
         self.runtime: Runtime = make_runtime(runtime, data_dir, options)
         #: where container volumes live (the data dir, or LXD's pool) and the runtime's images
         self.storage = self.runtime.storage

@@ -51,6 +51,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "::", int(port)
 
 
+def positive_seconds(value: str) -> float:
+    """A duration in seconds, > 0 and finite."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r}: seconds > 0 expected")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orch-agent", description="orch host agent")
     parser.add_argument(
@@ -86,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the LXD storage pool containers are received into (default: the default profile's root pool)",
     )
     parser.add_argument("--name", help="server name reported to clients (default: hostname)")
+    parser.add_argument(
+        "--enrol-backoff",
+        type=positive_seconds,
+        default=os.environ.get("ORCH_AGENT_ENROL_BACKOFF", "0.5"),
+        metavar="SECONDS",
+        help="how long an address waits after its first wrong trust password (doubling with each "
+        "further one, up to 30 s); default 0.5",
+    )
     parser.add_argument("--log-level", default=os.environ.get("ORCH_AGENT_LOG_LEVEL", "INFO"))
     return parser
 
@@ -176,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o711)  # unprivileged containers' mapped root must traverse it to their rootfs
         options = RuntimeOptions(args.lxd_socket, args.lxd_dir, args.lxd_pool)
-        agent = Agent(data_dir, runtime=args.runtime, name=args.name, options=options)
+        agent = Agent(
+            data_dir, runtime=args.runtime, name=args.name, options=options, enrol_backoff=args.enrol_backoff
+        )
         agent.runtime.recover()
         for name in resume.collect_expired(agent.runtime):
             log.info("removed the expired suspended import of %s", name)
