@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from hostagent.datalink import ktls
 from hostagent.datalink.listener import DataListener
-from hostagent.enrolment import Enrolment, EnrolmentGuard
+from hostagent.enrolment import BACKOFF_BASE, Enrolment, EnrolmentGuard
 from hostagent.execsession.session import ExecSession
 from hostagent.migration.sinks import SinkRegistry
 from hostagent.migration.tokens import MigrationRegistry
@@ -60,7 +60,7 @@ class Agent:
         runtime: str = "native",
         name: str | None = None,
         options: RuntimeOptions | None = None,
-        enrol_backoff: float = 0.5,
+        enrol_backoff: float = BACKOFF_BASE,
     ) -> None:
         self.data_dir = data_dir
         self.name = name or socket.gethostname()

@@ -114,14 +114,19 @@ class KeyTable:
         self._entries.pop(key, None)
 
 
+#: seconds an address waits after its first wrong trust password (``orch-agent --enrol-backoff``), and the
+#: most it ever waits as the wait doubles with each further one
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
+
+
 class EnrolmentGuard:
     """The admission policy; thread-safe (attempts end in the scrypt thread)."""
 
     def __init__(
         self,
         *,
-        base: float = 0.5,
-        cap: float = 30.0,
+        base: float = BACKOFF_BASE,
+        cap: float = BACKOFF_CAP,
         forget_after: float = 900.0,
         max_keys: int = 4096,
         max_in_flight: int = 2,

@@ -24,6 +24,7 @@ from aiohttp import web
 from hostagent.agent import Agent
 from hostagent.api import build_app
 from hostagent.datalink import ktls
+from hostagent.enrolment import BACKOFF_BASE, BACKOFF_CAP
 from hostagent.runtimes import RuntimeOptions, resume
 from orchapi.errors import OrchError
 
@@ -100,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--enrol-backoff",
         type=positive_seconds,
-        default=os.environ.get("ORCH_AGENT_ENROL_BACKOFF", "0.5"),
+        default=os.environ.get("ORCH_AGENT_ENROL_BACKOFF", str(BACKOFF_BASE)),
         metavar="SECONDS",
         help="how long an address waits after its first wrong trust password (doubling with each "
-        "further one, up to 30 s); default 0.5",
+        f"further one, up to {BACKOFF_CAP:g} s); default {BACKOFF_BASE:g}",
     )
     parser.add_argument("--log-level", default=os.environ.get("ORCH_AGENT_LOG_LEVEL", "INFO"))
     return parser

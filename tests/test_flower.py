@@ -160,8 +160,10 @@ def test_flower_shows_the_chain_of_a_copy(cluster, orch_env, flower, tmpdir755):
 
 
 MOVE_LABEL = "foo:c1 → bar:c1"
-#: bytes moved in any unit: the sender is frozen once any byte moved, a few hundred on a slow machine
-PROGRESS_TEXT = re.compile(r"sending rootfs: (\d+B|\d+\.\d\d(KiB|MiB|GiB)) at \d+(\.\d\d)?(B|KiB|MiB)/s")
+#: a size as orchestrator/units.human_size writes it: whole bytes, or two decimals of a binary unit (the
+#: sender is frozen once any byte moved: a few hundred bytes on a slow machine)
+SIZE = r"(\d+B|\d+\.\d\d(KiB|MiB|GiB|TiB))"
+PROGRESS_TEXT = re.compile(rf"sending rootfs: {SIZE} at {SIZE}/s")
 
 
 def _descendants(pid: int) -> list[int]:
